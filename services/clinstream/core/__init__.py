@@ -1,0 +1,1 @@
+"""The small shared core: settings, constants, Avro contracts, topics, Kafka and database clients."""

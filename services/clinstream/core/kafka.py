@@ -1,0 +1,122 @@
+"""Kafka client factories and a producer that waits for durable acknowledgement of whole batches."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+
+from clinstream.core.config import Settings
+
+Header = tuple[str, bytes]
+Message = tuple[bytes | None, bytes, Sequence[Header] | None]
+
+
+class BrokerUnavailable(RuntimeError):
+    """The broker did not durably accept a batch before the deadline."""
+
+
+def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    """Durable producer settings: acks=all, idempotence, batching and lz4."""
+    cfg: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "acks": "all",
+        "enable.idempotence": True,
+        "linger.ms": 5,
+        "batch.size": 1_000_000,
+        "compression.type": "lz4",
+        "message.max.bytes": 4_000_000,
+        "queue.buffering.max.messages": 500_000,
+        "message.timeout.ms": int(settings.produce_timeout_s * 1000),
+        "socket.connection.setup.timeout.ms": 3000,
+        "reconnect.backoff.max.ms": 1000,
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict[str, Any]:
+    """Consumer settings: manual commits, read committed, earliest reset."""
+    cfg: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "isolation.level": "read_committed",
+        "fetch.max.bytes": 52_428_800,
+        "max.partition.fetch.bytes": 10_485_760,
+        "session.timeout.ms": 10_000,
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+def make_consumer(settings: Settings, group_id: str, **overrides: Any) -> Consumer:
+    """A confluent-kafka consumer with clinstream's defaults."""
+    return Consumer(consumer_config(settings, group_id, **overrides))
+
+
+class DurableProducer:
+    """A thread-safe idempotent producer whose `send` returns only once every record is acknowledged."""
+
+    def __init__(self, settings: Settings, **overrides: Any) -> None:
+        self._producer = Producer(producer_config(settings, **overrides))
+        self._lock = threading.Lock()
+        self._running = True
+        self._poller = threading.Thread(target=self._poll_loop, name="kafka-poll", daemon=True)
+        self._poller.start()
+
+    def _poll_loop(self) -> None:
+        while self._running:
+            self._producer.poll(0.05)
+
+    def send(self, topic: str, messages: Sequence[Message], timeout_s: float) -> None:
+        """Produce a batch and block until the broker acknowledged all of it (acks=all).
+
+        Raises BrokerUnavailable if any record fails or the deadline passes.
+        """
+        if not messages:
+            return
+        done = threading.Event()
+        state = {"pending": len(messages), "error": None}
+        state_lock = threading.Lock()
+
+        def on_delivery(err: KafkaError | None, _msg: Any) -> None:
+            with state_lock:
+                if err is not None and state["error"] is None:
+                    state["error"] = err
+                state["pending"] = int(state["pending"] or 0) - 1  # type: ignore[call-overload]
+                if state["pending"] == 0:
+                    done.set()
+
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            for key, value, headers in messages:
+                while True:
+                    try:
+                        self._producer.produce(topic, value=value, key=key, headers=headers,
+                                               on_delivery=on_delivery)
+                        break
+                    except BufferError:
+                        if time.monotonic() > deadline:
+                            raise BrokerUnavailable("local producer queue full") from None
+                        self._producer.poll(0.05)
+                    except KafkaException as exc:
+                        raise BrokerUnavailable(str(exc)) from exc
+        if not done.wait(max(0.0, deadline - time.monotonic())):
+            raise BrokerUnavailable("broker did not acknowledge in time")
+        if state["error"] is not None:
+            raise BrokerUnavailable(f"broker refused the batch: {state['error']}")
+
+    def flush(self, timeout_s: float = 10.0) -> int:
+        """Wait for outstanding records; returns how many are still queued."""
+        return int(self._producer.flush(timeout_s))
+
+    def close(self) -> None:
+        """Flush and stop the background poller."""
+        self.flush()
+        self._running = False
+        self._poller.join(timeout=1.0)

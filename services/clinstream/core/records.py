@@ -1,0 +1,42 @@
+"""Typed envelopes passed between Kafka and the batch processors of every stage."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from clinstream.core.kafka import Header
+
+
+@dataclass(frozen=True, slots=True)
+class InRecord:
+    """One consumed Kafka record, as a processor sees it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    timestamp_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class OutRecord:
+    """One record a processor wants produced."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[Header] | None = None
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """What a processor made of one input batch, with counters for metrics and summaries."""
+
+    out: list[OutRecord] = field(default_factory=list)
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Add n to a named counter."""
+        self.counters[name] = self.counters.get(name, 0) + n

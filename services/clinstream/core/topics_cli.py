@@ -1,0 +1,34 @@
+"""`clinstream topics`: list and apply the site's topic catalogue."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from clinstream.core.config import get_settings
+from clinstream.core.topic_admin import apply_topics
+from clinstream.core.topics import ALL_TOPICS, partitions_of
+
+app = typer.Typer(no_args_is_help=True)
+console = Console()
+
+
+@app.command("list")
+def list_topics() -> None:
+    """Print the catalogue of the configured site."""
+    s = get_settings()
+    table = Table("topic", "partitions", "policy", "retention (days)", "value schema", "doc")
+    for spec in ALL_TOPICS:
+        days = "forever" if spec.retention_ms < 0 else f"{spec.retention_ms / 86_400_000:g}"
+        table.add_row(spec.name(s.site_id), str(partitions_of(spec, s)), "compact" if spec.compacted else "delete",
+                      days, spec.value_schema.rsplit(".", 1)[-1], spec.doc)
+    console.print(table)
+
+
+@app.command("apply")
+def apply() -> None:
+    """Create or update the site's topics idempotently."""
+    changes = apply_topics(get_settings())
+    for ch in changes:
+        console.print(f"{ch.action:>22}  {ch.name}")

@@ -1,0 +1,1 @@
+"""The feature store: TimescaleDB hypertables fed from the feature topics."""
