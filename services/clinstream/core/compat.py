@@ -6,13 +6,14 @@ import io
 import json
 import random
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from fastavro import schemaless_reader, schemaless_writer
 from fastavro.schema import parse_schema
 
-from clinstream.core.schemas import LOCK_FILE, Catalogue, Schema, canonical, read_lock
+from clinstream.core.schemas import LOCK_FILE, Catalogue, canonical, read_lock
 
 _RECORD_NAME = re.compile(r"^[A-Z][A-Za-z0-9]*$")
 _FIELD_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -112,8 +113,8 @@ class _Sampler:
     def _primitive(self, kind: str, logical: str | None = None) -> Any:
         r = self.rng
         if logical == "uuid":
-            return "00000000-0000-4000-8000-%012x" % r.getrandbits(48)
-        return {
+            return f"00000000-0000-4000-8000-{r.getrandbits(48):012x}"
+        makers: dict[str, Callable[[], Any]] = {
             "null": lambda: None,
             "boolean": lambda: r.random() < 0.5,
             "int": lambda: r.randint(-1000, 1000),
@@ -121,8 +122,9 @@ class _Sampler:
             "float": lambda: float(r.randint(-100, 100)),
             "double": lambda: r.random() * 100,
             "bytes": lambda: bytes(r.getrandbits(8) for _ in range(r.randint(0, 8))),
-            "string": lambda: "s%d" % r.randint(0, 10**6),
-        }[kind]()
+            "string": lambda: f"s{r.randint(0, 10**6)}",
+        }
+        return makers[kind]()
 
 
 def check_readable(writer_canonical: str, reader_canonical: str, draws: int = 64) -> None:
@@ -192,6 +194,3 @@ def lock_catalogue(cat: Catalogue, directory: Path) -> dict[str, int]:
     return added
 
 
-def parsed_of(schema: Schema) -> Schema:
-    """Parse a raw schema on its own (helper for tests)."""
-    return parse_schema(schema)  # type: ignore[no-any-return]

@@ -81,15 +81,16 @@ class DurableProducer:
         if not messages:
             return
         done = threading.Event()
-        state = {"pending": len(messages), "error": None}
+        pending = [len(messages)]
+        errors: list[KafkaError] = []
         state_lock = threading.Lock()
 
         def on_delivery(err: KafkaError | None, _msg: Any) -> None:
             with state_lock:
-                if err is not None and state["error"] is None:
-                    state["error"] = err
-                state["pending"] = int(state["pending"] or 0) - 1  # type: ignore[call-overload]
-                if state["pending"] == 0:
+                if err is not None:
+                    errors.append(err)
+                pending[0] -= 1
+                if pending[0] == 0:
                     done.set()
 
         deadline = time.monotonic() + timeout_s
@@ -97,7 +98,7 @@ class DurableProducer:
             for key, value, headers in messages:
                 while True:
                     try:
-                        self._producer.produce(topic, value=value, key=key, headers=headers,
+                        self._producer.produce(topic, value=value, key=key, headers=list(headers) if headers else None,
                                                on_delivery=on_delivery)
                         break
                     except BufferError:
@@ -108,8 +109,8 @@ class DurableProducer:
                         raise BrokerUnavailable(str(exc)) from exc
         if not done.wait(max(0.0, deadline - time.monotonic())):
             raise BrokerUnavailable("broker did not acknowledge in time")
-        if state["error"] is not None:
-            raise BrokerUnavailable(f"broker refused the batch: {state['error']}")
+        if errors:
+            raise BrokerUnavailable(f"broker refused the batch: {errors[0]}")
 
     def flush(self, timeout_s: float = 10.0) -> int:
         """Wait for outstanding records; returns how many are still queued."""

@@ -59,7 +59,7 @@ def _parse_all(raw: dict[str, Schema]) -> tuple[dict[str, Schema], dict[str, Sch
         for name, schema in list(pending.items()):
             trial = dict(named)
             try:
-                parsed[name] = parse_schema(schema, named_schemas=trial)
+                parsed[name] = _parse(schema, trial)
             except Exception as exc:  # fastavro raises UnknownType / SchemaParseException
                 errors[name] = str(exc)
                 continue
@@ -97,9 +97,17 @@ def _inline(schema: Any, named: dict[str, Schema], seen: set[str]) -> Any:
     return schema
 
 
+def _parse(schema: Any, named: dict[str, Schema] | None = None) -> Schema:
+    """fastavro's parse_schema, narrowed to the record schemas clinstream uses."""
+    parsed = parse_schema(schema, named_schemas=named) if named is not None else parse_schema(schema)
+    if not isinstance(parsed, dict):
+        raise ValueError("a catalogue schema must be a record")
+    return parsed
+
+
 def standalone(parsed: Schema, named: dict[str, Schema]) -> Schema:
     """A parsed schema with every named type it uses defined inside it."""
-    return parse_schema(_inline(parsed, named, set()))  # type: ignore[no-any-return]
+    return _parse(_inline(parsed, named, set()))
 
 
 def load_catalogue(directory: Path | None = None) -> Catalogue:
@@ -121,7 +129,7 @@ def load_catalogue(directory: Path | None = None) -> Catalogue:
         cat.fingerprint_of[name] = fp
     for released in read_lock(directory).values():
         for canonical in released:
-            old = parse_schema(json.loads(canonical))
+            old = _parse(json.loads(canonical))
             cat.by_fingerprint.setdefault(fingerprint64(old), old)
     return cat
 
@@ -148,4 +156,4 @@ def get_catalogue() -> Catalogue:
 
 def parsed_standalone_of(canonical_form: str) -> Schema:
     """Parse a self-contained canonical form without any other named types."""
-    return parse_schema(json.loads(canonical_form))  # type: ignore[no-any-return]
+    return _parse(json.loads(canonical_form))

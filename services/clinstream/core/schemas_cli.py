@@ -10,7 +10,7 @@ from rich.console import Console
 from clinstream.core.compat import check_catalogue, lock_catalogue
 from clinstream.core.schemas import LOCK_FILE, load_catalogue, schemas_dir
 
-app = typer.Typer(no_args_is_help=True)
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
 console = Console()
 
 

@@ -60,7 +60,8 @@ ERASURE = TopicSpec(Zone.PSEUDO, "erasure", 1, "org.clinstream.control.ErasureRe
                     "Erasure requests after consent withdrawal, keyed by pseudonym.", retention_ms=365 * DAY_MS)
 AUDIT = TopicSpec(Zone.PSEUDO, "audit", 1, "org.clinstream.control.AuditRecord",
                   "Audit trail (pseudonym, time, action); kept at least a year.", retention_ms=400 * DAY_MS)
-LATE_TELEMETRY = TopicSpec(Zone.PSEUDO, "late-telemetry", 1, "org.clinstream.telemetry.PseudonymisedTelemetryBlock",
+LATE_TELEMETRY = TopicSpec(Zone.PSEUDO, "late-telemetry", 1,
+                           "org.clinstream.telemetry.PseudonymisedTelemetryBlock",
                            "Blocks that arrived after their windows' horizon; replay can reprocess them.")
 FEATURES = TopicSpec(Zone.FEATURE, "wearable", 1, "org.clinstream.features.FeatureRecord",
                      "Windowed wearable features, keyed by participant pseudonym.")
@@ -68,7 +69,9 @@ SAMPLE_FEATURES = TopicSpec(Zone.FEATURE, "sample", 1, "org.clinstream.features.
                             "Per-sample biobank features, keyed by participant pseudonym.")
 
 DLQ_SCHEMA = "org.clinstream.DeadLetter"
-_DLQ_ZONE = {Stage.INGEST: Zone.RAW, Stage.PSEUDONYMISE: Zone.RAW, Stage.FEATURES: Zone.PSEUDO, Stage.STORE: Zone.FEATURE}
+_DLQ_ZONE = {
+    Stage.INGEST: Zone.RAW, Stage.PSEUDONYMISE: Zone.RAW, Stage.FEATURES: Zone.PSEUDO, Stage.STORE: Zone.FEATURE,
+}
 
 
 def dlq(stage: Stage) -> TopicSpec:

@@ -10,7 +10,7 @@ from clinstream.core.config import get_settings
 from clinstream.core.topic_admin import apply_topics
 from clinstream.core.topics import ALL_TOPICS, partitions_of
 
-app = typer.Typer(no_args_is_help=True)
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
 console = Console()
 
 

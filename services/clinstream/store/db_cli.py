@@ -8,7 +8,7 @@ from rich.console import Console
 from clinstream.core.config import get_settings
 from clinstream.store.migrate import migrate as run_migrate
 
-app = typer.Typer(no_args_is_help=True)
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
 console = Console()
 
 
