@@ -31,8 +31,10 @@ class Settings(BaseSettings):
     postgres_port: int = Field(default=c.POSTGRES_PORT, ge=1024, le=65535)
     gateway_host: str = "127.0.0.1"
     gateway_port: int = Field(default=c.GATEWAY_PORT, ge=1024, le=65535)
-    data_dir: Path = Field(default=Path(".clinstream"),
+    data_dir: Path = Field(default=Path(__file__).resolve().parents[3] / ".clinstream",
                            description="Local state: Kafka log dirs, PG cluster, worker tables.")
+    cache_dir: Path = Field(default=Path.home() / ".cache" / "clinstream",
+                            description="Downloads and builds outside the repo (Kafka jars, TimescaleDB source).")
     topic_partitions: int = Field(default=4, ge=1, le=256)
     replication_factor: int = Field(default=1, ge=1, le=5)
     pseudonym_key_file: Path | None = Field(default=None, description="File holding the site's pseudonym key ring.")

@@ -1,0 +1,101 @@
+"""`clinstream stack up|down|status`: the native local Kafka and PostgreSQL + TimescaleDB."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from clinstream.core.config import Settings, get_settings
+from clinstream.stack.common import ServiceStatus, StackError, stack_lock
+from clinstream.stack.kafka import check_kafka_prerequisites, ensure_kafka, kafka_pid, kafka_status, stop_kafka
+from clinstream.stack.postgres import (
+    check_postgres_prerequisites,
+    ensure_postgres,
+    postgres_pid,
+    postgres_status,
+    stop_postgres,
+)
+
+app = typer.Typer(help="Start, stop and inspect the local Kafka and TimescaleDB.", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False)
+_out = Console()
+_err = Console(stderr=True)
+
+
+def _fail(exc: StackError) -> typer.Exit:
+    _err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    return typer.Exit(code=2)
+
+
+def _timed(label: str, action: Callable[[Settings], None], settings: Settings,
+           pid: Callable[[Settings], int | None], verb: str) -> None:
+    before = pid(settings)
+    started = time.monotonic()
+    action(settings)
+    after = pid(settings)
+    state = f"{verb} (pid {after})" if after is not None and after != before else (
+        f"running (pid {after})" if after is not None else ("stopped" if before is not None else "not running"))
+    _out.print(f"{label:<9} {state:<24} {time.monotonic() - started:5.1f} s", highlight=False)
+
+
+def stack_up(settings: Settings) -> None:
+    """Start whatever is not running (prerequisites are checked before anything starts)."""
+    check_kafka_prerequisites(settings)
+    check_postgres_prerequisites()
+    with stack_lock(settings):
+        _timed("kafka", ensure_kafka, settings, kafka_pid, "started")
+        _timed("postgres", ensure_postgres, settings, postgres_pid, "started")
+
+
+def stack_down(settings: Settings) -> None:
+    """Stop both services; a service that does not run is skipped."""
+    with stack_lock(settings):
+        _timed("kafka", stop_kafka, settings, kafka_pid, "")
+        _timed("postgres", stop_postgres, settings, postgres_pid, "")
+
+
+def stack_status(settings: Settings) -> list[ServiceStatus]:
+    """The status of each service."""
+    return [kafka_status(settings), postgres_status(settings)]
+
+
+@app.command()
+def up() -> None:
+    """Start the local Kafka and PostgreSQL + TimescaleDB (installs nothing; see scripts/bootstrap)."""
+    try:
+        stack_up(get_settings())
+    except StackError as exc:
+        raise _fail(exc) from None
+
+
+@app.command()
+def down() -> None:
+    """Stop the local Kafka (SIGTERM) and PostgreSQL (fast shutdown); their data stays."""
+    try:
+        stack_down(get_settings())
+    except StackError as exc:
+        raise _fail(exc) from None
+
+
+@app.command()
+def status() -> None:
+    """Show each service, its address, pid and whether it answers. Exit code 1 if one does not answer."""
+    settings = get_settings()
+    rows = stack_status(settings)
+    table = Table(title=f"clinstream stack ({settings.data_dir.resolve()})")
+    for column in ("service", "address", "pid", "answers", "detail"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row.name, row.address, str(row.pid) if row.pid else "-",
+                      "[green]yes[/]" if row.answers else "[red]no[/]", row.detail)
+    _out.print(table)
+    if not all(row.answers for row in rows):
+        raise typer.Exit(code=1)
+
+
+if __name__ == "__main__":
+    app()
