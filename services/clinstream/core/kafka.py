@@ -28,6 +28,8 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "linger.ms": 5,
         "batch.size": 1_000_000,
         "compression.type": "lz4",
+        # The Java client's (and faust's) partitioner, so every producer places a key in the same partition.
+        "partitioner": "murmur2_random",
         "message.max.bytes": 4_000_000,
         "queue.buffering.max.messages": 500_000,
         "message.timeout.ms": int(settings.produce_timeout_s * 1000),

@@ -1,0 +1,47 @@
+"""The worker's consent-table adapter and batch ordering: changelog writes land in the input's partition."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from pseudonymise_factories import T0, Feed, block, consent
+
+from clinstream.core.records import InRecord
+from clinstream.pseudonymise.consent import ConsentEntry
+from clinstream.pseudonymise.keys import KeyRing
+from clinstream.pseudonymise.processor import PseudonymiseProcessor, order_for_processing
+from clinstream.pseudonymise.worker import ConsentTableState, process_by_partition
+
+
+def test_table_writes_are_queued_for_the_partition_being_processed() -> None:
+    table = SimpleNamespace(data={})
+    state = ConsentTableState(table)
+    entry = ConsentEntry(active=True, since_ms=1, updated_at_ms=2, event_id="e", key_version=1)
+    state.partition = 3
+    state["abc"] = entry
+    assert state["abc"] == entry and state.get("zzz") is None and list(state) == ["abc"] and len(state) == 1
+    assert table.data == {b"abc": entry.to_bytes()}
+    assert state.pending == [(b"abc", entry.to_bytes(), 3)]
+
+
+def test_each_partition_is_processed_separately_with_its_own_changelog_partition() -> None:
+    table = SimpleNamespace(data={})
+    state = ConsentTableState(table)
+    proc = PseudonymiseProcessor("site-a", KeyRing(1, {1: b"k" * 32}), state)
+    f0, f2 = Feed(partition=0), Feed(partition=2)
+    recs = [f2.event(consent(pid="P-2", at=T0)), f0.event(consent(pid="P-0", at=T0)), f2.block(block(pid="P-2")),
+            f0.block(block(pid="P-0"))]
+    results = process_by_partition(proc, state, recs)
+    assert [p for p, _ in results] == [0, 2]
+    assert all(r.counters["forwarded_telemetry"] == 1 for _, r in results)
+    assert sorted(p for _, _, p in state.pending) == [0, 2]
+
+
+def test_topics_of_one_partition_are_merged_by_timestamp_keeping_offset_order() -> None:
+    def rec(topic: str, offset: int, ts: int) -> InRecord:
+        return InRecord(topic, 1, offset, None, b"", ts)
+
+    tel = [rec("t", 0, 10), rec("t", 1, 30), rec("t", 2, 20)]  # a producer clock step back stays in order
+    bio = [rec("b", 0, 15), rec("b", 1, 25)]
+    merged = order_for_processing(tel + bio)[1]
+    assert [(r.topic, r.offset) for r in merged] == [("t", 0), ("b", 0), ("b", 1), ("t", 1), ("t", 2)]
