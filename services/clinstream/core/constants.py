@@ -77,3 +77,47 @@ STORE_PAUSED_POLL_S: Final = 0.2  # poll interval of the paused consumer during 
 STORE_STATS_EVERY_S: Final = 10.0  # interval of the worker's progress log line
 # Namespace of deterministic (uuid5) ids of the store's ERASURE_COMPLETED audit records.
 STORE_ID_NAMESPACE: Final = "9b2e7c41-5d3a-4e8f-b1c6-0a7d4e2f9c58"
+
+# Ingest gateway (issue 3).
+INGEST_MAX_BLOCK_SAMPLES: Final = 10_000  # samples per telemetry block (hard cap of the API model)
+INGEST_MAX_BLOCKS_PER_REQUEST: Final = 1_000  # blocks per POST /v1/telemetry
+INGEST_MAX_EVENTS_PER_REQUEST: Final = 1_000  # events per POST /v1/biobank/events
+INGEST_MAX_SLEEP_EPISODES: Final = 16  # sleep episodes per block
+INGEST_MAX_BODY_BYTES: Final = 16 * 1024 * 1024  # request body as sent (possibly gzip-compressed)
+INGEST_MAX_DECODED_BYTES: Final = 32 * 1024 * 1024  # request body after gunzip (zip-bomb guard)
+INGEST_MAX_FUTURE_SKEW_S: Final = 300  # device clocks may run at most this far ahead (features allow 600 s)
+INGEST_MAX_BLOCK_AGE_DAYS: Final = 366  # blocks that start longer ago than this are refused
+INGEST_MAX_BLOCK_SPAN_MS: Final = 24 * 3600 * 1000  # last offset of a block (Avro int offsets allow ~24.8 days)
+INGEST_DEADLINE_S: Final = 5.0  # broker acknowledgement deadline of one request; then 503 + Retry-After
+INGEST_RETRY_AFTER_S: Final = 5  # Retry-After of 503 answers
+INGEST_BROKER_PROBE_S: Final = 1.0  # while the broker is down, probe its metadata this often
+INGEST_DB_POOL_MAX: Final = 8  # connections of the gateway's credential/idempotency pool
+INGEST_TOKEN_SECRET_BYTES: Final = 32  # 256-bit random credential secrets
+DEVICE_TOKEN_PREFIX: Final = "csd"  # device tokens look like csd_<key id>.<secret>
+LIMS_TOKEN_PREFIX: Final = "csl"  # LIMS API keys look like csl_<key id>.<secret>
+# Analytes whose LOINC code and UCUM unit the gateway enforces (analyte -> (LOINC, unit)).
+KNOWN_ASSAYS: Final = {"CRP": ("1988-5", "mg/L"), "HSCRP": ("30522-7", "mg/L")}
+CRP_FLARE_MG_L: Final = 5.0  # CRP above this marks an inflammatory flare (simulator ground truth)
+
+# Federated training (issue 7). flwr 1.42 serves the SuperLink's Fleet, Control and runtime (ServerAppIo) APIs on
+# one HTTP port; SuperNode i serves its runtime (ClientAppIo) API on FLOWER_CLIENTAPPIO_BASE_PORT + i.
+FLOWER_SUPERLINK_PORT: Final = FLOWER_FLEET_PORT
+LOINC_CRP: Final = "1988-5"
+FEDERATED_MIN_PARTICIPANTS: Final = 10  # a site declines a round with fewer participants (small-cell rule)
+FEDERATED_LOOKBACK_DAYS: Final = 7  # wearable days before a blood sample that make one example
+FEDERATED_BASELINE_DAYS: Final = 28  # earlier days that make the participant's own baseline
+FEDERATED_BASELINE_MIN_DAYS: Final = 3  # a baseline needs at least this many days with data
+FEDERATED_TEST_FRACTION: Final = 0.4  # share of each site's participants held out for testing
+FEDERATED_SCORE_BINS: Final = 20  # score histogram bins a site reports (pooled ROC AUC at the server)
+FEDERATED_READER_ROLE_PREFIX: Final = "fl_reader_"  # + site id with '_': the ClientApp's read-only DB role
+FEDERATED_RUN_TIMEOUT_S: Final = 900.0  # `clinstream federated run/demo` gives up after this long
+
+# Replay, dead-letter re-drive and lag tools (issue 6).
+REPLAY_BATCH_MAX: Final = 5000  # input records per replay batch (one DB transaction, one checkpoint at most)
+REPLAY_CHECKPOINT_EVERY_S: Final = 10.0  # a replay writes its offsets + processor state at most this often
+REPLAY_POLL_S: Final = 0.5  # consumer poll timeout of replay and re-drive loops
+REPLAY_IDLE_CHECKS: Final = 2  # empty polls after which partitions whose position passed their end are done
+REDRIVE_BATCH_MAX: Final = 500  # dead letters judged per re-drive batch (one produce, one offset commit)
+REDRIVE_METADATA_MAX_CHARS: Final = 3000  # pending-offset list kept in the commit metadata (broker limit 4096)
+HEADER_REPLAY_RUN: Final = "clinstream.replay-run"  # on DLQ records written by a replay: its run id
+HEADER_REDRIVEN_FROM: Final = "clinstream.redriven-from"  # on re-driven records: <dlq topic>:<partition>:<offset>

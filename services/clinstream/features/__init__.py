@@ -1,0 +1,1 @@
+"""Event-time feature engineering over the pseudonymised topics (wearable windows and biobank samples)."""

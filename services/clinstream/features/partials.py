@@ -1,0 +1,271 @@
+"""Per-(block, window) partial accumulators of a batch of blocks, computed with numpy across all blocks at once.
+
+Samples of every block of one measurement are concatenated and kept in (block, event time) order, so each
+(block, window) group is a contiguous run; sums use `np.add.reduceat`. Values are quantised to fixed point
+(`SCALE`) and summed as exact integers, so merged accumulators do not depend on arrival order (bit-identical
+results) and sums of squares do not lose precision. Python loops run per group or per distinct minute, never
+per reading.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from clinstream.core.timeutil import MINUTE_MS
+from clinstream.features import catalogue as cat
+from clinstream.features.blocks import (
+    HEART_RATE_SAMPLES,
+    RR_SAMPLES,
+    SKIN_SAMPLES,
+    SLEEP_EPISODES,
+    SPO2_SAMPLES,
+    STEP_SAMPLES,
+    Block,
+)
+from clinstream.features.config import FeatureSettings
+from clinstream.features.windows import ALL_KINDS, DAY_KINDS, WindowKind, window_start_of, window_starts
+
+I64 = npt.NDArray[np.int64]
+F64 = npt.NDArray[np.float64]
+BOOL = npt.NDArray[np.bool_]
+
+# Fixed-point resolution of each quantity (units per stored integer step).
+SCALE: dict[str, int] = {cat.HEART_RATE: 1000, cat.HRV: 1000, cat.SPO2: 1000, cat.SKIN_TEMPERATURE: 10_000}
+_HIST_BITS = 10  # 1-bpm histogram bins 0..1023
+
+
+@dataclass(slots=True)
+class Partial:
+    """What one block contributes to one window of one feature set (JSON-able `acc`, masks as ints)."""
+
+    block: int
+    feature_set: str
+    kind: WindowKind
+    start: int
+    acc: dict[str, Any]
+
+
+@dataclass(slots=True)
+class _Columns:
+    blk: I64
+    t: I64
+    off: I64
+    v: F64
+
+    def select(self, mask: BOOL) -> _Columns:
+        return _Columns(self.blk[mask], self.t[mask], self.off[mask], self.v[mask])
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+
+def _columns(blocks: Sequence[tuple[int, Block]]) -> _Columns:
+    lens = np.fromiter((len(b.t_ms) for _, b in blocks), dtype=np.int64, count=len(blocks))
+    blk = np.repeat(np.fromiter((i for i, _ in blocks), dtype=np.int64, count=len(blocks)), lens)
+    off = np.repeat(np.fromiter((b.offset_ms for _, b in blocks), dtype=np.int64, count=len(blocks)), lens)
+    t = np.concatenate([b.t_ms for _, b in blocks]) if blocks else np.empty(0, dtype=np.int64)
+    v = np.concatenate([b.values for _, b in blocks]) if blocks else np.empty(0, dtype=np.float64)
+    cols = _Columns(blk, t.astype(np.int64, copy=False), off, v.astype(np.float64, copy=False))
+    if len(t) > 1 and bool(((blk[1:] == blk[:-1]) & (t[1:] < t[:-1])).any()):
+        order = np.lexsort((t, blk))  # stable: equal instants keep their order
+        cols = _Columns(blk[order], t[order], off[order], v[order])
+    return cols
+
+
+def _runs(blk: I64, key: I64) -> I64:
+    """Start indices of the runs of equal (blk, key) in arrays ordered by block."""
+    if len(blk) == 0:
+        return np.empty(0, dtype=np.int64)
+    change = np.flatnonzero((blk[1:] != blk[:-1]) | (key[1:] != key[:-1])) + 1
+    return np.concatenate((np.zeros(1, dtype=np.int64), change))
+
+
+def _group_ids(starts: I64, n: int) -> I64:
+    marks = np.zeros(n, dtype=np.int64)
+    marks[starts[1:]] = 1
+    return np.cumsum(marks)
+
+
+def _quantise(v: F64, scale: int) -> I64:
+    return np.rint(v * scale).astype(np.int64)
+
+
+def _minute_bits(cols: _Columns, mask: BOOL, kind: WindowKind, index: dict[tuple[int, int], dict[str, Any]],
+                 field: str) -> None:
+    """OR into each group's `field` the bits of the window-relative minutes holding a selected sample."""
+    sel = cols.select(mask)
+    minute = sel.t // MINUTE_MS
+    starts = _runs(sel.blk, minute)
+    if len(starts) == 0:
+        return
+    ws = window_starts(kind, sel.t[starts], sel.off[starts])
+    for b, m, w in zip(sel.blk[starts].tolist(), minute[starts].tolist(), ws.tolist(), strict=True):
+        acc = index[(b, w)]
+        acc[field] |= 1 << (m - w // MINUTE_MS)
+
+
+def heart_rate(blocks: Sequence[tuple[int, Block]], s: FeatureSettings) -> list[Partial]:
+    """n, sum, sum of squares, min, max (milli-bpm), wear minutes and, on day windows, the 1-bpm histogram."""
+    cols = _columns(blocks)
+    cols = cols.select(np.isfinite(cols.v) & (cols.v >= s.hr_min_bpm) & (cols.v <= s.hr_max_bpm))
+    if not len(cols):
+        return []
+    q = _quantise(cols.v, SCALE[cat.HEART_RATE])
+    bins = np.clip((q + 500) // 1000, 0, (1 << _HIST_BITS) - 1)  # round half up to whole bpm
+    everything = np.ones(len(cols), dtype=np.bool_)
+    out: list[Partial] = []
+    for kind in ALL_KINDS:
+        ws = window_starts(kind, cols.t, cols.off)
+        starts = _runs(cols.blk, ws)
+        counts = np.diff(np.append(starts, len(cols)))
+        s1 = np.add.reduceat(q, starts).tolist()
+        s2 = np.add.reduceat(q * q, starts).tolist()
+        mn = np.minimum.reduceat(q, starts).tolist()
+        mx = np.maximum.reduceat(q, starts).tolist()
+        index: dict[tuple[int, int], dict[str, Any]] = {}
+        parts: list[Partial] = []
+        for g, (b, w) in enumerate(zip(cols.blk[starts].tolist(), ws[starts].tolist(), strict=True)):
+            acc: dict[str, Any] = {"n": int(counts[g]), "s1": s1[g], "s2": s2[g], "mn": mn[g], "mx": mx[g], "w": 0}
+            index[(b, w)] = acc
+            parts.append(Partial(b, cat.HEART_RATE, kind, w, acc))
+        _minute_bits(cols, everything, kind, index, "w")
+        if kind in DAY_KINDS:
+            keys, n_in_bin = np.unique((_group_ids(starts, len(cols)) << _HIST_BITS) | bins, return_counts=True)
+            for key, n in zip(keys.tolist(), n_in_bin.tolist(), strict=True):
+                hist = parts[key >> _HIST_BITS].acc.setdefault("h", {})
+                hist[str(key & ((1 << _HIST_BITS) - 1))] = n
+        out.extend(parts)
+    return out
+
+
+def hrv(blocks: Sequence[tuple[int, Block]], s: FeatureSettings) -> list[Partial]:
+    """NN count, sum, sum of squares (us), and successive-difference count, sum of squares and NN50 count."""
+    cols = _columns(blocks)
+    if not len(cols):
+        return []
+    valid = np.isfinite(cols.v) & (cols.v >= s.rr_min_ms) & (cols.v <= s.rr_max_ms)
+    q = _quantise(np.where(valid, cols.v, 0.0), SCALE[cat.HRV])
+    nn50 = round(s.nn50_ms * SCALE[cat.HRV])
+    same_block = cols.blk[1:] == cols.blk[:-1]
+    diff = q[1:] - q[:-1]
+    out: list[Partial] = []
+    for kind in ALL_KINDS:
+        ws = window_starts(kind, cols.t, cols.off)
+        starts = _runs(cols.blk, ws)
+        pair = valid[1:] & valid[:-1] & same_block & (ws[1:] == ws[:-1])
+        d2 = np.zeros(len(cols), dtype=np.int64)
+        d2[1:] = np.where(pair, diff * diff, 0)
+        nd = np.zeros(len(cols), dtype=np.int64)
+        nd[1:] = pair
+        n50 = np.zeros(len(cols), dtype=np.int64)
+        n50[1:] = pair & (np.abs(diff) > nn50)
+        n = np.add.reduceat(valid.astype(np.int64), starts).tolist()
+        s1 = np.add.reduceat(q, starts).tolist()
+        s2 = np.add.reduceat(q * q, starts).tolist()
+        nd_g = np.add.reduceat(nd, starts).tolist()
+        ssd = np.add.reduceat(d2, starts).tolist()
+        n50_g = np.add.reduceat(n50, starts).tolist()
+        for g, (b, w) in enumerate(zip(cols.blk[starts].tolist(), ws[starts].tolist(), strict=True)):
+            if n[g]:
+                out.append(Partial(b, cat.HRV, kind, w, {"n": n[g], "s1": s1[g], "s2": s2[g], "nd": nd_g[g],
+                                                           "ssd": ssd[g], "n50": n50_g[g]}))
+    return out
+
+
+def steps(blocks: Sequence[tuple[int, Block]], s: FeatureSettings) -> list[Partial]:
+    """Step totals, plus per-minute step bins (window-relative minute -> steps) on windows longer than a minute."""
+    cols = _columns(blocks)
+    if not len(cols):
+        return []
+    q = cols.v.astype(np.int64)
+    minute = cols.t // MINUTE_MS
+    runs = _runs(cols.blk, minute)
+    run_steps = np.add.reduceat(q, runs).tolist()
+    out: list[Partial] = []
+    for kind in ALL_KINDS:
+        ws = window_starts(kind, cols.t, cols.off)
+        starts = _runs(cols.blk, ws)
+        total = np.add.reduceat(q, starts).tolist()
+        index: dict[tuple[int, int], dict[str, Any]] = {}
+        for g, (b, w) in enumerate(zip(cols.blk[starts].tolist(), ws[starts].tolist(), strict=True)):
+            acc: dict[str, Any] = {"tot": total[g]}
+            if kind is not WindowKind.MINUTE:
+                acc["b"] = {}
+            index[(b, w)] = acc
+            out.append(Partial(b, cat.STEPS, kind, w, acc))
+        if kind is not WindowKind.MINUTE:
+            for b, m, w, n in zip(cols.blk[runs].tolist(), minute[runs].tolist(), ws[runs].tolist(), run_steps,
+                                  strict=True):
+                if n:
+                    bins = index[(b, w)]["b"]
+                    rel = str(m - w // MINUTE_MS)
+                    bins[rel] = bins.get(rel, 0) + n
+    return out
+
+
+def spo2(blocks: Sequence[tuple[int, Block]], s: FeatureSettings) -> list[Partial]:
+    """n, sum, min (milli-%) and the minutes with a reading below the low threshold."""
+    cols = _columns(blocks)
+    cols = cols.select(np.isfinite(cols.v) & (cols.v >= s.spo2_min_percent) & (cols.v <= s.spo2_max_percent))
+    if not len(cols):
+        return []
+    q = _quantise(cols.v, SCALE[cat.SPO2])
+    low = cols.v < s.spo2_low_percent
+    out: list[Partial] = []
+    for kind in ALL_KINDS:
+        ws = window_starts(kind, cols.t, cols.off)
+        starts = _runs(cols.blk, ws)
+        counts = np.diff(np.append(starts, len(cols))).tolist()
+        s1 = np.add.reduceat(q, starts).tolist()
+        mn = np.minimum.reduceat(q, starts).tolist()
+        index: dict[tuple[int, int], dict[str, Any]] = {}
+        for g, (b, w) in enumerate(zip(cols.blk[starts].tolist(), ws[starts].tolist(), strict=True)):
+            acc: dict[str, Any] = {"n": counts[g], "s1": s1[g], "mn": mn[g], "lo": 0}
+            index[(b, w)] = acc
+            out.append(Partial(b, cat.SPO2, kind, w, acc))
+        _minute_bits(cols, low, kind, index, "lo")
+    return out
+
+
+def skin_temperature(blocks: Sequence[tuple[int, Block]], s: FeatureSettings) -> list[Partial]:
+    """n and sum (1e-4 degC) of plausible skin temperatures."""
+    cols = _columns(blocks)
+    cols = cols.select(np.isfinite(cols.v) & (cols.v >= s.skin_min_c) & (cols.v <= s.skin_max_c))
+    if not len(cols):
+        return []
+    q = _quantise(cols.v, SCALE[cat.SKIN_TEMPERATURE])
+    out: list[Partial] = []
+    for kind in ALL_KINDS:
+        ws = window_starts(kind, cols.t, cols.off)
+        starts = _runs(cols.blk, ws)
+        counts = np.diff(np.append(starts, len(cols))).tolist()
+        s1 = np.add.reduceat(q, starts).tolist()
+        for g, (b, w) in enumerate(zip(cols.blk[starts].tolist(), ws[starts].tolist(), strict=True)):
+            out.append(Partial(b, cat.SKIN_TEMPERATURE, kind, w, {"n": counts[g], "s1": s1[g]}))
+    return out
+
+
+def sleep(blocks: Sequence[tuple[int, Block]], s: FeatureSettings) -> list[Partial]:
+    """Episodes by (start, end) instant, each in the LOCAL_DAY window of its end: [sleep milli-min, bed ms]."""
+    out: list[Partial] = []
+    for i, block in blocks:
+        index: dict[int, dict[str, Any]] = {}
+        for ep in block.episodes:
+            w = window_start_of(WindowKind.LOCAL_DAY, ep.end_ms, block.offset_ms)
+            acc = index.get(w)
+            if acc is None:
+                acc = index[w] = {"ep": {}}
+                out.append(Partial(i, cat.SLEEP, WindowKind.LOCAL_DAY, w, acc))
+            acc["ep"][f"{ep.start_ms}-{ep.end_ms}"] = [round(ep.total_sleep_time_min * 1000), ep.end_ms - ep.start_ms]
+    return out
+
+
+PARTIALS = {
+    HEART_RATE_SAMPLES: heart_rate, RR_SAMPLES: hrv, STEP_SAMPLES: steps, SPO2_SAMPLES: spo2,
+    SKIN_SAMPLES: skin_temperature, SLEEP_EPISODES: sleep,
+}
