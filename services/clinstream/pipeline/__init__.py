@@ -1,0 +1,1 @@
+"""Runs a whole site pipeline (gateway and workers) as supervised local processes."""
