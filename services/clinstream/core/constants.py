@@ -92,6 +92,7 @@ INGEST_DEADLINE_S: Final = 5.0  # broker acknowledgement deadline of one request
 INGEST_RETRY_AFTER_S: Final = 5  # Retry-After of 503 answers
 INGEST_BROKER_PROBE_S: Final = 1.0  # while the broker is down, probe its metadata this often
 INGEST_DB_POOL_MAX: Final = 8  # connections of the gateway's credential/idempotency pool
+INGEST_MAX_IN_FLIGHT: Final = 128  # intake requests in progress at once; beyond that: 503 (load shedding)
 INGEST_TOKEN_SECRET_BYTES: Final = 32  # 256-bit random credential secrets
 DEVICE_TOKEN_PREFIX: Final = "csd"  # device tokens look like csd_<key id>.<secret>
 LIMS_TOKEN_PREFIX: Final = "csl"  # LIMS API keys look like csl_<key id>.<secret>

@@ -1,0 +1,130 @@
+"""Replay benchmark: readings/s of `clinstream replay --stage features --version 2` and its speed-up over real time.
+
+Cohort: N participants x H hours of 1 Hz heart rate in B-second blocks (synthetic pseudonyms), produced to a
+fresh site's pseudonymised telemetry topic. The replay then runs end to end exactly as the CLI does (own
+consumer group, assign(), features processor, store writer into TimescaleDB, checkpoints), and the script
+reports records/s, readings/s and how many times faster than real time the cohort is reprocessed
+(readings/s / N, since the cohort produces N readings per second). The site's topics and schema are deleted
+afterwards unless --keep.
+
+    .venv/bin/python scripts/bench_replay.py --participants 1000 --hours 24
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import uuid
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+import numpy as np
+
+from clinstream.core.avro import get_codec, subject_key
+from clinstream.core.config import Settings
+from clinstream.core.db import connect
+from clinstream.core.kafka import DurableProducer
+from clinstream.core.topic_admin import apply_topics, delete_site_topics
+from clinstream.core.topics import PSEUDO_TELEMETRY
+from clinstream.replay.engine import ReplayEngine
+from clinstream.replay.kafka_io import tool_consumer
+from clinstream.replay.plan import make_plan
+from clinstream.replay.sink import ReplaySink
+from clinstream.replay.stages import FeaturesStage
+from clinstream.store.migrate import migrate
+
+T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+HR = "org.clinstream.telemetry.HeartRateSamples"
+
+
+def produce_cohort(settings: Settings, participants: int, hours: int, block_s: int, seed: int) -> tuple[int, int]:
+    """Produce the cohort's blocks (participant-major per hour, like uploads); returns (blocks, readings)."""
+    rng = np.random.default_rng(seed)
+    codec = get_codec()
+    topic = PSEUDO_TELEMETRY.name(settings.site_id)
+    site = settings.site_id
+    people = [f"{i:064x}" for i in range(1, participants + 1)]
+    keys = [subject_key(site, p) for p in people]
+    per_block = block_s
+    offsets = (np.arange(per_block) * 1000).tolist()
+    producer = DurableProducer(settings)
+    blocks = readings = 0
+    n_blocks = hours * 3600 // block_s
+    pending: list[tuple[bytes, bytes, None]] = []
+    try:
+        for b in range(n_blocks):
+            start = T0 + b * block_s * 1000
+            bpm = np.round(65 + 10 * np.sin(b / 50 + np.arange(participants))[:, None]
+                           + rng.normal(0, 4, (participants, per_block)), 1).tolist()
+            records = [{"block_id": str(uuid.uuid5(uuid.NAMESPACE_OID, f"{p}/{b}")), "site_id": site,
+                        "participant_pseudonym": p, "device_pseudonym": p[::-1], "key_version": 1,
+                        "sequence": b, "start": start, "utc_offset_minutes": 60,
+                        "received_at": start + block_s * 1000 + 5000,
+                        "measurement": (HR, {"offsets_ms": offsets, "bpm": bpm[i]})} for i, p in enumerate(people)]
+            values = codec.encode_many(PSEUDO_TELEMETRY.value_schema, records)
+            pending.extend(zip(keys, values, [None] * len(values), strict=True))
+            blocks += len(values)
+            readings += len(values) * per_block
+            if len(pending) >= 50_000:
+                producer.send(topic, pending, 300)
+                pending = []
+        producer.send(topic, pending, 300)
+    finally:
+        producer.close()
+    return blocks, readings
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--participants", type=int, default=1000)
+    ap.add_argument("--hours", type=int, default=24)
+    ap.add_argument("--block-s", type=int, default=60, help="seconds of 1 Hz heart rate per block")
+    ap.add_argument("--batch-size", type=int, default=5000)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--keep", action="store_true", help="keep the site's topics and schema")
+    args = ap.parse_args()
+
+    settings = Settings(site_id="bench" + uuid.uuid4().hex[:6])  # type: ignore[call-arg]
+    apply_topics(settings)
+    migrate(settings)
+    try:
+        t0 = time.perf_counter()
+        blocks, readings = produce_cohort(settings, args.participants, args.hours, args.block_s, args.seed)
+        t_produce = time.perf_counter() - t0
+        print(f"cohort: {args.participants} participants x {args.hours} h of 1 Hz heart rate "
+              f"({args.block_s}-s blocks): {blocks:,} blocks, {readings:,} readings; produced in {t_produce:.1f} s")
+        with TemporaryDirectory() as tmp:
+            local = settings.model_copy(update={"data_dir": Path(tmp)})
+            consumer = tool_consumer(local, f"clinstream-{local.site_id}-replay-planner")
+            stage = FeaturesStage(local, version=2)
+            try:
+                plan = make_plan(consumer, run_id="bench", site_id=local.site_id, stage="features",
+                                 topics=stage.input_topics(), version=2, in_place=False)
+            finally:
+                consumer.close()
+            producer = DurableProducer(local)
+            sink = ReplaySink(local, plan.run_id, producer)
+            engine = ReplayEngine(local, plan, stage, sink, batch_max=args.batch_size)
+            t1 = time.perf_counter()
+            outcome = engine.run()
+            wall = time.perf_counter() - t1
+            sink.close()
+            producer.close()
+        c = outcome.checkpoint.counters
+        rate = c.get("readings", 0) / wall
+        print(f"replay: {c.get('records_read', 0):,} blocks, {c.get('readings', 0):,} readings in {wall:.1f} s "
+              f"(incl. {outcome.checkpoint.elapsed_s:.1f} s engine time)")
+        print(f"        {c.get('records_read', 0) / wall:,.0f} blocks/s, {rate:,.0f} readings/s; "
+              f"{c.get('feature_records', 0):,} feature records, {c.get('features_written', 0):,} row writes")
+        speedup = rate / args.participants
+        print(f"        {speedup:,.1f}x faster than real time for {args.participants} participants "
+              f"(one day of this cohort replays in {86_400 * args.participants / rate / 60:,.1f} min)")
+    finally:
+        if not args.keep:
+            delete_site_topics(settings)
+            with connect(settings, autocommit=True) as conn:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{settings.db_schema}" CASCADE')
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""Reading a stage's dead-letter topic: decoded envelopes, summaries by reason, and identifier-free views.
+
+A dead letter's reason and field path never carry identifiers (the stages guarantee it); its original key and
+bytes may (raw-zone stages: ingest, pseudonymise). Views therefore show sizes and digests of the original
+bytes by default; the bytes themselves (hex / escaped) only when asked to (`show_payload`).
+The same source record may be dead-lettered more than once (a crash before the commit, a replay); summaries
+count records and distinct sources (source topic, partition, offset, or the digest of the bytes when the
+record did not come from a topic).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from clinstream.core.avro import Codec, DecodeError, get_codec
+from clinstream.core.config import Settings
+from clinstream.core.constants import HEADER_REPLAY_RUN
+from clinstream.core.timeutil import from_ms
+from clinstream.core.topics import DLQ_SCHEMA, Stage, Zone, dlq
+from clinstream.replay.kafka_io import read_to_end
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterRecord:
+    """One record of a DLQ topic with its decoded envelope (None if the envelope itself is unreadable)."""
+
+    partition: int
+    offset: int
+    timestamp_ms: int
+    headers: tuple[tuple[str, bytes], ...]
+    envelope: dict[str, Any] | None
+    raw: bytes
+
+    @property
+    def position(self) -> str:
+        """`partition:offset` in the DLQ topic."""
+        return f"{self.partition}:{self.offset}"
+
+    @property
+    def reason(self) -> str:
+        """The stage's reason (or why the envelope cannot be read)."""
+        return str(self.envelope["reason"]) if self.envelope else "unreadable dead-letter envelope"
+
+    @property
+    def field_path(self) -> str | None:
+        """Path of the offending field, if known."""
+        return self.envelope.get("field_path") if self.envelope else None
+
+    @property
+    def original_value(self) -> bytes:
+        """The rejected record's bytes."""
+        return bytes(self.envelope["original_value"]) if self.envelope else b""
+
+    @property
+    def original_key(self) -> bytes | None:
+        """The rejected record's key bytes."""
+        key = self.envelope.get("original_key") if self.envelope else None
+        return bytes(key) if key is not None else None
+
+    @property
+    def source(self) -> tuple[Any, ...]:
+        """Identity of the rejected source record: topic coordinates, else a digest of its bytes."""
+        env = self.envelope or {}
+        if env.get("source_topic") is not None and env.get("source_offset") is not None:
+            return (env["source_topic"], env.get("source_partition"), env["source_offset"])
+        return ("sha256", hashlib.sha256(self.original_value).hexdigest())
+
+    @property
+    def replay_run(self) -> str | None:
+        """Run id of the replay that wrote this dead letter, if one did."""
+        for name, value in self.headers:
+            if name == HEADER_REPLAY_RUN:
+                return value.decode(errors="replace")
+        return None
+
+
+def _header(header: Any) -> tuple[str, bytes]:
+    name, value = header
+    return str(name), value.encode() if isinstance(value, str) else bytes(value or b"")
+
+
+def parse_position(text: str) -> tuple[int, int]:
+    """`partition:offset` -> (partition, offset)."""
+    p, _, o = text.partition(":")
+    if not (p.isdigit() and o.isdigit()):
+        raise ValueError("a position is partition:offset, e.g. 0:42")
+    return int(p), int(o)
+
+
+def decode_envelope(codec: Codec, value: bytes) -> dict[str, Any] | None:
+    """The DeadLetter record of a DLQ value, or None if it is not one."""
+    try:
+        if codec.writer_name(value) != DLQ_SCHEMA:
+            return None
+        return codec.decode(value)
+    except DecodeError:
+        return None
+
+
+def read_dead_letters(settings: Settings, stage: Stage, *, starts: dict[int, int] | None = None,
+                      codec: Codec | None = None) -> Iterator[DeadLetterRecord]:
+    """Every dead letter of a stage (from `starts` per partition) up to the topic's current end."""
+    codec = codec or get_codec()
+    topic = dlq(stage).name(settings.site_id)
+    for msg in read_to_end(settings, topic, f"clinstream-{settings.site_id}-dlq-reader", starts=starts):
+        value = msg.value() or b""
+        _, ts = msg.timestamp()
+        headers = tuple(_header(h) for h in msg.headers() or [])
+        yield DeadLetterRecord(msg.partition() or 0, msg.offset() or 0, ts, headers, decode_envelope(codec, value),
+                               value)
+
+
+@dataclass(slots=True)
+class ReasonSummary:
+    """Dead letters of one (reason, field path)."""
+
+    reason: str
+    field_path: str | None
+    records: int = 0
+    sources: int = 0
+    from_replays: int = 0
+    redriven: int = 0
+    first_failed: datetime | None = None
+    last_failed: datetime | None = None
+    example: str = ""
+
+
+def summarise(records: Iterable[DeadLetterRecord], redriven: set[tuple[int, int]] | None = None) -> list[ReasonSummary]:
+    """Counts grouped by (reason, field path), most frequent first."""
+    groups: dict[tuple[str, str | None], ReasonSummary] = {}
+    seen: dict[tuple[str, str | None], set[tuple[Any, ...]]] = {}
+    for rec in records:
+        key = (rec.reason, rec.field_path)
+        s = groups.get(key)
+        if s is None:
+            s = groups[key] = ReasonSummary(rec.reason, rec.field_path, example=rec.position)
+            seen[key] = set()
+        s.records += 1
+        seen[key].add(rec.source)
+        s.sources = len(seen[key])
+        s.from_replays += rec.replay_run is not None
+        s.redriven += bool(redriven and (rec.partition, rec.offset) in redriven)
+        failed = rec.envelope["failed_at"] if rec.envelope else from_ms(rec.timestamp_ms)
+        if isinstance(failed, int):
+            failed = from_ms(failed)
+        s.first_failed = failed if s.first_failed is None or failed < s.first_failed else s.first_failed
+        s.last_failed = failed if s.last_failed is None or failed > s.last_failed else s.last_failed
+    return sorted(groups.values(), key=lambda g: (-g.records, g.reason))
+
+
+def is_raw_zone(stage: Stage) -> bool:
+    """Whether a stage's DLQ lives in the raw zone (its original bytes may hold direct identifiers)."""
+    return dlq(stage).zone is Zone.RAW
+
+
+def escaped(data: bytes, limit: int = 4096) -> str:
+    """Printable form of bytes: ASCII as is, everything else as \\xNN; cut after `limit` bytes."""
+    text = data[:limit].decode("latin-1").encode("unicode_escape").decode("ascii")
+    return text + (f"... ({len(data) - limit} more bytes)" if len(data) > limit else "")
+
+
+def safe_view(rec: DeadLetterRecord, stage: Stage, *, show_payload: bool, codec: Codec | None = None) -> dict[str, Any]:
+    """What `dlq show` prints: the envelope without identifiers; payload only on request."""
+    env = rec.envelope or {}
+    original = rec.original_value
+    view: dict[str, Any] = {
+        "position": rec.position,
+        "stage": env.get("stage", stage.value),
+        "reason": rec.reason,
+        "field_path": rec.field_path,
+        "source": (f"{env.get('source_topic')}:{env.get('source_partition')}:{env.get('source_offset')}"
+                   if env.get("source_topic") else None),
+        "content_type": env.get("content_type"),
+        "failed_at": failed.isoformat() if isinstance(failed := env.get("failed_at"), datetime) else None,
+        "replay_run": rec.replay_run,
+        "original_value": f"{len(original)} bytes, sha256 {hashlib.sha256(original).hexdigest()[:16]}",
+        "original_key": (f"{len(rec.original_key)} bytes" if rec.original_key is not None else None),
+    }
+    codec = codec or get_codec()
+    writer = codec.writer_name(original) if original[:2] == b"\xc3\x01" else None
+    view["original_schema"] = writer
+    if show_payload:
+        view["original_value_hex"] = original.hex()
+        view["original_value_escaped"] = escaped(original)
+        if rec.original_key is not None:
+            view["original_key_escaped"] = escaped(rec.original_key)
+        if not is_raw_zone(stage) and writer is not None:  # pseudonymised zone: a decoded view is safe
+            try:
+                view["original_decoded"] = codec.decode(original)
+            except DecodeError:
+                view["original_decoded"] = None
+    return view

@@ -1,0 +1,154 @@
+"""`clinstream dlq`: list and inspect a stage's dead letters, and re-drive them after a fix."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from clinstream.core.config import get_settings
+from clinstream.core.topics import Stage, dlq
+
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
+console = Console()
+err = Console(stderr=True)
+
+_STAGE = typer.Option(..., "--stage", help="ingest, pseudonymise, features or store.")
+
+
+@app.callback()
+def dlq_group() -> None:
+    """Dead-lettered records by stage: list, show, re-drive. Identifiers are never printed by default."""
+
+
+def _stage(name: str) -> Stage:
+    try:
+        return Stage(name)
+    except ValueError:
+        err.print(f"[red]error:[/red] unknown stage {name!r}; one of {', '.join(s.value for s in Stage)}")
+        raise typer.Exit(2) from None
+
+
+@app.command("list")
+def list_(stage: str = _STAGE,
+          records: bool = typer.Option(False, "--records", help="One line per dead letter instead of counts."),
+          as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """Dead letters of a stage grouped by reason and field path (records, distinct sources, re-driven)."""
+    from clinstream.replay.dlq import read_dead_letters, summarise
+    from clinstream.replay.redrive import redrive_progress, redriven_positions
+
+    settings = get_settings()
+    st = _stage(stage)
+    recs = list(read_dead_letters(settings, st))
+    done = redriven_positions(redrive_progress(settings, st), recs)
+    if records:
+        rows = [{"position": r.position, "reason": r.reason, "field_path": r.field_path,
+                 "source": ":".join(str(x) for x in r.source) if r.source[0] != "sha256" else None,
+                 "replay_run": r.replay_run, "redriven": (r.partition, r.offset) in done} for r in recs]
+        if as_json:
+            console.print_json(json.dumps(rows))
+            return
+        table = Table("position", "reason", "field path", "source", "replay run", "re-driven",
+                      title=f"{dlq(st).name(settings.site_id)}: {len(recs)} dead letters")
+        for row in rows:
+            table.add_row(*(str(row[k] or "") for k in ("position", "reason", "field_path", "source", "replay_run")),
+                          "yes" if row["redriven"] else "")
+        console.print(table)
+        return
+    groups = summarise(recs, done)
+    if as_json:
+        console.print_json(json.dumps([{
+            "reason": g.reason, "field_path": g.field_path, "records": g.records, "sources": g.sources,
+            "from_replays": g.from_replays, "redriven": g.redriven, "example": g.example,
+            "first_failed": g.first_failed.isoformat() if g.first_failed else None,
+            "last_failed": g.last_failed.isoformat() if g.last_failed else None} for g in groups]))
+        return
+    table = Table("reason", "field path", "records", "sources", "from replays", "re-driven", "first failed",
+                  "last failed", "example", title=f"{dlq(st).name(settings.site_id)}: {len(recs)} dead letters")
+    for g in groups:
+        table.add_row(g.reason, g.field_path or "", str(g.records), str(g.sources), str(g.from_replays),
+                      str(g.redriven), g.first_failed.isoformat() if g.first_failed else "",
+                      g.last_failed.isoformat() if g.last_failed else "", g.example)
+    console.print(table)
+    console.print("show one with: clinstream dlq show --stage " + st.value + " <partition:offset>")
+
+
+@app.command("show")
+def show(position: str = typer.Argument(..., help="partition:offset in the stage's DLQ topic."),
+         stage: str = _STAGE,
+         show_payload: bool = typer.Option(False, "--show-payload",
+                                           help="Also print the original bytes (may hold identifiers in raw-zone "
+                                                "stages: ingest, pseudonymise)."),
+         as_json: bool = typer.Option(False, "--json")) -> None:
+    """One dead letter: its envelope; the original bytes only with --show-payload."""
+    from clinstream.replay.dlq import is_raw_zone, parse_position, read_dead_letters, safe_view
+
+    settings = get_settings()
+    st = _stage(stage)
+    try:
+        p, o = parse_position(position)
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    rec = next((r for r in read_dead_letters(settings, st, starts={p: o}) if r.partition == p and r.offset == o),
+               None)
+    if rec is None:
+        err.print(f"[red]error:[/red] no dead letter at {position} of {dlq(st).name(settings.site_id)}")
+        raise typer.Exit(1)
+    if show_payload and is_raw_zone(st):
+        err.print("[yellow]warning:[/yellow] raw-zone payload: it may contain direct identifiers")
+    view = safe_view(rec, st, show_payload=show_payload)
+    if as_json:
+        console.print_json(json.dumps(view, default=str))
+        return
+    table = Table("field", "value", title=f"dead letter {position}")
+    for k, v in view.items():
+        table.add_row(k, _text(v))
+    console.print(table)
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, dict | list):
+        return json.dumps(value, default=str)[:4000]
+    return str(value)
+
+
+@app.command("redrive")
+def redrive_cmd(stage: str = _STAGE,
+                reason: str | None = typer.Option(None, "--reason", help="Only dead letters with this reason."),
+                dry_run: bool = typer.Option(False, "--dry-run", help="Judge only: send and commit nothing."),
+                as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """Re-run dead letters through the stage's current logic; passing ones go back into the stream, once."""
+    from clinstream.replay.redrive import redrive, redrive_group
+
+    settings = get_settings()
+    st = _stage(stage)
+    try:
+        report = redrive(settings, st, reason=reason, dry_run=dry_run)
+    except LookupError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    if as_json:
+        console.print_json(json.dumps({
+            "examined": report.examined, "redriven": report.redriven, "still_failing": report.still_failing,
+            "left_out": report.left_out, "already_redriven": report.already_redriven, "dry_run": dry_run,
+            "targets": dict(report.targets), "failures": dict(report.failures)}))
+        return
+    title = "Re-drive (dry run: nothing sent)" if dry_run else "Re-drive"
+    table = Table("", "", title=title)
+    table.add_row("examined", str(report.examined))
+    table.add_row("re-driven into the stream", str(report.redriven))
+    table.add_row("still failing (stay in the DLQ)", str(report.still_failing))
+    table.add_row("left out (other reasons)", str(report.left_out))
+    table.add_row("re-driven by earlier runs (skipped)", str(report.already_redriven))
+    for topic, n in sorted(report.targets.items()):
+        table.add_row(f"  -> {topic}", str(n))
+    for why, n in report.failures.most_common():
+        table.add_row(f"  still: {why}", str(n))
+    console.print(table)
+    console.print(f"progress group: {redrive_group(settings, st)}")
