@@ -7,6 +7,7 @@ from rich.console import Console
 from rich.table import Table
 
 from clinstream.features.catalogue import CATALOGUE
+from clinstream.replay.promote import promote_command
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
 console = Console()
@@ -25,7 +26,5 @@ def catalogue() -> None:
         table.add_row(d.feature_set, d.name, d.unit, ", ".join(w.value for w in d.windows) or "per sample",
                       str(d.version), d.loinc or "", d.definition)
     console.print(table)
-
-from clinstream.replay.promote import promote_command  # noqa: E402  (the replay package owns this command)
 
 app.command("promote")(promote_command)
