@@ -13,6 +13,17 @@ _SUBCOMMANDS: tuple[tuple[str, str, str], ...] = (
     ("topics", "clinstream.core.topics_cli", "The site's topic catalogue."),
     ("schemas", "clinstream.core.schemas_cli", "The Avro schema catalogue and its compatibility lock."),
     ("db", "clinstream.store.db_cli", "Feature-store database migrations."),
+    ("gateway", "clinstream.ingest.gateway_cli", "Run the HTTP gateway for device telemetry and LIMS events."),
+    ("devices", "clinstream.ingest.devices_cli", "Device credentials: register, revoke, list."),
+    ("lims", "clinstream.ingest.lims_cli", "LIMS API keys and CSV imports."),
+    ("simulate", "clinstream.simulate.cli", "Simulated wearables and LIMS sending to the gateway."),
+    ("keys", "clinstream.pseudonymise.cli", "The site's pseudonym key ring: init, rotate, show."),
+    ("worker", "clinstream.worker_cli", "Run a stream-processing worker (pseudonymise, ...)."),
+    ("features", "clinstream.features.cli", "The feature catalogue."),
+    ("replay", "clinstream.replay.cli", "Re-run a stage over a range of its input topics (versioned or in place)."),
+    ("dlq", "clinstream.replay.dlq_cli", "List, inspect and re-drive dead-lettered records by stage."),
+    ("lag", "clinstream.replay.lag_cli", "Consumer-group lag per partition and feature-set freshness."),
+    ("federated", "clinstream.federated.cli", "Federated training with Flower: superlink, supernode, run, demo."),
 )
 
 

@@ -1,0 +1,1 @@
+"""Ingest: the authenticated HTTP gateway for wearable telemetry and biobank LIMS events."""

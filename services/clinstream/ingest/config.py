@@ -1,0 +1,59 @@
+"""Site-configurable limits of the ingest gateway (CLINSTREAM_INGEST_* environment variables)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from clinstream.core import constants as c
+
+
+class IngestSettings(BaseSettings):
+    """Plausible ranges, clock-skew tolerance, size limits and the broker deadline of the gateway.
+
+    A reading outside its plausible range rejects its whole block (the block goes to the ingest DLQ).
+    """
+
+    model_config = SettingsConfigDict(env_prefix=c.ENV_PREFIX + "INGEST_", extra="ignore")
+
+    hr_min_bpm: float = 20.0
+    hr_max_bpm: float = 250.0
+    rr_min_ms: float = 200.0
+    rr_max_ms: float = 3000.0
+    spo2_min_percent: float = 50.0
+    spo2_max_percent: float = 100.0
+    skin_min_c: float = Field(default=20.0, description="Wrist skin runs below core temperature: a wide band.")
+    skin_max_c: float = 43.0
+    accel_max_m_s2: float = Field(default=160.0, gt=0, description="Absolute bound per axis (16 g).")
+    max_step_rate_per_s: float = Field(default=5.0, gt=0, description="Steps per second of a counting interval.")
+    max_future_skew_s: int = Field(default=c.INGEST_MAX_FUTURE_SKEW_S, ge=0)
+    max_block_age_days: int = Field(default=c.INGEST_MAX_BLOCK_AGE_DAYS, ge=1)
+    max_block_span_ms: int = Field(default=c.INGEST_MAX_BLOCK_SPAN_MS, ge=1000, le=2**31 - 1)
+    max_block_samples: int = Field(default=c.INGEST_MAX_BLOCK_SAMPLES, ge=1, le=c.INGEST_MAX_BLOCK_SAMPLES)
+    max_blocks_per_request: int = Field(default=c.INGEST_MAX_BLOCKS_PER_REQUEST, ge=1)
+    max_events_per_request: int = Field(default=c.INGEST_MAX_EVENTS_PER_REQUEST, ge=1)
+    max_body_bytes: int = Field(default=c.INGEST_MAX_BODY_BYTES, ge=1024)
+    max_decoded_bytes: int = Field(default=c.INGEST_MAX_DECODED_BYTES, ge=1024)
+    deadline_s: float = Field(default=c.INGEST_DEADLINE_S, gt=0, le=120,
+                              description="Broker acknowledgement deadline of one request; then 503.")
+    retry_after_s: int = Field(default=c.INGEST_RETRY_AFTER_S, ge=1)
+    broker_probe_s: float = Field(default=c.INGEST_BROKER_PROBE_S, gt=0)
+    db_pool_max: int = Field(default=c.INGEST_DB_POOL_MAX, ge=1)
+    max_in_flight: int = Field(default=c.INGEST_MAX_IN_FLIGHT, ge=1,
+                               description="Intake requests processed at once; more are shed with 503.")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> IngestSettings:
+        for lo, hi in ((self.hr_min_bpm, self.hr_max_bpm), (self.rr_min_ms, self.rr_max_ms),
+                       (self.spo2_min_percent, self.spo2_max_percent), (self.skin_min_c, self.skin_max_c)):
+            if lo >= hi:
+                raise ValueError("every plausible range needs min < max")
+        return self
+
+
+@lru_cache(maxsize=1)
+def get_ingest_settings() -> IngestSettings:
+    """Ingest settings of this process, read once."""
+    return IngestSettings()

@@ -1,0 +1,169 @@
+"""Device and LIMS credentials: token format, hashing, and the admin operations behind `clinstream devices|lims`.
+
+A token is `<prefix>_<key id>.<secret>`: the key id is public and random (it is not the device serial, so a token
+in a log line would not name a device), the secret is 256 random bits. Only SHA-256(domain, key id, secret) is
+stored. A fast hash is sound here because the secret is random and long; argon2 protects low-entropy passwords
+and would cost milliseconds per request for nothing. Verification looks the key id up on every request (one
+primary-key read), so a revocation takes effect on the next request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from clinstream.core.constants import DEVICE_TOKEN_PREFIX, INGEST_TOKEN_SECRET_BYTES, LIMS_TOKEN_PREFIX
+
+_DOMAIN = b"clinstream-credential-v1\x00"
+_TOKEN_RE = re.compile(r"^(csd|csl)_([0-9a-f]{16})\.([A-Za-z0-9_-]{32,128})$")
+DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+PARTICIPANT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+LIMS_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,63}$")
+
+
+class CredentialError(ValueError):
+    """An admin operation that cannot be done (bad id, device already has an active credential...)."""
+
+
+@dataclass(frozen=True)
+class ParsedToken:
+    """The parts of a presented token."""
+
+    prefix: str
+    key_id: str
+    secret: str
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    """A new credential: the token is shown once and never stored."""
+
+    key_id: str
+    token: str
+
+
+def secret_hash(key_id: str, secret: str) -> bytes:
+    """The stored form of a secret."""
+    return hashlib.sha256(_DOMAIN + key_id.encode() + b"\x00" + secret.encode()).digest()
+
+
+def matches(stored: bytes, key_id: str, secret: str) -> bool:
+    """Constant-time comparison of a presented secret with the stored hash."""
+    return hmac.compare_digest(bytes(stored), secret_hash(key_id, secret))
+
+
+def parse_token(token: str) -> ParsedToken | None:
+    """The parts of a well-formed token, else None."""
+    found = _TOKEN_RE.match(token)
+    if not found:
+        return None
+    return ParsedToken(found.group(1), found.group(2), found.group(3))
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header."""
+    if not authorization:
+        return None
+    scheme, _, value = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return None
+    return value.strip()
+
+
+def new_token(prefix: str) -> tuple[IssuedToken, bytes]:
+    """A fresh token and the hash to store."""
+    key_id = secrets.token_hex(8)
+    secret = secrets.token_urlsafe(INGEST_TOKEN_SECRET_BYTES)
+    return IssuedToken(key_id, f"{prefix}_{key_id}.{secret}"), secret_hash(key_id, secret)
+
+
+@dataclass(frozen=True)
+class DeviceRow:
+    """One row of `clinstream devices list`."""
+
+    key_id: str
+    device_id: str
+    participant_id: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class LimsRow:
+    """One row of `clinstream lims list-keys`."""
+
+    key_id: str
+    lims_name: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+def register_device(conn: psycopg.Connection[Any], device_id: str, participant_id: str) -> IssuedToken:
+    """Issue a credential binding a device to one participant; refused while the device has an active one."""
+    if not DEVICE_ID_RE.match(device_id):
+        raise CredentialError("device id: letters, digits and . _ : - only (max 64)")
+    if not PARTICIPANT_ID_RE.match(participant_id):
+        raise CredentialError("participant id: letters, digits and . _ - only (max 64)")
+    issued, digest = new_token(DEVICE_TOKEN_PREFIX)
+    try:
+        with conn.transaction():
+            conn.execute("INSERT INTO device_credentials (key_id, secret_sha256, device_id, participant_id)"
+                         " VALUES (%s, %s, %s, %s)", (issued.key_id, digest, device_id, participant_id))
+    except psycopg.errors.UniqueViolation:
+        raise CredentialError("the device already has an active credential; revoke it first") from None
+    return issued
+
+
+def revoke_devices(conn: psycopg.Connection[Any], *, key_id: str | None = None, device_id: str | None = None,
+                   participant_id: str | None = None) -> int:
+    """Revoke the active credentials matching a key id, a device or a participant; returns how many."""
+    if [key_id, device_id, participant_id].count(None) != 2:
+        raise CredentialError("give exactly one of key id, device id or participant id")
+    column, value = next((c, v) for c, v in (("key_id", key_id), ("device_id", device_id),
+                                              ("participant_id", participant_id)) if v is not None)
+    with conn.transaction():
+        cur = conn.execute(f"UPDATE device_credentials SET revoked_at = now() WHERE {column} = %s"
+                           " AND revoked_at IS NULL", (value,))
+        return cur.rowcount
+
+
+def list_devices(conn: psycopg.Connection[Any], *, include_revoked: bool = False) -> list[DeviceRow]:
+    """Device credentials, newest first."""
+    where = "" if include_revoked else " WHERE revoked_at IS NULL"
+    rows = conn.execute("SELECT key_id, device_id, participant_id, created_at, revoked_at FROM device_credentials"
+                        f"{where} ORDER BY created_at DESC, key_id").fetchall()
+    return [DeviceRow(*row) for row in rows]
+
+
+def register_lims(conn: psycopg.Connection[Any], lims_name: str) -> IssuedToken:
+    """Issue an API key for one LIMS instance."""
+    if not LIMS_NAME_RE.match(lims_name):
+        raise CredentialError("LIMS name: letters, digits, spaces and . _ - only (max 64)")
+    issued, digest = new_token(LIMS_TOKEN_PREFIX)
+    with conn.transaction():
+        conn.execute("INSERT INTO lims_credentials (key_id, secret_sha256, lims_name) VALUES (%s, %s, %s)",
+                     (issued.key_id, digest, lims_name))
+    return issued
+
+
+def revoke_lims(conn: psycopg.Connection[Any], key_id: str) -> int:
+    """Revoke one LIMS API key; returns 1 if it was active."""
+    with conn.transaction():
+        cur = conn.execute("UPDATE lims_credentials SET revoked_at = now() WHERE key_id = %s"
+                           " AND revoked_at IS NULL", (key_id,))
+        return cur.rowcount
+
+
+def list_lims(conn: psycopg.Connection[Any], *, include_revoked: bool = False) -> list[LimsRow]:
+    """LIMS API keys, newest first."""
+    where = "" if include_revoked else " WHERE revoked_at IS NULL"
+    rows = conn.execute("SELECT key_id, lims_name, created_at, revoked_at FROM lims_credentials"
+                        f"{where} ORDER BY created_at DESC, key_id").fetchall()
+    return [LimsRow(*row) for row in rows]

@@ -1,0 +1,115 @@
+"""The gateway's asynchronous database access: credential look-ups and the LIMS event-id idempotency record."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from clinstream.core.config import Settings
+from clinstream.ingest.credentials import ParsedToken, matches
+
+_DB_ERRORS = (psycopg.Error, PoolTimeout, OSError)
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The credential store could not be reached in time; the request may be retried."""
+
+
+@dataclass(frozen=True, slots=True)
+class DevicePrincipal:
+    """An authenticated device and the participant it is bound to."""
+
+    key_id: str
+    device_id: str
+    participant_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class LimsPrincipal:
+    """An authenticated LIMS."""
+
+    key_id: str
+
+
+class GatewayDb:
+    """A small connection pool over the site schema with the queries of the gateway."""
+
+    def __init__(self, settings: Settings, *, max_size: int, timeout_s: float) -> None:
+        schema = settings.db_schema
+
+        async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
+            await conn.execute(f'SET search_path TO "{schema}", public')
+
+        self.timeout_s = timeout_s
+        self.pool = AsyncConnectionPool(
+            settings.database_url, min_size=1, max_size=max_size, open=False, configure=_configure,
+            timeout=timeout_s, reconnect_timeout=3600.0, name="clinstream-gateway",
+            kwargs={"autocommit": True, "connect_timeout": max(1, int(timeout_s)),
+                    "options": f"-c statement_timeout={int(timeout_s * 1000)}"},
+        )
+
+    async def open(self) -> None:
+        """Start the pool without waiting: the gateway starts (and reports not ready) while the DB is away."""
+        await self.pool.open(wait=False)
+
+    async def close(self) -> None:
+        """Close every connection."""
+        await self.pool.close(timeout=2.0)
+
+    async def _fetch(self, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        try:
+            async with self.pool.connection(timeout=self.timeout_s) as conn:
+                cur = await conn.execute(query, params)  # type: ignore[arg-type]
+                return await cur.fetchall()
+        except _DB_ERRORS as exc:
+            raise DatabaseUnavailable(type(exc).__name__) from None
+
+    async def ping(self) -> bool:
+        """Whether the database answers."""
+        try:
+            await self._fetch("SELECT 1", ())
+        except DatabaseUnavailable:
+            return False
+        return True
+
+    async def device(self, token: ParsedToken) -> DevicePrincipal | None:
+        """The device of an active device token whose secret matches, else None."""
+        rows = await self._fetch("SELECT secret_sha256, device_id, participant_id FROM device_credentials"
+                                 " WHERE key_id = %s AND revoked_at IS NULL", (token.key_id,))
+        if not rows or not matches(rows[0][0], token.key_id, token.secret):
+            return None
+        return DevicePrincipal(token.key_id, str(rows[0][1]), str(rows[0][2]))
+
+    async def lims(self, token: ParsedToken) -> LimsPrincipal | None:
+        """The LIMS of an active API key whose secret matches, else None."""
+        rows = await self._fetch("SELECT secret_sha256 FROM lims_credentials WHERE key_id = %s"
+                                 " AND revoked_at IS NULL", (token.key_id,))
+        if not rows or not matches(rows[0][0], token.key_id, token.secret):
+            return None
+        return LimsPrincipal(token.key_id)
+
+    async def known_events(self, event_ids: Sequence[str]) -> dict[str, bytes]:
+        """Content hashes of the events among `event_ids` that were accepted before."""
+        if not event_ids:
+            return {}
+        rows = await self._fetch("SELECT event_id, content_sha256 FROM ingest_event_ids WHERE event_id = ANY(%s)",
+                                 ([UUID(e) for e in event_ids],))
+        return {str(row[0]): bytes(row[1]) for row in rows}
+
+    async def record_events(self, events: Sequence[tuple[str, bytes]], lims_key_id: str) -> None:
+        """Remember events the broker acknowledged (an id that is already known keeps its first record)."""
+        if not events:
+            return
+        try:
+            async with self.pool.connection(timeout=self.timeout_s) as conn, conn.cursor() as cur:
+                await cur.executemany(
+                    "INSERT INTO ingest_event_ids (event_id, content_sha256, lims_key_id) VALUES (%s, %s, %s)"
+                    " ON CONFLICT (event_id) DO NOTHING",
+                    [(UUID(e), digest, lims_key_id) for e, digest in events])
+        except _DB_ERRORS as exc:
+            raise DatabaseUnavailable(type(exc).__name__) from None

@@ -1,0 +1,109 @@
+"""Synthetic participants: physiological baselines, habits and an inflammatory-flare schedule, all seeded.
+
+Every participant is a deterministic function of (seed, index). The device and LIMS simulators share these
+profiles, so a flare shows in both sources: resting heart rate and skin temperature rise, HRV falls, and
+samples taken during a flare have raised CRP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from clinstream.core.timeutil import DAY_MS, HOUR_MS
+
+# Flares: gaps between flares ~ exponential, durations uniform; ramps make the level smooth.
+FLARE_MEAN_GAP_DAYS = 9.0
+FLARE_MIN_DAYS = 3.0
+FLARE_MAX_DAYS = 7.0
+FLARE_RAMP_MS = 18 * HOUR_MS
+FLARE_HORIZON_DAYS = 400  # flares are scheduled this far around the epoch
+FLARE_EPOCH_MS = 1_735_689_600_000  # 2025-01-01T00:00:00Z: a fixed origin, so schedules do not depend on "now"
+
+
+def rng_for(seed: int, *parts: int) -> np.random.Generator:
+    """A generator that depends only on the seed and the given integers."""
+    return np.random.default_rng(np.random.SeedSequence([seed & 0xFFFFFFFF, *parts]))
+
+
+@dataclass(frozen=True)
+class Participant:
+    """One synthetic person wearing one device."""
+
+    index: int
+    participant_id: str
+    device_id: str
+    resting_hr: float  # beats/min at rest, awake
+    rmssd_ms: float  # short-term RMSSD at rest, awake, outside flares
+    skin_temp_c: float  # wrist skin temperature, awake, at rest
+    spo2_percent: float
+    sleep_start_h: float  # local clock hour of lights out (may exceed 24)
+    sleep_hours: float
+    activity: float  # relative amount of walking
+    utc_offset_minutes: int
+    crp_baseline_mg_l: float
+    birth_year: int
+    flares: tuple[tuple[int, int], ...]  # (start_ms, end_ms) of each flare
+
+    def flare_level(self, t_ms: Any) -> Any:
+        """Flare intensity 0..1 at epoch-ms instants (scalar or numpy array)."""
+        t = np.asarray(t_ms, dtype=np.float64)
+        level = np.zeros_like(t)
+        if t.size == 0:
+            return level
+        lo, hi = float(t.min()), float(t.max())
+        for start, end in self.flares:
+            if end < lo or start > hi:
+                continue
+            rise = np.clip((t - start) / FLARE_RAMP_MS, 0.0, 1.0)
+            fall = np.clip((end - t) / FLARE_RAMP_MS, 0.0, 1.0)
+            level = np.maximum(level, np.minimum(rise, fall))
+        return level if level.ndim else float(level)
+
+    def in_flare(self, t_ms: int, threshold: float = 0.5) -> bool:
+        """Whether the flare level at an instant is at least `threshold`."""
+        return float(self.flare_level(t_ms)) >= threshold
+
+
+def _flare_schedule(rng: np.random.Generator) -> tuple[tuple[int, int], ...]:
+    flares: list[tuple[int, int]] = []
+    t = FLARE_EPOCH_MS - FLARE_HORIZON_DAYS * DAY_MS + rng.uniform(0, FLARE_MEAN_GAP_DAYS) * DAY_MS
+    end_of_horizon = FLARE_EPOCH_MS + 2 * FLARE_HORIZON_DAYS * DAY_MS
+    while t < end_of_horizon:
+        duration = rng.uniform(FLARE_MIN_DAYS, FLARE_MAX_DAYS) * DAY_MS
+        flares.append((int(t), int(t + duration)))
+        t += duration + rng.exponential(FLARE_MEAN_GAP_DAYS) * DAY_MS + 2 * DAY_MS
+    return tuple(flares)
+
+
+def participant_id(index: int, prefix: str = "P") -> str:
+    """Synthetic participant id, e.g. P-000007."""
+    return f"{prefix}-{index:06d}"
+
+
+def make_participant(seed: int, index: int, *, prefix: str = "P") -> Participant:
+    """The participant `index` of a seeded cohort."""
+    rng = rng_for(seed, 1, index)
+    return Participant(
+        index=index,
+        participant_id=participant_id(index, prefix),
+        device_id=f"SIM-{prefix}-{seed % 100_000:05d}-{index:06d}",
+        resting_hr=float(rng.uniform(54, 72)),
+        rmssd_ms=float(rng.uniform(25, 60)),
+        skin_temp_c=float(rng.uniform(32.6, 34.2)),
+        spo2_percent=float(rng.uniform(95.5, 98.0)),
+        sleep_start_h=float(rng.uniform(22.0, 24.5)),
+        sleep_hours=float(rng.uniform(6.3, 8.3)),
+        activity=float(rng.uniform(0.6, 1.4)),
+        utc_offset_minutes=int(rng.choice([0, 60, 60, 120])),
+        crp_baseline_mg_l=float(rng.uniform(0.3, 2.5)),
+        birth_year=int(rng.integers(1945, 2002)),
+        flares=_flare_schedule(rng),
+    )
+
+
+def make_cohort(seed: int, n: int, *, first_index: int = 1, prefix: str = "P") -> list[Participant]:
+    """`n` participants of a seeded cohort."""
+    return [make_participant(seed, i, prefix=prefix) for i in range(first_index, first_index + n)]
