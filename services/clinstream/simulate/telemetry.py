@@ -302,14 +302,17 @@ def _sleep(day: _Day) -> Iterator[tuple[int, int, dict[str, Any], int]]:
 
 def device_blocks(p: Participant, start_ms: int, end_ms: int, *, seed: int, options: DeviceOptions | None = None,
                   first_sequence: int = 0) -> list[SimBlock]:
-    """Every block whose data lies in [start_ms, end_ms), with sequence numbers and due times, sorted by due time.
+    """Every block that ends in (start_ms, end_ms], with sequence numbers and due times, sorted by due time.
+
+    A block belongs to the window in which it ends, so consecutive windows (as the device simulator walks them
+    day by day) hand over blocks that cross a boundary, such as night-time sleep episodes, exactly once.
 
     Sequence numbers count from `first_sequence` in creation order (a caller that simulates consecutive windows
     passes on the count). Deterministic: the same arguments give identical blocks.
     """
     opt = options or DeviceOptions()
     made: list[tuple[int, int, dict[str, Any], int]] = []
-    for day_start in range((start_ms // DAY_MS) * DAY_MS, end_ms, DAY_MS):
+    for day_start in range((start_ms // DAY_MS - 1) * DAY_MS, end_ms, DAY_MS):
         day = _day(p, day_start, seed)
         rng = rng_for(seed, 4, p.index, day_start // DAY_MS)
         parts = [_heart_rate(day, opt), _rr_recordings(p, day, opt, rng), _steps(day, opt, rng),
@@ -317,7 +320,7 @@ def device_blocks(p: Participant, start_ms: int, end_ms: int, *, seed: int, opti
         if opt.acceleration:
             parts.append(_acceleration(day, rng))
         for part in parts:
-            made.extend(b for b in part if b[0] >= start_ms and b[1] <= end_ms)
+            made.extend(b for b in part if start_ms < b[1] <= end_ms)
     made.sort(key=lambda b: (b[1], str(b[2]["schema"])))
     rng = rng_for(seed, 5, p.index, start_ms // MINUTE_MS)
     out: list[SimBlock] = []
