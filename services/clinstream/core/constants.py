@@ -94,8 +94,8 @@ INGEST_BROKER_PROBE_S: Final = 1.0  # while the broker is down, probe its metada
 INGEST_DB_POOL_MAX: Final = 8  # connections of the gateway's credential/idempotency pool
 INGEST_MAX_IN_FLIGHT: Final = 128  # intake requests in progress at once; beyond that: 503 (load shedding)
 INGEST_TOKEN_SECRET_BYTES: Final = 32  # 256-bit random credential secrets
-DEVICE_TOKEN_PREFIX: Final = "csd"  # device tokens look like csd_<key id>.<secret>
-LIMS_TOKEN_PREFIX: Final = "csl"  # LIMS API keys look like csl_<key id>.<secret>
+DEVICE_TOKEN_PREFIX: Final = "csd"  # noqa: S105 (a prefix, not a secret); device tokens look like csd_<key id>.<secret>
+LIMS_TOKEN_PREFIX: Final = "csl"  # noqa: S105 (a prefix, not a secret); LIMS API keys look like csl_<key id>.<secret>
 # Analytes whose LOINC code and UCUM unit the gateway enforces (analyte -> (LOINC, unit)).
 KNOWN_ASSAYS: Final = {"CRP": ("1988-5", "mg/L"), "HSCRP": ("30522-7", "mg/L")}
 CRP_FLARE_MG_L: Final = 5.0  # CRP above this marks an inflammatory flare (simulator ground truth)
