@@ -89,3 +89,35 @@ def test_unreachable_credential_store_gives_503_not_401(ingest_site) -> None:
         assert r.status_code == 503 and r.json()["error"] == "database_unavailable" and "Retry-After" in r.headers
         assert time.monotonic() - started < DEADLINE_S + 1.0
         assert client.get("/readyz").json()["database"] is False
+
+
+def test_no_202_while_the_real_broker_is_stopped(ingest_site) -> None:
+    """Stop the real local broker: every answer is 503 + Retry-After, never 202; after a restart, 202 again."""
+    from clinstream.stack.kafka import kafka_is_up, start_kafka, stop_kafka
+
+    settings = ingest_site.settings
+    with _gateway(ingest_site, settings.kafka_bootstrap) as client:
+        assert client.post("/v1/telemetry", content=body(hr_block()),
+                           headers=auth(ingest_site.device_token)).status_code == 202
+        stop_kafka(settings)
+        try:
+            assert not kafka_is_up(settings, timeout_s=1.0)  # the fault really happened: the port is closed
+            codes = []
+            for _ in range(3):
+                started = time.monotonic()
+                r = client.post("/v1/telemetry", content=body(hr_block()), headers=auth(ingest_site.device_token))
+                codes.append(r.status_code)
+                assert r.status_code == 503 and r.headers["Retry-After"] == "3", r.text
+                assert time.monotonic() - started < DEADLINE_S + 1.5
+            assert 202 not in codes
+        finally:
+            start_kafka(settings)
+        gw = client.app.state.gateway  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 30
+        while True:
+            r = client.post("/v1/telemetry", content=body(hr_block()), headers=auth(ingest_site.device_token))
+            if r.status_code == 202:
+                break
+            assert r.status_code == 503 and time.monotonic() < deadline, r.text
+            time.sleep(0.5)
+        assert gw.producer.broker_up
