@@ -1,0 +1,829 @@
+"""End-to-end benchmark: simulated devices -> gateway -> raw topic -> pseudonymise -> features -> store, plus baselines.
+
+Per cohort (a fresh throw-away site `bench-<hex>` each: topics, DB schema, key file, device credentials):
+
+1. start the site's pipeline (`SitePipeline`: gateway and the three workers as child processes);
+2. grant consent for every participant through POST /v1/biobank/events;
+3. warm up: one request per participant; wait until its 1-minute heart-rate rows are in TimescaleDB;
+4. timed phase: many concurrent aiohttp clients post heart-rate blocks (1 Hz, 60 readings, one block per minute,
+   `--blocks` blocks per request, each request one participant's device) as fast as the gateway accepts them,
+   for at most `--seconds`; then wait until every accepted block's MINUTE row is visible;
+   sustained readings/s = accepted readings / (last row's stored_at - first send);
+   latency of a 1-minute window = its row's stored_at - the wall time its block was sent;
+   CPU seconds and peak RSS of every service (psutil, children included), Kafka, PostgreSQL and this loader;
+5. baselines on the same raw records, with the pipeline stopped: the limit (confluent-kafka passthrough of the raw
+   topic's bytes) and the naive pipeline (one record per reading, a faust agent per event, scripts/bench_naive.py);
+6. profile (the largest cohort, `--profile`): py-spy samples of every service for a few seconds of the timed phase.
+
+`--soak-minutes M`: a 10,000-participant site under load for M minutes; the features worker's RSS is sampled and
+its slope (MB/min) reported. Results go to reports/bench-e2e-<time>.json and .png.
+
+    scripts/bench                      # cohorts 100, 1000, 10000; soak 2 min
+    scripts/bench --quick              # cohorts 100, 1000; shorter phases; no soak
+    scripts/bench --cohorts 100,1000 --seconds 30 --soak-minutes 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import datetime as dt
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import orjson
+import psutil
+import psycopg
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import NewTopic
+
+from clinstream.core.avro import get_codec
+from clinstream.core.config import Settings
+from clinstream.core.db import connect, connect_with_retry
+from clinstream.core.kafka import consumer_config, producer_config
+from clinstream.core.topic_admin import admin_client, apply_topics, delete_site_topics
+from clinstream.core.topics import RAW_TELEMETRY
+from clinstream.ingest.credentials import register_device, register_lims
+from clinstream.pipeline.processes import SitePipeline
+from clinstream.pseudonymise.keys import init_key_file, load_key_file
+from clinstream.pseudonymise.pseudonyms import Pseudonymiser
+from clinstream.simulate.lims import lims_events
+from clinstream.simulate.profiles import Participant, make_cohort
+from clinstream.simulate.telemetry import iso_ms
+from clinstream.store.migrate import migrate
+
+ROOT = Path(__file__).resolve().parents[1]
+MINUTE_MS = 60_000
+SAMPLES = 60  # 1 Hz heart rate, one block per minute
+OFFSETS = list(range(0, MINUTE_MS, 1000))
+SPAN_MIN = 115  # simulated minutes before now: below the 120-min MINUTE horizon, so no window turns final mid-run
+ROW_SQL = ("SELECT participant_pseudonym, window_start, stored_at FROM wearable_features WHERE feature_set = "
+           "'heart_rate' AND window_kind = 'MINUTE' AND window_start >= %s")
+COUNT_SQL = ("SELECT count(*), max(stored_at) FROM wearable_features WHERE feature_set = 'heart_rate' "
+             "AND window_kind = 'MINUTE' AND window_start >= %s")
+
+
+def free_port() -> int:
+    """A free local TCP port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --- site ------------------------------------------------------------------------------------------------------
+@dataclass
+class Site:
+    """A throw-away bench site with its credentials."""
+
+    settings: Settings
+    key_dir: Path
+    cohort: list[Participant]
+    tokens: dict[str, str]
+    lims_token: str
+    pseudonyms: dict[str, int]  # participant pseudonym -> cohort position
+
+
+def make_site(participants: int) -> Site:
+    """Create topics, schema, key file, device and LIMS credentials of a new bench site."""
+    key_dir = Path(tempfile.mkdtemp(prefix="clinstream-bench-"))
+    key_file = key_dir / "keys.json"
+    init_key_file(key_file)
+    settings = Settings(site_id="bench-" + uuid.uuid4().hex[:8], gateway_port=free_port(),
+                        pseudonym_key_file=key_file, data_dir=key_dir / "data")
+    apply_topics(settings)
+    migrate(settings)
+    cohort = make_cohort(7, participants)
+    with connect(settings) as conn:
+        tokens = {p.device_id: register_device(conn, p.device_id, p.participant_id).token for p in cohort}
+        lims = register_lims(conn, "bench-lims").token
+        conn.commit()
+    pseudo = Pseudonymiser(load_key_file(key_file))
+    pseudonyms = {pseudo.participant(p.participant_id): i for i, p in enumerate(cohort)}
+    return Site(settings, key_dir, cohort, tokens, lims, pseudonyms)
+
+
+def drop_site(site: Site, attempts: int = 6) -> None:
+    """Delete the site's topics, consumer groups, schema and key directory (retried while the broker is away)."""
+    for attempt in range(attempts):
+        try:
+            _drop_site(site)
+            return
+        except Exception as exc:  # the broker or database may be restarting (others' fault tests)
+            print(f"  cleanup of {site.settings.site_id} failed ({exc!r}); retry {attempt + 1}", flush=True)
+            time.sleep(10)
+
+
+def _drop_site(site: Site) -> None:
+    settings = site.settings
+    try:
+        delete_site_topics(settings)
+        admin = admin_client(settings)
+        faust_topics = [t for t in admin.list_topics(timeout=30).topics if t.startswith(settings.site_id + "-")]
+        if faust_topics:  # the naive faust app's changelog and assignor topics
+            for fut in admin.delete_topics(faust_topics, operation_timeout=30).values():
+                fut.result(30)
+        groups = [g.group_id for g in admin.list_consumer_groups().result(30).valid
+                  if settings.site_id in g.group_id]
+        if groups:
+            for fut in admin.delete_consumer_groups(groups, request_timeout=30).values():
+                try:
+                    fut.result(30)
+                except Exception as exc:  # best effort: a group may still be leaving
+                    print(f"  (consumer group not deleted: {exc})")
+    finally:
+        with connect_with_retry(settings, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{settings.db_schema}" CASCADE')
+        shutil.rmtree(site.key_dir, ignore_errors=True)
+
+
+# --- resources -------------------------------------------------------------------------------------------------
+def _tree(proc: psutil.Process) -> list[psutil.Process]:
+    try:
+        return [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def _cpu_s(procs: Sequence[psutil.Process]) -> float:
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def _rss(procs: Sequence[psutil.Process]) -> int:
+    total = 0
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            total += p.memory_info().rss
+    return total
+
+
+def infrastructure() -> dict[str, psutil.Process]:
+    """The local Kafka broker and PostgreSQL postmaster (read-only: for CPU accounting)."""
+    found: dict[str, psutil.Process] = {}
+    for p in psutil.process_iter(["name", "cmdline", "ppid"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if p.info["name"] == "java" and "kafka" in cmd.lower() and "kafka" not in found:
+            found["kafka"] = p
+        elif p.info["name"] in ("postgres", "postmaster") and "clinstream" in cmd and "postgres" not in found:
+            found["postgres"] = p
+    if "postgres" not in found:
+        for p in psutil.process_iter(["name", "ppid"]):
+            if p.info["name"] in ("postgres", "postmaster") and p.info["ppid"] in (0, 1):
+                found["postgres"] = p
+                break
+    return found
+
+
+class Sampler(threading.Thread):
+    """Samples RSS of named process trees; CPU seconds between start and stop."""
+
+    def __init__(self, roots: Mapping[str, psutil.Process], interval_s: float = 0.5) -> None:
+        super().__init__(daemon=True)
+        self.roots = dict(roots)
+        self.interval_s = interval_s
+        self.halt = threading.Event()
+        self.peak: dict[str, int] = collections.defaultdict(int)
+        self.series: dict[str, list[tuple[float, int]]] = collections.defaultdict(list)
+        self.cpu0 = {n: _cpu_s(_tree(p)) for n, p in self.roots.items()}
+        self.cpu1: dict[str, float] = {}
+        self.t0 = time.monotonic()
+        self.t1 = self.t0
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            now = time.monotonic() - self.t0
+            for name, root in self.roots.items():
+                rss = _rss(_tree(root))
+                self.peak[name] = max(self.peak[name], rss)
+                self.series[name].append((now, rss))
+            self.halt.wait(self.interval_s)
+
+    def stop(self) -> dict[str, dict[str, float]]:
+        """Stop sampling; per process: cpu_s, cpu_percent (of one core) and peak_rss_mb."""
+        self.cpu1 = {n: _cpu_s(_tree(p)) for n, p in self.roots.items()}
+        self.t1 = time.monotonic()
+        self.halt.set()
+        self.join(5)
+        wall = max(self.t1 - self.t0, 1e-9)
+        return {n: {"cpu_s": round(self.cpu1[n] - self.cpu0[n], 2),
+                    "cpu_percent": round(100 * (self.cpu1[n] - self.cpu0[n]) / wall, 1),
+                    "peak_rss_mb": round(self.peak[n] / 2**20, 1)} for n in self.roots}
+
+
+# --- load ------------------------------------------------------------------------------------------------------
+@dataclass
+class Load:
+    """What the loader sent and what the gateway accepted."""
+
+    requests: int = 0
+    accepted_blocks: int = 0
+    readings: int = 0
+    statuses: dict[int, int] = field(default_factory=dict)
+    first_send: float = 0.0
+    last_ack: float = 0.0
+    send_times: dict[tuple[int, int], float] = field(default_factory=dict)  # (participant pos, round) -> epoch s
+
+
+class Loader:
+    """Concurrent device clients posting one participant's heart-rate blocks per request."""
+
+    def __init__(self, site: Site, t0_ms: int, blocks: int, concurrency: int, period_s: int = 1) -> None:
+        self.site = site
+        self.offsets = list(range(0, MINUTE_MS, period_s * 1000))
+        self.per_block = len(self.offsets)
+        self.t0_ms = t0_ms
+        self.blocks = blocks
+        self.concurrency = concurrency
+        self.url = f"http://127.0.0.1:{site.settings.gateway_port}"
+        rng = np.random.default_rng(11)
+        self.values = [np.round(rng.normal(68, 6, self.per_block), 1).tolist() for _ in range(97)]
+        self.sequence = [0] * len(site.cohort)
+
+    def body(self, pos: int, rnd: int) -> bytes:
+        """One request: `blocks` consecutive one-minute blocks of round `rnd` for participant `pos`."""
+        p = self.site.cohort[pos]
+        out = []
+        for j in range(self.blocks):
+            minute = rnd * self.blocks + j
+            out.append({"block_id": str(uuid.uuid4()), "participant_id": p.participant_id,
+                        "sequence": self.sequence[pos], "start": iso_ms(self.t0_ms + minute * MINUTE_MS),
+                        "utc_offset_minutes": p.utc_offset_minutes, "schema": "heart-rate", "unit": "beats/min",
+                        "offsets_ms": self.offsets, "values": self.values[(pos * 31 + minute) % len(self.values)]})
+            self.sequence[pos] += 1
+        return orjson.dumps({"blocks": out})
+
+    async def run(self, rounds: range, seconds: float, load: Load, *, participants: int | None = None,
+                  rate_rps: float | None = None) -> Load:
+        """Send rounds (every participant once per round) until done or `seconds` have passed.
+
+        `participants`: only the first so many; `rate_rps`: pace request starts at this rate (None: flat out).
+        """
+        people = range(participants or len(self.site.cohort))
+        jobs: Iterator[tuple[int, int]] = ((r, i) for r in rounds for i in people)
+        began = time.monotonic()
+        deadline = began + seconds
+        issued = [0]
+        connector = aiohttp.TCPConnector(limit=self.concurrency)
+        timeout = aiohttp.ClientTimeout(total=60)
+        async with aiohttp.ClientSession(self.url, connector=connector, timeout=timeout) as session:
+
+            async def client() -> None:
+                for rnd, pos in jobs:
+                    if rate_rps:
+                        issued[0] += 1
+                        await asyncio.sleep(max(0.0, began + issued[0] / rate_rps - time.monotonic()))
+                    if time.monotonic() >= deadline:
+                        return
+                    content = self.body(pos, rnd)
+                    headers = {"Authorization": f"Bearer {self.site.tokens[self.site.cohort[pos].device_id]}",
+                               "Content-Type": "application/json"}
+                    sent = time.time()
+                    load.first_send = load.first_send or sent
+                    async with session.post("/v1/telemetry", data=content, headers=headers) as resp:
+                        await resp.read()
+                        status = resp.status
+                    load.requests += 1
+                    load.statuses[status] = load.statuses.get(status, 0) + 1
+                    if status == 202:
+                        load.accepted_blocks += self.blocks
+                        load.readings += self.blocks * self.per_block
+                        load.send_times[(pos, rnd)] = sent
+                        load.last_ack = time.time()
+
+            await asyncio.gather(*(client() for _ in range(self.concurrency)))
+        return load
+
+
+async def grant_consent(site: Site, start_ms: int) -> None:
+    """POST a consent GRANT of every participant through the gateway (before any telemetry)."""
+    events = []
+    for p in site.cohort:
+        grants = [e.event for e in lims_events(p, start_ms, start_ms + 1, seed=7)
+                  if e.event["payload"].get("kind") == "consent"]
+        events.extend(grants[:1])
+    headers = {"Authorization": f"Bearer {site.lims_token}", "Content-Type": "application/json"}
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{site.settings.gateway_port}") as session:
+        for i in range(0, len(events), 500):
+            async with session.post("/v1/biobank/events", data=orjson.dumps({"events": events[i:i + 500]}),
+                                    headers=headers) as resp:
+                body = await resp.read()
+                if resp.status != 202:
+                    raise SystemExit(f"consent batch refused: HTTP {resp.status} {body[:300]!r}")
+
+
+def wait_ready(url: str, pipeline: SitePipeline, timeout_s: float = 90.0) -> None:
+    """Wait for the gateway's /readyz."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for name in pipeline.services:
+            if not pipeline.alive(name):
+                raise SystemExit(f"{name} exited:\n{pipeline.log_text(name)[-3000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    raise SystemExit("the gateway did not become ready")
+
+
+def wait_rows(settings: Settings, since_ms: int, expected: int, timeout_s: float) -> tuple[int, float]:
+    """Poll until `expected` MINUTE heart-rate rows from `since_ms` on are visible; (count, max stored_at)."""
+    deadline = time.monotonic() + timeout_s
+    since = dt.datetime.fromtimestamp(since_ms / 1000, dt.UTC)
+    count, last = 0, 0.0
+    while time.monotonic() < deadline:
+        try:
+            with connect_with_retry(settings, max_wait_s=max(deadline - time.monotonic(), 1.0),
+                                    autocommit=True) as conn:
+                while time.monotonic() < deadline:
+                    row = conn.execute(COUNT_SQL, (since,)).fetchone()
+                    count = int(row[0]) if row else 0
+                    last = row[1].timestamp() if row and row[1] else 0.0
+                    if count >= expected:
+                        return count, last
+                    time.sleep(0.25)
+        except psycopg.OperationalError:  # the database restarted (e.g. someone's fault test): poll again
+            time.sleep(1.0)
+    return count, last
+
+
+def latencies(site: Site, since_ms: int, load: Load, blocks: int, t0_ms: int) -> list[float]:
+    """Seconds from a block's send to its 1-minute row's stored_at, for every accepted timed block."""
+    since = dt.datetime.fromtimestamp(since_ms / 1000, dt.UTC)
+    out = []
+    with connect(site.settings, autocommit=True) as conn:
+        for pseudonym, window_start, stored_at in conn.execute(ROW_SQL, (since,)):
+            pos = site.pseudonyms.get(pseudonym)
+            minute = (int(window_start.timestamp() * 1000) - t0_ms) // MINUTE_MS
+            sent = load.send_times.get((pos, minute // blocks)) if pos is not None else None
+            if sent is not None:
+                out.append(stored_at.timestamp() - sent)
+    return out
+
+
+def paced_phase(site: Site, loader: Loader, args: argparse.Namespace, t0_ms: int, first_round: int,
+                last_round: int, readings_per_s: float) -> dict[str, Any]:
+    """Latency below saturation: requests paced at `readings_per_s` for --paced-seconds; then drained."""
+    if first_round >= last_round or args.paced_seconds <= 0:
+        return {"skipped": "no simulated rounds left"}
+    rate = readings_per_s / (args.blocks * SAMPLES)
+    load = asyncio.run(loader.run(range(first_round, last_round), args.paced_seconds, Load(), rate_rps=rate))
+    since = t0_ms + first_round * args.blocks * MINUTE_MS
+    count, _ = wait_rows(site.settings, since, load.accepted_blocks, args.drain_timeout)
+    lat = latencies(site, since, load, args.blocks, t0_ms)
+    out = {"target_readings_per_s": round(readings_per_s), "sent_readings": load.readings,
+           "send_seconds": round(load.last_ack - load.first_send, 2), "visible_rows": count,
+           "accepted_blocks": load.accepted_blocks, "latency_s": percentiles(lat),
+           "latency_above_window_s": percentiles([x - 60 for x in lat])}
+    print(f"  paced at {readings_per_s:,.0f} readings/s: {load.readings:,} readings, latency (s) {out['latency_s']}",
+          flush=True)
+    return out
+
+
+# --- baselines -------------------------------------------------------------------------------------------------
+def _create_topic(settings: Settings, name: str) -> None:
+    admin = admin_client(settings)
+    for fut in admin.create_topics([NewTopic(name, settings.topic_partitions, 1)]).values():
+        fut.result(30)
+
+
+def passthrough(settings: Settings, expected: int) -> dict[str, float]:
+    """The limit: consume the raw telemetry topic and produce every record's bytes unchanged (acks=all)."""
+    source = RAW_TELEMETRY.name(settings.site_id)
+    target = f"{settings.site_id}.bench.passthrough"
+    _create_topic(settings, target)
+    consumer = Consumer(consumer_config(settings, f"{settings.site_id}-bench-limit"))
+    producer = Producer(producer_config(settings))
+    consumer.subscribe([source])
+    count = 0
+    first = 0.0
+    idle_until = time.monotonic() + 60
+    try:
+        while count < expected and time.monotonic() < idle_until:
+            msgs = consumer.consume(2000, 1.0)
+            for m in msgs:
+                if m.error():
+                    continue
+                first = first or time.monotonic()
+                while True:
+                    try:
+                        producer.produce(target, m.value(), m.key(), headers=m.headers())
+                        break
+                    except BufferError:
+                        producer.poll(0.05)
+                count += 1
+            producer.poll(0)
+            if msgs:
+                idle_until = time.monotonic() + 10
+        producer.flush(60)
+        elapsed = max(time.monotonic() - first, 1e-9)
+    finally:
+        consumer.close()
+    return {"records": count, "seconds": round(elapsed, 3), "records_per_s": count / elapsed}
+
+
+def naive(settings: Settings, cap: int, limit_s: float, log_dir: Path) -> dict[str, float]:
+    """The naive pipeline on the same raw records: one record per reading, a faust agent per event."""
+    source = RAW_TELEMETRY.name(settings.site_id)
+    target = f"{settings.site_id}.bench.naive"
+    _create_topic(settings, target)
+    codec = get_codec()
+    consumer = Consumer(consumer_config(settings, f"{settings.site_id}-bench-naive-prep"))
+    producer = Producer(producer_config(settings, **{"compression.type": "none"}))
+    consumer.subscribe([source])
+    produced = 0
+    idle_until = time.monotonic() + 30
+    try:
+        while produced < cap and time.monotonic() < idle_until:
+            for m in consumer.consume(500, 1.0):
+                if m.error() or produced >= cap:
+                    continue
+                idle_until = time.monotonic() + 5
+                value = m.value()
+                if value is None:
+                    continue
+                block = codec.decode(value)
+                name, body = block["measurement"]
+                if not name.endswith("HeartRateSamples"):
+                    continue
+                start = int(block["start"].timestamp() * 1000)
+                pid = block["participant_id"].encode()
+                for off, bpm in zip(body["offsets_ms"], body["bpm"], strict=True):
+                    while True:
+                        try:
+                            producer.produce(target, orjson.dumps({"p": block["participant_id"], "t": start + off,
+                                                                   "bpm": bpm}), pid)
+                            break
+                        except BufferError:
+                            producer.poll(0.05)
+                    produced += 1
+            producer.poll(0)
+        producer.flush(60)
+    finally:
+        consumer.close()
+    result = log_dir / "naive-result.json"
+    env = {**os.environ, "BENCH_NAIVE_TOPIC": target, "BENCH_NAIVE_APP": f"{settings.site_id}-bench-naive",
+           "BENCH_NAIVE_EXPECTED": str(produced), "BENCH_NAIVE_LIMIT_S": str(limit_s),
+           "BENCH_NAIVE_RESULT": str(result), "BENCH_NAIVE_DATADIR": str(log_dir / "naive-data"),
+           "BENCH_NAIVE_PARTITIONS": str(settings.topic_partitions),
+           "CLINSTREAM_KAFKA_BOOTSTRAP": settings.kafka_bootstrap}
+    log = (log_dir / "naive.log").open("wb")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "bench_naive.py")], env=env, stdout=log,
+                            stderr=subprocess.STDOUT, cwd=log_dir)
+    try:
+        proc.wait(limit_s + 90)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+    finally:
+        log.close()
+    if not result.exists():
+        return {"produced": produced, "processed": 0, "readings_per_s": 0.0, "error": 1.0}
+    out: dict[str, float] = json.loads(result.read_text())
+    out["produced"] = produced
+    return out
+
+
+# --- profile ---------------------------------------------------------------------------------------------------
+def start_profiles(pipeline: SitePipeline, out_dir: Path, seconds: int) -> list[tuple[str, subprocess.Popen[bytes]]]:
+    """py-spy record (raw collapsed stacks) of every service, in the background."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).exists():
+        return []
+    procs = []
+    for name in pipeline.services:
+        target = out_dir / f"profile-{name}.txt"
+        procs.append((name, subprocess.Popen(
+            [spy, "record", "--pid", str(pipeline.pid(name)), "--duration", str(seconds), "--rate", "50",
+             "--format", "raw", "--output", str(target), "--nonblocking", "--subprocesses"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
+    return procs
+
+
+def summarise_profile(path: Path, top: int = 12) -> dict[str, Any]:
+    """Top self and inclusive frames of a collapsed-stack profile."""
+    if not path.exists():
+        return {}
+    own: collections.Counter[str] = collections.Counter()
+    incl: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        count = int(n)
+        total += count
+        frames = [f for f in stack.split(";") if f]
+        if frames:
+            own[frames[-1]] += count
+        for f in set(frames):
+            incl[f] += count
+    pct = 100 / max(total, 1)
+    return {"samples": total,
+            "self": [(f, round(c * pct, 1)) for f, c in own.most_common(top)],
+            "inclusive_clinstream": [(f, round(c * pct, 1)) for f, c in incl.most_common(400)
+                                     if "clinstream" in f][:top]}
+
+
+# --- one cohort ------------------------------------------------------------------------------------------------
+def percentiles(values: Sequence[float]) -> dict[str, float]:
+    """p50, p95, p99 and max (NaN when empty)."""
+    if not values:
+        return {"p50": float("nan"), "p95": float("nan"), "p99": float("nan"), "max": float("nan"), "n": 0}
+    a = np.asarray(values)
+    return {"p50": round(float(np.percentile(a, 50)), 3), "p95": round(float(np.percentile(a, 95)), 3),
+            "p99": round(float(np.percentile(a, 99)), 3), "max": round(float(a.max()), 3), "n": len(values)}
+
+
+def run_cohort(n: int, args: argparse.Namespace, out_dir: Path, profile: bool,
+               result: dict[str, Any]) -> dict[str, Any]:
+    """The whole measurement of one cohort size."""
+    print(f"\n== cohort {n:,} participants", flush=True)
+    began = time.monotonic()
+    site = make_site(n)
+    settings = site.settings
+    print(f"  site {settings.site_id} (setup {time.monotonic() - began:.1f} s)", flush=True)
+    pipeline = SitePipeline(settings, log_dir=out_dir / f"logs-{settings.site_id}",
+                            extra_env={"CLINSTREAM_LOG_LEVEL": "WARNING"})
+    result.update({"participants": n, "site": settings.site_id, "blocks_per_request": args.blocks,
+                   "readings_per_block": SAMPLES, "concurrency": args.concurrency})
+    try:
+        pipeline.start()
+        wait_ready(f"http://127.0.0.1:{settings.gateway_port}", pipeline)
+        t0_ms = (int(time.time() * 1000) // MINUTE_MS - SPAN_MIN) * MINUTE_MS
+        asyncio.run(grant_consent(site, t0_ms))
+        loader = Loader(site, t0_ms, args.blocks, args.concurrency)
+        warm = asyncio.run(loader.run(range(0, 1), 600, Load(), participants=min(n, args.warm_participants)))
+        count, _ = wait_rows(settings, t0_ms, warm.accepted_blocks, args.startup_timeout)
+        print(f"  warm-up: {count}/{warm.accepted_blocks} rows visible after {time.monotonic() - began:.1f} s",
+              flush=True)
+        if count < warm.accepted_blocks:
+            for name in pipeline.services:
+                print(f"  --- {name} log tail:\n{pipeline.log_text(name)[-1500:]}")
+            raise SystemExit("the pipeline did not produce the warm-up rows")
+        roots = {name: psutil.Process(pipeline.pid(name)) for name in pipeline.services}
+        roots.update(infrastructure())
+        roots["loader"] = psutil.Process()
+        sampler = Sampler(roots)
+        sampler.start()
+        spies = start_profiles(pipeline, out_dir, args.profile_seconds) if profile else []
+        timed_from = t0_ms + args.blocks * MINUTE_MS
+        last_round = (SPAN_MIN - 2) // args.blocks
+        saturating_rounds = range(1, max(2, int(last_round * 0.7)))
+        load = asyncio.run(loader.run(saturating_rounds, args.seconds, Load()))
+        send_s = load.last_ack - load.first_send
+        print(f"  sent {load.readings:,} readings in {send_s:.1f} s ({load.readings / max(send_s, 1e-9):,.0f}/s "
+              f"accepted by the gateway); statuses {load.statuses}", flush=True)
+        count, last_stored = wait_rows(settings, timed_from, load.accepted_blocks, args.drain_timeout)
+        resources = sampler.stop()
+        for _, spy in spies:
+            try:
+                spy.wait(args.profile_seconds + 30)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+        lat = latencies(site, timed_from, load, args.blocks, t0_ms)
+        paced = paced_phase(site, loader, args, t0_ms, max((r for _, r in load.send_times), default=0) + 1, last_round,
+                            0.5 * count * SAMPLES / max(last_stored - load.first_send, 1e-9))
+        result["paced"] = paced
+        e2e_s = max(last_stored - load.first_send, 1e-9)
+        visible_readings = count * SAMPLES
+        result.update({
+            "sent_readings": load.readings, "accepted_blocks": load.accepted_blocks, "visible_rows": count,
+            "complete": count >= load.accepted_blocks, "statuses": {str(k): v for k, v in load.statuses.items()},
+            "send_seconds": round(send_s, 3), "gateway_readings_per_s": round(load.readings / max(send_s, 1e-9)),
+            "e2e_seconds": round(e2e_s, 3), "readings_per_s": round(visible_readings / e2e_s),
+            "latency_s": percentiles(lat), "latency_above_window_s": percentiles([x - 60 for x in lat]),
+            "resources": resources,
+        })
+        print(f"  visible {count:,}/{load.accepted_blocks:,} minute rows; sustained {result['readings_per_s']:,} "
+              f"readings/s end to end over {e2e_s:.1f} s", flush=True)
+        print(f"  latency send -> row visible (s): {result['latency_s']}", flush=True)
+        for name, r in resources.items():
+            print(f"    {name:<13} cpu {r['cpu_s']:>7.1f} s ({r['cpu_percent']:>5.1f} % of a core)  "
+                  f"peak RSS {r['peak_rss_mb']:>7.1f} MB", flush=True)
+        if profile:
+            result["profile"] = {name: summarise_profile(out_dir / f"profile-{name}.txt")
+                                 for name in pipeline.services}
+    finally:
+        pipeline.stop()
+    try:
+        blocks_raw = warm.accepted_blocks + load.accepted_blocks
+        lim = passthrough(settings, blocks_raw)
+        lim["readings_per_s"] = round(lim["records_per_s"] * SAMPLES)
+        result["limit"] = lim
+        print(f"  limit (passthrough): {lim['records']:,} records in {lim['seconds']:.1f} s = "
+              f"{lim['readings_per_s']:,} readings/s", flush=True)
+        nv = naive(settings, args.naive_cap, args.naive_seconds, pipeline.log_dir)
+        result["naive"] = nv
+        print(f"  naive (faust, record per reading): {nv.get('processed', 0):,.0f} readings in "
+              f"{nv.get('seconds', 0):.1f} s = {nv.get('readings_per_s', 0):,.0f} readings/s", flush=True)
+        result["ratio_limit"] = round(result["readings_per_s"] / max(lim["readings_per_s"], 1e-9), 4)
+        naive_rate = nv.get("readings_per_s", 0)
+        result["ratio_naive"] = round(result["readings_per_s"] / naive_rate, 2) if naive_rate else None
+        print(f"  ratios: clinstream/limit = {result['ratio_limit']:.3f}; "
+              f"clinstream/naive = {result['ratio_naive']}x", flush=True)
+    finally:
+        if not args.keep:
+            drop_site(site)
+    result["wall_seconds"] = round(time.monotonic() - began, 1)
+    return result
+
+
+# --- soak ------------------------------------------------------------------------------------------------------
+def run_soak(minutes: float, participants: int, args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
+    """Features worker RSS under continuous load of a large cohort; slope in MB/min."""
+    print(f"\n== soak: {participants:,} participants, {minutes} min", flush=True)
+    site = make_site(participants)
+    settings = site.settings
+    # Short MINUTE/HOUR horizons, so that windows turn final (and leave the state) within the soak's simulated time.
+    pipeline = SitePipeline(settings, log_dir=out_dir / f"logs-{settings.site_id}",
+                            extra_env={"CLINSTREAM_LOG_LEVEL": "WARNING",
+                                       "CLINSTREAM_FEATURES_HORIZON_MINUTE_MIN": str(args.soak_horizon_min),
+                                       "CLINSTREAM_FEATURES_HORIZON_HOUR_MIN": str(args.soak_horizon_min)})
+    try:
+        pipeline.start()
+        wait_ready(f"http://127.0.0.1:{settings.gateway_port}", pipeline)
+        t0_ms = (int(time.time() * 1000) // MINUTE_MS - 24 * 60) * MINUTE_MS
+        asyncio.run(grant_consent(site, t0_ms))
+        sampler = Sampler({"features": psutil.Process(pipeline.pid("features"))}, interval_s=5.0)
+        sampler.start()
+        loader = Loader(site, t0_ms, args.blocks, args.concurrency, period_s=args.soak_hr_period)
+        rate = args.soak_rate / (args.blocks * loader.per_block)
+        load = asyncio.run(loader.run(range(0, (24 * 60 - 2) // args.blocks), minutes * 60, Load(), rate_rps=rate))
+        sim_minutes = load.readings / loader.per_block / participants
+        resources = sampler.stop()
+        series = sampler.series["features"]
+        t = np.asarray([s[0] / 60 for s in series])
+        mb = np.asarray([s[1] / 2**20 for s in series])
+        half = t >= t[-1] / 2 if len(t) else t.astype(bool)
+        slope_all = float(np.polyfit(t, mb, 1)[0]) if len(t) > 2 else float("nan")
+        slope_late = float(np.polyfit(t[half], mb[half], 1)[0]) if half.sum() > 2 else float("nan")
+        out = {"participants": participants, "minutes": minutes, "sent_readings": load.readings,
+               "paced_readings_per_s": args.soak_rate, "hr_period_s": args.soak_hr_period,
+               "horizon_min": args.soak_horizon_min, "simulated_minutes_per_participant": round(sim_minutes, 1),
+               "statuses": {str(k): v for k, v in load.statuses.items()},
+               "rss_first_mb": round(float(mb[0]), 1) if len(mb) else None,
+               "rss_last_mb": round(float(mb[-1]), 1) if len(mb) else None,
+               "slope_mb_per_min": round(slope_all, 2), "slope_second_half_mb_per_min": round(slope_late, 2),
+               "series": [(round(float(a), 3), round(float(b), 1)) for a, b in zip(t, mb, strict=True)],
+               "resources": resources}
+        print(f"  features RSS {out['rss_first_mb']} -> {out['rss_last_mb']} MB; slope {slope_all:.2f} MB/min "
+              f"(second half {slope_late:.2f}); sent {load.readings:,} readings = {sim_minutes:.0f} simulated "
+              f"minutes per participant", flush=True)
+        return out
+    finally:
+        pipeline.stop()
+        if not args.keep:
+            drop_site(site)
+
+
+# --- report ----------------------------------------------------------------------------------------------------
+def chart(report: Mapping[str, Any], path: Path) -> None:
+    """Throughput (log scale), latency percentiles and soak RSS."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cohorts = [c for c in report["cohorts"] if "readings_per_s" in c]
+    soak = report.get("soak")
+    fig, axes = plt.subplots(1, 3 if soak else 2, figsize=(16 if soak else 11, 4.5))
+    labels = [f"{c['participants']:,}" for c in cohorts]
+    x = np.arange(len(cohorts))
+    ax = axes[0]
+    for k, (key, name) in enumerate((("readings_per_s", "clinstream e2e"), ("limit", "limit (passthrough)"),
+                                     ("naive", "naive (faust/event)"))):
+        vals = [c[key] if key == "readings_per_s" else c.get(key, {}).get("readings_per_s", 0) for c in cohorts]
+        ax.bar(x + (k - 1) * 0.27, vals, 0.27, label=name)
+    ax.axhline(200_000, color="grey", ls="--", lw=1, label="target 200k/s")
+    ax.set_yscale("log")
+    ax.set_xticks(x, labels)
+    ax.set_xlabel("participants")
+    ax.set_ylabel("readings / s")
+    ax.legend(fontsize=8)
+    ax.set_title("throughput")
+    ax = axes[1]
+    bars = [("paced", "p50"), ("paced", "p95"), ("paced", "p99"), ("saturated", "p99")]
+    for k, (phase, q) in enumerate(bars):
+        vals = [(c.get("paced", {}).get("latency_s", {}) if phase == "paced" else c["latency_s"]).get(q, 0)
+                for c in cohorts]
+        ax.bar(x + (k - 1.5) * 0.2, vals, 0.2, label=f"{phase} {q}")
+    ax.axhline(62, color="grey", ls="--", lw=1, label="target p99 < 60 + 2 s")
+    ax.set_xticks(x, labels)
+    ax.set_xlabel("participants")
+    ax.set_ylabel("send -> 1-min row visible (s)")
+    ax.legend(fontsize=8)
+    ax.set_title("latency: paced at half the sustained rate, and saturated")
+    if soak:
+        series = np.asarray(soak["series"]) if soak["series"] else np.zeros((0, 2))
+        axes[2].plot(series[:, 0], series[:, 1])
+        axes[2].set_xlabel("minutes")
+        axes[2].set_ylabel("features worker RSS (MB)")
+        axes[2].set_title(f"soak, {soak['participants']:,} participants: {soak['slope_mb_per_min']} MB/min")
+    fig.suptitle(f"clinstream end-to-end benchmark ({report['machine']['cpus']} CPUs, all on one machine)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cohorts", default="100,1000,10000", help="Participant counts (comma-separated).")
+    parser.add_argument("--quick", action="store_true", help="Cohorts 100,1000 (unless given), short phases, no soak.")
+    parser.add_argument("--seconds", type=float, default=None, help="Max seconds of the timed phase per cohort.")
+    parser.add_argument("--blocks", type=int, default=10, help="One-minute heart-rate blocks per request.")
+    parser.add_argument("--concurrency", type=int, default=32, help="Requests in flight.")
+    parser.add_argument("--startup-timeout", type=float, default=180.0, help="Max wait for the warm-up rows.")
+    parser.add_argument("--drain-timeout", type=float, default=180.0, help="Max wait for all rows after sending.")
+    parser.add_argument("--warm-participants", type=int, default=200, help="Participants of the warm-up round.")
+    parser.add_argument("--paced-seconds", type=float, default=15.0,
+                        help="Paced phase (half the measured sustained rate) for latency below saturation.")
+    parser.add_argument("--naive-cap", type=int, default=400_000, help="Readings fed to the naive pipeline.")
+    parser.add_argument("--naive-seconds", type=float, default=20.0, help="Time limit of the naive run.")
+    parser.add_argument("--profile", choices=("largest", "all", "none"), default="largest",
+                        help="py-spy profile of the services during the timed phase of which cohorts.")
+    parser.add_argument("--profile-seconds", type=int, default=12)
+    parser.add_argument("--soak-minutes", type=float, default=None, help="Soak duration (0: no soak).")
+    parser.add_argument("--soak-participants", type=int, default=10_000)
+    parser.add_argument("--soak-rate", type=float, default=20_000, help="Paced soak load, readings/s.")
+    parser.add_argument("--soak-hr-period", type=int, default=5, help="Soak heart-rate period (s): 12 per block.")
+    parser.add_argument("--soak-horizon-min", type=int, default=5, help="Soak MINUTE/HOUR window horizons (min).")
+    parser.add_argument("--keep", action="store_true", help="Keep the bench sites' topics and schemas.")
+    args = parser.parse_args()
+    if args.quick and "--cohorts" not in " ".join(sys.argv):
+        args.cohorts = "100,1000"
+    args.seconds = args.seconds or (20.0 if args.quick else 45.0)
+    args.soak_minutes = (0.0 if args.quick else 2.0) if args.soak_minutes is None else args.soak_minutes
+    if args.quick:
+        args.naive_seconds = min(args.naive_seconds, 15.0)
+    cohorts = [int(c) for c in args.cohorts.split(",") if c.strip()]
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    out_dir = ROOT / "reports" / f"bench-e2e-{stamp}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    others = [p.info["cmdline"] for p in psutil.process_iter(["cmdline"])
+              if p.info["cmdline"] and any("pytest" in part for part in p.info["cmdline"][:3])]
+    report: dict[str, Any] = {
+        "started": stamp, "args": vars(args),
+        "machine": {"cpus": os.cpu_count(), "load_avg_at_start": os.getloadavg(),
+                    "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+                    "other_pytest_running_at_start": len(others)},
+        "cohorts": [],
+    }
+    print(f"clinstream e2e bench: cohorts {cohorts}, {os.cpu_count()} CPUs, load {os.getloadavg()}, "
+          f"{len(others)} pytest processes of others running; output {out_dir}", flush=True)
+    began = time.monotonic()
+    for n in cohorts:
+        profile = args.profile == "all" or (args.profile == "largest" and n == max(cohorts))
+        result: dict[str, Any] = {"participants": n}
+        report["cohorts"].append(result)
+        try:
+            run_cohort(n, args, out_dir, profile, result)
+        except (SystemExit, Exception) as exc:  # keep what was measured; the next cohort may still run
+            print(f"  cohort {n} failed: {exc!r}", flush=True)
+            result["error"] = repr(exc)
+        _write(report, out_dir)
+    if args.soak_minutes > 0:
+        try:
+            report["soak"] = run_soak(args.soak_minutes, args.soak_participants, args, out_dir)
+        except (SystemExit, Exception) as exc:
+            print(f"  soak failed: {exc!r}", flush=True)
+            report["soak_error"] = repr(exc)
+    report["wall_seconds"] = round(time.monotonic() - began, 1)
+    report["machine"]["load_avg_at_end"] = os.getloadavg()
+    _write(report, out_dir)
+    chart(report, out_dir / "bench-e2e.png")
+    print(f"\nwrote {out_dir / 'bench-e2e.json'} and {out_dir / 'bench-e2e.png'} "
+          f"({report['wall_seconds']:.0f} s)", flush=True)
+
+
+def _write(report: Mapping[str, Any], out_dir: Path) -> None:
+    (out_dir / "bench-e2e.json").write_text(json.dumps(report, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
+
