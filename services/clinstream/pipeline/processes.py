@@ -112,6 +112,23 @@ class SitePipeline:
             self.kill(name, signal.SIGTERM, timeout_s)
             self.procs[name].log_file.close()
 
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        """Wait until the gateway answers 200 on /readyz (TimeoutError otherwise, with the log's tail)."""
+        import httpx
+
+        url = f"http://{self.settings.gateway_host}:{self.settings.gateway_port}/readyz"
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.alive("gateway"):
+                raise RuntimeError(f"the gateway exited: {self.log_text('gateway')[-2000:]}")
+            try:
+                if httpx.get(url, timeout=2.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"the gateway was not ready within {timeout_s:.0f} s: {self.log_text('gateway')[-2000:]}")
+
     def log_text(self, name: str) -> str:
         """Everything a service has logged so far."""
         return self.procs[name].log_path.read_text(encoding="utf-8", errors="replace")

@@ -159,8 +159,11 @@ def build_app(settings: Settings) -> faust.App:
                 futures.append(await producer.send(out.topic, out.key, out.value, None, None,
                                                    list(out.headers) if out.headers else None))
         await asyncio.gather(*futures)  # every record acknowledged (acks=all) before the batch is acked
-        for _partition, result in results:
+        for partition, result in results:
             observe(settings.site_id, result.counters)
+            dropped = {k: v for k, v in result.counters.items() if k.startswith("dropped")}
+            if dropped:
+                log.warning("partition %d: records not forwarded: %s", partition, dropped)
 
     @app.agent(source, name=f"{STAGE}-raw")
     async def pseudonymise(stream: Any) -> None:

@@ -1,0 +1,85 @@
+"""Fixtures of the fault-injection suite: a fresh site with devices, LIMS key and pseudonym key; the stack kept up."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from faults_harness import FaultSite, free_port
+
+from clinstream.core.config import Settings
+from clinstream.core.db import connect_with_retry
+from clinstream.ingest.credentials import register_device, register_lims
+from clinstream.pseudonymise.keys import init_key_file
+
+PARTICIPANTS = 20
+
+
+def _ensure_stack() -> None:
+    """Start the shared broker and database if a fault left either down, and wait until both answer."""
+    from clinstream.stack.kafka import kafka_is_up, start_kafka
+    from clinstream.stack.postgres import postgres_is_up, start_postgres
+
+    base = Settings()
+    if not postgres_is_up(base):
+        start_postgres(base)
+    if not kafka_is_up(base):
+        start_kafka(base)
+    deadline = time.monotonic() + 60
+    while not (postgres_is_up(base) and kafka_is_up(base)):
+        assert time.monotonic() < deadline, "the local stack did not come back"
+        time.sleep(0.5)
+
+
+@pytest.fixture(autouse=True)
+def stack_guard() -> Iterator[None]:
+    """Every fault test starts and ends with the shared broker and database up."""
+    _ensure_stack()
+    try:
+        yield
+    finally:
+        _ensure_stack()
+
+
+def _delete_topics(settings: Settings) -> None:
+    from clinstream.core.topic_admin import admin_client, delete_site_topics
+
+    delete_site_topics(settings)
+    admin = admin_client(settings)
+    prefix = f"clinstream-{settings.site_id}-"
+    names = [t for t in admin.list_topics(timeout=30).topics if t.startswith(prefix)]
+    if names:
+        for fut in admin.delete_topics(names, operation_timeout=30).values():
+            fut.result(30)
+
+
+@pytest.fixture
+def fault_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultSite]:
+    """A fresh site: topics applied, schema migrated, one device per participant, a LIMS key and a key file."""
+    from clinstream.core.topic_admin import apply_topics
+    from clinstream.store.migrate import migrate
+
+    site_id = "tf" + uuid.uuid4().hex[:9]
+    tmp = tmp_path_factory.mktemp(f"faults-{site_id}")
+    key_file = tmp / "keys" / "site.json"
+    init_key_file(key_file)
+    settings = Settings(site_id=site_id, gateway_port=free_port(), pseudonym_key_file=key_file,
+                        data_dir=tmp / "data")
+    apply_topics(settings)
+    migrate(settings)
+    participants = tuple(f"P-9{i:05d}" for i in range(1, PARTICIPANTS + 1))
+    with connect_with_retry(settings, max_wait_s=30) as conn:
+        tokens = {p: register_device(conn, f"SIM-FLT-{i:05d}", p).token for i, p in enumerate(participants, 1)}
+        lims = register_lims(conn, "faults-lims").token
+        conn.commit()
+    try:
+        yield FaultSite(settings, participants, tokens, lims, key_file)
+    finally:
+        _ensure_stack()
+        if not os.environ.get("CLINSTREAM_KEEP_TEST_TOPICS"):
+            _delete_topics(settings)
+        with connect_with_retry(settings, max_wait_s=30, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{settings.db_schema}" CASCADE')

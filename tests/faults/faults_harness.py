@@ -1,0 +1,312 @@
+"""Fault-suite harness: a site with devices and consent, a ledger of 202-acknowledged readings, a paced loader."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from clinstream.core.config import Settings
+from clinstream.core.db import connect
+from clinstream.pipeline.processes import SitePipeline
+
+MINUTE_MS = 60_000
+READINGS_PER_BLOCK = 60  # one block = one MINUTE window of 1 Hz heart rate
+RETRY_S = 0.25
+BLOCK_DEADLINE_S = 150.0  # a block is retried unchanged until acknowledged (covers the 30 s DB stop)
+
+
+def iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_refuses(host: str, port: int) -> bool:
+    """True when a TCP connect to host:port is refused (the service really is down)."""
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return False
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+
+
+def wait_until(pred: Callable[[], bool], timeout_s: float, what: str, step_s: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(step_s)
+
+
+@dataclass(frozen=True)
+class FaultSite:
+    """A test site: settings (own gateway port, key file), device tokens per participant and a LIMS token."""
+
+    settings: Settings
+    participants: tuple[str, ...]
+    device_tokens: dict[str, str]
+    lims_token: str
+    key_file: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.gateway_host}:{self.settings.gateway_port}"
+
+
+class Ledger:
+    """Every block the gateway acknowledged with 202: block_id -> readings (a re-acknowledged resend counts once)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.blocks: dict[str, int] = {}
+        self.reacks = 0
+
+    def record(self, block_ids: list[str], readings: int) -> None:
+        with self._lock:
+            for bid in block_ids:
+                if bid in self.blocks:
+                    self.reacks += 1
+                self.blocks[bid] = readings // max(len(block_ids), 1)
+
+    @property
+    def readings(self) -> int:
+        with self._lock:
+            return sum(self.blocks.values())
+
+
+def hr_block(participant: str, seq: int, start_ms: int) -> dict[str, Any]:
+    """One heart-rate block of 60 one-second samples filling the MINUTE window that starts at `start_ms`."""
+    return {
+        "block_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"faults/{participant}/{seq}/{start_ms}")),
+        "participant_id": participant, "sequence": seq, "start": iso(start_ms), "utc_offset_minutes": 0,
+        "schema": "heart-rate", "unit": "beats/min",
+        "offsets_ms": [i * 1000 for i in range(READINGS_PER_BLOCK)],
+        "values": [60.0 + (i + seq) % 23 for i in range(READINGS_PER_BLOCK)],
+    }
+
+
+@dataclass
+class Loader:
+    """One thread per participant posts its blocks in order, each retried unchanged until a 202 (ledgered)."""
+
+    site: FaultSite
+    ledger: Ledger
+    blocks_per_participant: int
+    interval_s: float
+    first_window_ms: int
+    statuses: dict[str, int] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _count(self, what: str) -> None:
+        with self._lock:
+            self.statuses[what] = self.statuses.get(what, 0) + 1
+
+    def _post(self, client: httpx.Client, token: str, block: dict[str, Any]) -> None:
+        deadline = time.monotonic() + BLOCK_DEADLINE_S
+        headers = {"Authorization": f"Bearer {token}"}
+        while True:
+            try:
+                resp = client.post(f"{self.site.url}/v1/telemetry", json={"blocks": [block]}, headers=headers)
+                self._count(str(resp.status_code))
+                if resp.status_code == 202:
+                    answer = resp.json()
+                    if answer["rejected"]:
+                        self.errors.append(f"rejected: {answer['rejected']}")
+                    self.ledger.record(list(answer["accepted"]), int(answer["readings_accepted"]))
+                    return
+                if resp.status_code not in (429, 500, 502, 503, 504):
+                    self.errors.append(f"unexpected {resp.status_code}: {resp.text[:300]}")
+                    return
+            except httpx.HTTPError as exc:
+                self._count(type(exc).__name__)
+            if time.monotonic() > deadline:
+                self.errors.append(f"block {block['block_id']} not acknowledged within {BLOCK_DEADLINE_S} s")
+                return
+            time.sleep(RETRY_S)
+
+    def _run(self, participant: str) -> None:
+        token = self.site.device_tokens[participant]
+        with httpx.Client(timeout=10.0) as client:
+            for seq in range(1, self.blocks_per_participant + 1):
+                start = self.first_window_ms + (seq - 1) * MINUTE_MS
+                self._post(client, token, hr_block(participant, seq, start))
+                time.sleep(self.interval_s)
+
+    def start(self) -> None:
+        for p in self.site.participants:
+            t = threading.Thread(target=self._run, args=(p,), name=f"loader-{p}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def join(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        for t in self._threads:
+            t.join(max(deadline - time.monotonic(), 0.0))
+        assert not any(t.is_alive() for t in self._threads), f"loader still running after {timeout_s} s"
+
+
+def send_consent(site: FaultSite, occurred_ms: int) -> None:
+    """A consent GRANT per participant through the gateway's LIMS endpoint."""
+    events = [{"event_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"faults/consent/{site.settings.site_id}/{p}")),
+               "participant_id": p, "occurred_at": iso(occurred_ms), "recorded_at": iso(occurred_ms),
+               "payload": {"kind": "consent", "action": "GRANT", "status": "ACTIVE", "scope": ["DUO:0000042"]}}
+              for p in site.participants]
+    resp = httpx.post(f"{site.url}/v1/biobank/events", json={"events": events},
+                      headers={"Authorization": f"Bearer {site.lims_token}"}, timeout=30.0)
+    assert resp.status_code == 202, resp.text
+    assert len(resp.json()["accepted"]) == len(events), resp.text
+
+
+@dataclass(frozen=True)
+class StoreCounts:
+    """Heart-rate MINUTE rows of the feature store: rows, summed count, and rows whose count is not one block's."""
+
+    rows: int
+    readings: int
+    odd_rows: int
+
+
+def store_counts(settings: Settings) -> StoreCounts:
+    with connect(settings, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*), coalesce(sum((feature_values->>'count')::numeric), 0),"
+            " count(*) FILTER (WHERE (feature_values->>'count')::numeric <> %s)"
+            " FROM wearable_features WHERE feature_set = 'heart_rate' AND window_kind = 'MINUTE' AND version = 1",
+            (READINGS_PER_BLOCK,)).fetchone()
+    assert row is not None
+    return StoreCounts(int(row[0]), int(row[1]), int(row[2]))
+
+
+def consent_states(settings: Settings) -> int:
+    """Distinct keys on the site's consent-state topic."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    from clinstream.core.topics import CONSENT
+
+    topic = CONSENT.name(settings.site_id)
+    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"faults-{uuid.uuid4().hex}",
+                  "enable.auto.commit": False})
+    try:
+        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1] for p in parts}
+        todo = {p for p, hi in ends.items() if hi > 0}
+        if not todo:
+            return 0
+        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in todo])
+        keys: set[bytes] = set()
+        deadline = time.monotonic() + 15
+        while todo and time.monotonic() < deadline:
+            for m in c.consume(1000, 0.5):
+                if m.error():
+                    continue
+                keys.add(m.key() or b"")
+                offset, partition = m.offset(), m.partition()
+                if offset is not None and partition is not None and offset + 1 >= ends[partition]:
+                    todo.discard(partition)
+        return len(keys)
+    finally:
+        c.close()
+
+
+def settle_and_check(pipeline: SitePipeline, ledger: Ledger, timeout_s: float) -> StoreCounts:
+    """Wait until the store holds every ledgered reading, then check it stays exact (no late duplicate)."""
+    expected = ledger.readings
+    settings = pipeline.settings
+    last = store_counts(settings)
+    deadline = time.monotonic() + timeout_s
+    while last.readings < expected and time.monotonic() < deadline:
+        for name in pipeline.services:
+            assert pipeline.alive(name), f"{name} died: {pipeline.log_text(name)[-3000:]}"
+        time.sleep(0.5)
+        last = store_counts(settings)
+    time.sleep(3.0)  # anything still in flight (a re-delivered batch) would land now
+    final = store_counts(settings)
+    assert final == last, f"store changed after reaching the ledger total: {last} -> {final}"
+    return final
+
+
+def topic_sizes(settings: Settings) -> dict[str, int]:
+    """Records per topic of the site (high watermarks summed over partitions): a diagnosis aid for failures."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"faults-{uuid.uuid4().hex}"})
+    try:
+        topics = c.list_topics(timeout=10).topics
+        sizes: dict[str, int] = {}
+        for name, meta in topics.items():
+            if settings.site_id in name:
+                sizes[name.replace(settings.site_id, "")] = sum(
+                    c.get_watermark_offsets(TopicPartition(name, p), timeout=5)[1] for p in meta.partitions)
+        return sizes
+    finally:
+        c.close()
+
+
+def _read_values(settings: Settings, topic: str) -> list[bytes]:
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"faults-{uuid.uuid4().hex}",
+                  "enable.auto.commit": False})
+    try:
+        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1] for p in parts}
+        todo = {p for p, hi in ends.items() if hi > 0}
+        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in todo])
+        out: list[bytes] = []
+        deadline = time.monotonic() + 30
+        while todo and time.monotonic() < deadline:
+            for m in c.consume(5000, 0.5):
+                offset, partition = m.offset(), m.partition()
+                if m.error() or offset is None or partition is None:
+                    continue
+                out.append(m.value() or b"")
+                if offset + 1 >= ends[partition]:
+                    todo.discard(partition)
+        return out
+    finally:
+        c.close()
+
+
+def diagnose(settings: Settings) -> dict[str, int]:
+    """Where blocks went missing: distinct blocks on the raw and pseudo topics, MINUTE heart-rate windows emitted."""
+    from clinstream.core.avro import get_codec
+    from clinstream.core.topics import FEATURES, LATE_TELEMETRY, PSEUDO_TELEMETRY, RAW_TELEMETRY
+
+    codec = get_codec()
+    out: dict[str, int] = {}
+    for label, spec in (("raw", RAW_TELEMETRY), ("pseudo", PSEUDO_TELEMETRY), ("late", LATE_TELEMETRY)):
+        values = _read_values(settings, spec.name(settings.site_id))
+        out[f"{label}_records"] = len(values)
+        out[f"{label}_blocks"] = len({str(_record(codec.decode(v))["block_id"]) for v in values})
+    windows: set[tuple[str, str]] = set()
+    for v in _read_values(settings, FEATURES.name(settings.site_id)):
+        rec = _record(codec.decode(v))
+        if rec["feature_set"] == "heart_rate" and str(rec["window"]).endswith("MINUTE"):
+            windows.add((str(rec["participant_pseudonym"]), str(rec["window_start"])))
+    out["feature_minute_windows"] = len(windows)
+    out.update({f"topic{k}": n for k, n in topic_sizes(settings).items()})
+    return out
+
+
+def _record(decoded: Any) -> dict[str, Any]:
+    if isinstance(decoded, tuple):
+        decoded = decoded[1]
+    assert isinstance(decoded, dict)
+    return decoded
