@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from clinstream.core.kafka import Header
 
@@ -40,3 +41,11 @@ class BatchResult:
     def count(self, name: str, n: int = 1) -> None:
         """Add n to a named counter."""
         self.counters[name] = self.counters.get(name, 0) + n
+
+
+def from_faust_event(event: Any) -> InRecord:
+    """A faust event (the worker hosts' input) as the processors' envelope, timestamps in epoch ms."""
+    msg = event.message
+    ts = msg.timestamp
+    return InRecord(topic=msg.topic, partition=msg.partition, offset=msg.offset, key=msg.key,
+                    value=msg.value if msg.value is not None else b"", timestamp_ms=round(ts * 1000) if ts else 0)

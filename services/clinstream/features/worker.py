@@ -34,7 +34,7 @@ import orjson
 from clinstream.core.config import Settings
 from clinstream.core.constants import FEATURES_BATCH_MAX, FEATURES_BATCH_WITHIN_S
 from clinstream.core.logging import configure_logging
-from clinstream.core.records import InRecord
+from clinstream.core.records import from_faust_event as to_in_record
 from clinstream.core.topics import Stage
 from clinstream.features.processor import FeatureProcessor, make_processor
 from clinstream.features.state import Entry, partition_of
@@ -101,15 +101,6 @@ class FeatureTableState(MutableMapping[str, Entry]):
 
     def __len__(self) -> int:
         return len(self._table.data)
-
-
-def to_in_record(event: Any) -> InRecord:
-    """A faust event as the processor's envelope (timestamps in epoch ms)."""
-    msg = event.message
-    ts = msg.timestamp
-    return InRecord(topic=msg.topic, partition=msg.partition, offset=msg.offset, key=msg.key,
-                    value=msg.value if msg.value is not None else b"",
-                    timestamp_ms=round(ts * 1000) if ts else 0)
 
 
 def build_app(settings: Settings) -> tuple[faust.App, FeatureProcessor]:

@@ -38,6 +38,7 @@ from clinstream.core.constants import (
 )
 from clinstream.core.logging import configure_logging
 from clinstream.core.records import BatchResult, InRecord
+from clinstream.core.records import from_faust_event as to_in_record
 from clinstream.core.topics import RAW_BIOBANK, RAW_TELEMETRY, Stage
 from clinstream.pseudonymise.consent import ConsentEntry
 from clinstream.pseudonymise.keys import KeyRingError, KeyRingSource
@@ -86,15 +87,6 @@ class ConsentTableState(MutableMapping[str, ConsentEntry]):
 
     def __len__(self) -> int:
         return len(self._table.data)
-
-
-def to_in_record(event: Any) -> InRecord:
-    """A faust event as the processor's envelope (timestamps in epoch ms)."""
-    msg = event.message
-    ts = msg.timestamp
-    return InRecord(topic=msg.topic, partition=msg.partition, offset=msg.offset, key=msg.key,
-                    value=msg.value if msg.value is not None else b"",
-                    timestamp_ms=round(ts * 1000) if ts else 0)
 
 
 def process_by_partition(processor: PseudonymiseProcessor, state: ConsentTableState,
