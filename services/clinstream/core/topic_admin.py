@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -70,7 +72,25 @@ def apply_topics(settings: Settings, specs: tuple[TopicSpec, ...] = ALL_TOPICS,
                 for ch in changes:
                     if ch.name == name:
                         ch.action = "unchanged"
+        _wait_until_visible(admin, [t.topic for t in to_create], timeout_s)
     return changes
+
+
+def _wait_until_visible(admin: AdminClient, names: list[str], timeout_s: float) -> None:
+    """Return once the broker serves metadata and configs of new topics, so callers can use them at once."""
+    if not names:
+        return
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            resources = [ConfigResource(ConfigResource.Type.TOPIC, n) for n in names]
+            for fut in admin.describe_configs(resources).values():
+                fut.result(timeout_s)
+            return
+        except KafkaException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def delete_site_topics(settings: Settings, timeout_s: float = 30.0) -> None:
