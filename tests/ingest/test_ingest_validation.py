@@ -114,10 +114,13 @@ def test_envelope_and_foreign_participant() -> None:
 
 def test_biobank_validation() -> None:
     v = BiobankValidator(LIMITS, "s")
-    ok = v.validate(0, assay_event(), received_ms=now_ms())
+    event = assay_event()
+    ok = v.validate(0, event, received_ms=now_ms())
     assert isinstance(ok, AcceptedEvent) and ok.record["payload"][0].endswith("AssayResult")
-    again = v.validate(0, {**assay_event(), "event_id": ok.event_id}, received_ms=now_ms())
-    assert isinstance(again, AcceptedEvent) and again.digest == ok.digest  # same content, same hash
+    again = v.validate(0, dict(event), received_ms=now_ms() + 1000)  # a retry later: same content, same hash
+    assert isinstance(again, AcceptedEvent) and again.digest == ok.digest
+    changed = v.validate(0, {**event, "payload": {**event["payload"], "value": 3.3}}, received_ms=now_ms())
+    assert isinstance(changed, AcceptedEvent) and changed.digest != ok.digest  # different content, different hash
     for bad, path in ((assay_event(loinc_code="1988"), "payload.loinc_code"),
                       (assay_event(analyte="CRP", value=-1.0), "payload"),
                       ({**assay_event(), "recorded_at": "2000-01-01T00:00:00Z"}, "recorded_at"),
