@@ -10,6 +10,7 @@ holds other than one block's 60 readings (nothing lost, nothing counted twice).
 
 from __future__ import annotations
 
+import random
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -81,6 +82,25 @@ def ingest_with_fault(site: FaultSite, fault: Callable[[SitePipeline, Loader], N
         f"lost={lost} (negative = counted twice), odd rows={counts.odd_rows}, rows={counts.rows}, topics={sizes}")
     assert counts.readings == expected_blocks * READINGS_PER_BLOCK
     return ledger, fault_s
+
+
+@pytest.mark.parametrize("seed", [7, 1913, 20261128])
+def test_sigkill_each_worker_at_random_moments(fault_site: FaultSite, seed: int) -> None:
+    """Each of pseudonymise, features and store is killed with SIGKILL twice, in a seeded random order."""
+    rng = random.Random(seed)
+
+    def fault(pipeline: SitePipeline, loader: Loader) -> None:
+        plan = [worker for worker in ("pseudonymise", "features", "store") for _ in range(2)]
+        rng.shuffle(plan)
+        for worker in plan:
+            time.sleep(rng.uniform(0.5, 2.5))
+            pid = pipeline.pid(worker)
+            code = pipeline.kill(worker, signal.SIGKILL)
+            assert code == -signal.SIGKILL, f"{worker} ended with {code}"
+            pipeline.start(worker)
+            assert pipeline.pid(worker) != pid
+
+    ingest_with_fault(fault_site, fault)
 
 
 def test_broker_restart_during_ingest(fault_site: FaultSite) -> None:

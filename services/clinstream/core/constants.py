@@ -66,6 +66,8 @@ FEATURES_SKIN_BASELINE_DAYS: Final = 7  # rolling baseline: mean of the previous
 FEATURES_SKIN_BASELINE_MIN_DAYS: Final = 3  # a baseline exists once at least this many of those days have data
 # Consumer-group liveness of faust workers: a killed worker's partitions move on after this many seconds.
 WORKER_SESSION_TIMEOUT_S: Final = 10.0
+LEDGER_WATCH_S: Final = 2.0  # how often a faust worker looks for partitions whose committed offset is stuck
+LEDGER_STALL_S: Final = 8.0  # no progress this long with records waiting: seek back to the committed frontier
 WORKER_HEARTBEAT_S: Final = 3.0
 WORKER_REBALANCE_TIMEOUT_S: Final = 20.0
 

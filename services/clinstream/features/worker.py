@@ -11,10 +11,11 @@ faust's own `table[k] = v` would use the "current event", which is unset inside 
 
 Per batch, in this order: every output record is produced and its broker acknowledgement awaited; then every
 changelog record (window/sample entries first, the partition watermarks last) is produced and awaited; only then
-does the agent take the next batch, which lets faust acknowledge and commit the offsets. So a durable state change
-implies durable outputs, and a durable watermark implies durable entries: after a crash, the redelivered blocks are
-recognised per window entry (device, sequence) and change nothing. A produce failure ends the process (exit 70) so
-that a supervisor restarts it from the committed offsets.
+are the batch's input offsets handed to the `OffsetLedger`, which commits them (faust does not track these topics:
+its acknowledgement book goes wrong across rebalances; see `clinstream.core.offset_ledger`). So a durable state
+change implies durable outputs, and a durable watermark implies durable entries: after a crash, the redelivered
+blocks are recognised per window entry (device, sequence) and change nothing. A produce failure ends the process
+(exit 70) so that a supervisor restarts it from the committed offsets.
 
 Log lines carry counts and partitions only: never keys, values or pseudonyms.
 """
@@ -32,8 +33,9 @@ import faust
 import orjson
 
 from clinstream.core.config import Settings
-from clinstream.core.constants import FEATURES_BATCH_MAX, FEATURES_BATCH_WITHIN_S
+from clinstream.core.constants import FEATURES_BATCH_MAX, FEATURES_BATCH_WITHIN_S, LEDGER_WATCH_S
 from clinstream.core.logging import configure_logging
+from clinstream.core.offset_ledger import OffsetLedger, offsets_of
 from clinstream.core.records import from_faust_event as to_in_record
 from clinstream.core.topics import Stage
 from clinstream.features.processor import FeatureProcessor, make_processor
@@ -133,7 +135,8 @@ def build_app(settings: Settings) -> tuple[faust.App, FeatureProcessor]:
     state = FeatureTableState(table)
     processor = make_processor(settings, state)
     source = app.topic(*processor.input_topics, key_type=bytes, value_type=bytes, key_serializer="raw",
-                       value_serializer="raw")
+                       value_serializer="raw", acks=False)  # offsets are committed by the ledger, not by faust
+    ledger = OffsetLedger(app, settings, app_id(settings), processor.input_topics)
 
     def reset_index(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         processor.reset_index()
@@ -143,7 +146,8 @@ def build_app(settings: Settings) -> tuple[faust.App, FeatureProcessor]:
 
     async def handle(events: list[Any]) -> None:
         state.pending.clear()
-        result = processor.process([to_in_record(e) for e in events])
+        records = [to_in_record(e) for e in events]
+        result = processor.process(records)
         producer = app.producer
         futures: list[Any] = []
         for out in result.out:
@@ -154,7 +158,9 @@ def build_app(settings: Settings) -> tuple[faust.App, FeatureProcessor]:
         futures = [await producer.send(changelog, key, value, partition, None, None)
                    for key, value, partition in state.pending]
         state.pending.clear()
-        await asyncio.gather(*futures)  # state durable before the batch is acknowledged
+        await asyncio.gather(*futures)  # state durable before the input offsets may move
+        await ledger.processed(offsets_of(records))
+        await ledger.commit()
         if result.counters.get("dlq") or result.counters.get("late_blocks") or result.counters.get("erasures"):
             log.info("batch: %s", {k: v for k, v in sorted(result.counters.items())})
 
@@ -168,6 +174,10 @@ def build_app(settings: Settings) -> tuple[faust.App, FeatureProcessor]:
                              len(events), type(exc).__name__)
                 logging.shutdown()
                 os._exit(EXIT_PRODUCE_FAILED)
+
+    @app.timer(LEDGER_WATCH_S)  # type: ignore[untyped-decorator]
+    async def watch_offsets() -> None:
+        await ledger.watch()
 
     @app.task  # type: ignore[untyped-decorator]
     async def announce() -> None:

@@ -5,15 +5,17 @@ participant's consent events and data arrive in the same partition number and se
 Per batch (`take_events`), records are grouped by partition; each topic-partition keeps its offset order and
 the two topics are merged by record timestamp (`order_for_processing`).
 
-Consent state lives in a faust Table (memory store, rebuilt from its changelog topic on start). The table
-is written through `ConsentTableState`, which sets the local value and queues the changelog record with the
-partition of the input record being processed, so a participant's state always sits in the changelog
-partition co-partitioned with that participant's raw records (faust's own `table[k] = v` would use the
-"current event", which is unset inside a `take_events` batch). Every output and changelog record is sent
-with the faust producer and its broker acknowledgement awaited before the batch is acknowledged, so offsets
-are never committed ahead of durable output (faust's `producer.flush()` can return with records still in its
-buffer, so it is not relied upon). A failure to produce ends the process (exit 70) so that a supervisor
-restarts it from the committed offsets; nothing is acknowledged out of order.
+Consent state lives in a faust Table (memory store, rebuilt from its changelog topic on start). The table is
+written through `ConsentTableState`, which sets the local value and queues the changelog record with the partition
+of the input record being processed, so a participant's state always sits in the changelog partition co-partitioned
+with that participant's raw records (faust's own `table[k] = v` would use the "current event", which is unset
+inside a `take_events` batch). Every output and changelog record is sent with the faust producer and its broker
+acknowledgement awaited before the batch's input offsets are handed to the `OffsetLedger`, which commits them
+itself (faust's own acknowledgement book goes wrong across the rebalances that follow a SIGKILL; see
+`clinstream.core.offset_ledger`), so offsets are never committed ahead of durable output (faust's
+`producer.flush()` can return with records still in its buffer, so it is not relied upon). A failure to produce
+ends the process (exit 70) so that a supervisor restarts it from the committed offsets; nothing is acknowledged out
+of order.
 
 Log lines carry counts, partitions and key versions only: never keys, values, pseudonyms or secrets.
 """
@@ -30,6 +32,7 @@ import faust
 
 from clinstream.core.config import Settings
 from clinstream.core.constants import (
+    LEDGER_WATCH_S,
     PSEUDONYMISE_BATCH_MAX,
     PSEUDONYMISE_BATCH_WITHIN_S,
     WORKER_HEARTBEAT_S,
@@ -37,6 +40,7 @@ from clinstream.core.constants import (
     WORKER_SESSION_TIMEOUT_S,
 )
 from clinstream.core.logging import configure_logging
+from clinstream.core.offset_ledger import OffsetLedger, offsets_of
 from clinstream.core.records import BatchResult, InRecord
 from clinstream.core.records import from_faust_event as to_in_record
 from clinstream.core.topics import RAW_BIOBANK, RAW_TELEMETRY, Stage
@@ -130,8 +134,10 @@ def build_app(settings: Settings) -> faust.App:
                       help="Consent state per participant pseudonym (no identifiers).")
     state = ConsentTableState(table)
     processor = PseudonymiseProcessor(settings.site_id, key_source.current(), state)
-    source = app.topic(RAW_TELEMETRY.name(settings.site_id), RAW_BIOBANK.name(settings.site_id),
-                       key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+    inputs = (RAW_TELEMETRY.name(settings.site_id), RAW_BIOBANK.name(settings.site_id))
+    source = app.topic(*inputs, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
+                       acks=False)  # offsets are committed by the ledger, not by faust
+    ledger = OffsetLedger(app, settings, app_id(settings), inputs)
 
     async def handle(events: list[Any]) -> None:
         ring = key_source.current()
@@ -139,7 +145,8 @@ def build_app(settings: Settings) -> faust.App:
             log.info("using key version %d for new output", ring.active)
         processor.set_key_ring(ring)
         state.pending.clear()
-        results = process_by_partition(processor, state, [to_in_record(e) for e in events])
+        records = [to_in_record(e) for e in events]
+        results = process_by_partition(processor, state, records)
         producer = app.producer
         futures: list[Any] = []
         changelog = table.changelog_topic.get_topic_name()
@@ -150,7 +157,9 @@ def build_app(settings: Settings) -> faust.App:
             for out in result.out:
                 futures.append(await producer.send(out.topic, out.key, out.value, None, None,
                                                    list(out.headers) if out.headers else None))
-        await asyncio.gather(*futures)  # every record acknowledged (acks=all) before the batch is acked
+        await asyncio.gather(*futures)  # every record acknowledged (acks=all) before the offsets may move
+        await ledger.processed(offsets_of(records))
+        await ledger.commit()
         for partition, result in results:
             observe(settings.site_id, result.counters)
             dropped = {k: v for k, v in result.counters.items() if k.startswith("dropped")}
@@ -167,6 +176,10 @@ def build_app(settings: Settings) -> faust.App:
                              len(events), type(exc).__name__)
                 logging.shutdown()
                 os._exit(EXIT_PRODUCE_FAILED)
+
+    @app.timer(LEDGER_WATCH_S)  # type: ignore[untyped-decorator]
+    async def watch_offsets() -> None:
+        await ledger.watch()
 
     @app.task  # type: ignore[untyped-decorator]
     async def announce() -> None:

@@ -1,0 +1,176 @@
+"""Input offsets of a faust agent, committed by us: contiguous from the group's commit, after durable outputs.
+
+faust-streaming 0.15 keeps its own acknowledgement book (`Consumer._acked`) and commits from it. Across the
+rebalances that follow a SIGKILL, that book was measured to go wrong in two ways: offsets acknowledged twice make
+the commit crawl one offset per commit interval, and messages that the stream skips (stale generation, or
+dropped after a re-seek) are never acknowledged, so the commit stalls for good. Neither loses output, but the
+lag never reaches zero and a later restart re-reads everything after the stall.
+
+So the workers' source topics are declared with `acks=False` (faust neither tracks nor commits them) and the
+worker host reports each batch here once its outputs are durable:
+
+* per topic-partition, the frontier starts at the group's committed offset (or the log start) and advances only
+  over offsets that were processed, in any order and with any duplicates (`Frontier`, pure logic);
+* `commit()` sends the advanced frontiers through faust's consumer (the group member), so an offset is never
+  committed before every earlier offset's output was durably produced;
+* `watch()` (a timer) finds partitions whose frontier has not moved for `stall_s` while records wait beyond it,
+  and seeks them back to the frontier: whatever faust skipped is delivered again (duplicates are harmless,
+  every stage is idempotent).
+
+A rebalance forgets every frontier; they are read again from the broker when next needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import Consumer, TopicPartition
+
+from clinstream.core.config import Settings
+from clinstream.core.constants import LEDGER_STALL_S
+
+log = logging.getLogger("clinstream.core.offset_ledger")
+
+Key = tuple[str, int]  # (topic, partition)
+
+
+@dataclass
+class Frontier:
+    """The next offset to commit for one partition: every offset below it was processed (or already committed)."""
+
+    next_offset: int
+    done: set[int] = field(default_factory=set)
+    moved_at: float = field(default_factory=time.monotonic)
+
+    def add(self, offsets: Iterable[int]) -> bool:
+        """Record processed offsets; returns whether the frontier moved."""
+        start = self.next_offset
+        self.done.update(o for o in offsets if o >= start)
+        nxt = start
+        while nxt in self.done:
+            self.done.discard(nxt)
+            nxt += 1
+        if nxt != start:
+            self.next_offset = nxt
+            self.moved_at = time.monotonic()
+            return True
+        return False
+
+    def skip_to(self, offset: int) -> None:
+        """Move past offsets that no longer exist (the log start moved beyond the frontier)."""
+        if offset > self.next_offset:
+            self.done = {o for o in self.done if o >= offset}
+            self.next_offset = offset
+            self.add(())
+            self.moved_at = time.monotonic()
+
+
+class OffsetLedger:
+    """Commits a faust agent's input offsets from processed batches; re-seeks partitions faust left behind."""
+
+    def __init__(self, app: Any, settings: Settings, group_id: str, topics: Sequence[str],
+                 stall_s: float = LEDGER_STALL_S) -> None:
+        self._app = app
+        self._topics = frozenset(topics)
+        self._stall_s = stall_s
+        self._frontiers: dict[Key, Frontier] = {}
+        self._dirty: set[Key] = set()
+        self._lookup = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": group_id,
+                                 "enable.auto.commit": False, "client.id": f"{group_id}-offset-lookup"})
+        app.on_partitions_assigned.connect(self._forget)
+        app.on_partitions_revoked.connect(self._forget)
+
+    def _forget(self, sender: Any, /, *args: Any, signal: Any = None, **kwargs: Any) -> None:
+        self._frontiers.clear()
+        self._dirty.clear()
+
+    def _assigned(self) -> set[Key]:
+        return {(tp.topic, tp.partition) for tp in self._app.consumer.assignment() if tp.topic in self._topics}
+
+    def _start_offsets(self, keys: Sequence[Key]) -> dict[Key, tuple[int, int]]:
+        """(first offset to process, high watermark) per partition, read from the broker (blocking)."""
+        committed = self._lookup.committed([TopicPartition(t, p) for t, p in keys], timeout=10)
+        out: dict[Key, tuple[int, int]] = {}
+        for tp in committed:
+            low, high = self._lookup.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=10)
+            out[(tp.topic, tp.partition)] = (max(tp.offset, low) if tp.offset >= 0 else low, high)
+        return out
+
+    async def _ensure(self, keys: Iterable[Key]) -> dict[Key, int]:
+        """Frontiers for the keys (reading the broker for unknown ones); returns the high watermarks read."""
+        missing = sorted(k for k in set(keys) if k not in self._frontiers)
+        if not missing:
+            return {}
+        starts = await asyncio.get_running_loop().run_in_executor(None, self._start_offsets, missing)
+        for key, (start, _high) in starts.items():
+            self._frontiers.setdefault(key, Frontier(start))
+        return {k: high for k, (_s, high) in starts.items()}
+
+    async def processed(self, offsets: dict[Key, list[int]]) -> None:
+        """Record a batch whose outputs are durable: offsets per (topic, partition)."""
+        assigned = self._assigned()
+        await self._ensure(k for k in offsets if k in assigned)
+        for key, offs in offsets.items():
+            frontier = self._frontiers.get(key)
+            if frontier is not None and frontier.add(offs):
+                self._dirty.add(key)
+
+    async def commit(self) -> None:
+        """Commit every frontier that moved (only for partitions this member holds)."""
+        from faust.types import TP
+
+        assigned = self._assigned()
+        offsets = {TP(t, p): self._frontiers[(t, p)].next_offset for t, p in self._dirty if (t, p) in assigned}
+        self._dirty.clear()
+        if offsets and not await self._app.consumer._commit(offsets):
+            log.info("offset commit refused during a rebalance; the next batch commits again")
+
+    async def watch(self) -> None:
+        """Seek partitions whose frontier is stuck while records wait beyond it back to the frontier."""
+        from faust.types import TP
+
+        assigned = sorted(self._assigned())
+        if not assigned:
+            return
+        highs = await self._ensure(assigned)
+        unknown = [k for k in assigned if k not in highs]
+        if unknown:
+            highs.update(await asyncio.get_running_loop().run_in_executor(None, self._highs, unknown))
+        now = time.monotonic()
+        for key in assigned:
+            frontier = self._frontiers.get(key)
+            if frontier is None or frontier.next_offset >= highs.get(key, 0):
+                continue
+            if now - frontier.moved_at < self._stall_s:
+                continue
+            log.warning("partition %s/%d: no progress for %.0f s at offset %d (end %d); seeking back",
+                        key[0], key[1], now - frontier.moved_at, frontier.next_offset, highs[key])
+            frontier.moved_at = now
+            await self._app.consumer.seek(TP(*key), frontier.next_offset)
+
+    def _highs(self, keys: Sequence[Key]) -> dict[Key, int]:
+        out: dict[Key, int] = {}
+        for topic, partition in keys:
+            low, high = self._lookup.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+            frontier = self._frontiers.get((topic, partition))
+            if frontier is not None:
+                frontier.skip_to(low)  # retention removed records below the frontier
+            out[(topic, partition)] = high
+        return out
+
+    def close(self) -> None:
+        """Close the lookup consumer."""
+        self._lookup.close()
+
+
+def offsets_of(records: Iterable[Any]) -> dict[Key, list[int]]:
+    """Offsets per (topic, partition) of records with `topic`, `partition` and `offset` attributes."""
+    out: dict[Key, list[int]] = {}
+    for r in records:
+        out.setdefault((r.topic, r.partition), []).append(r.offset)
+    return out

@@ -1,0 +1,48 @@
+"""The committed frontier of a partition never passes an offset whose output was not processed."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from clinstream.core.offset_ledger import Frontier, offsets_of
+from clinstream.core.records import InRecord
+
+
+def test_frontier_moves_only_over_contiguous_processed_offsets() -> None:
+    f = Frontier(10)
+    assert not f.add([12, 13])  # 10 and 11 missing: nothing to commit
+    assert f.next_offset == 10
+    assert f.add([10])
+    assert f.next_offset == 11
+    assert f.add([11, 11, 9])  # duplicates and already-committed offsets are harmless
+    assert f.next_offset == 14 and not f.done
+
+
+def test_skip_to_moves_past_offsets_that_no_longer_exist() -> None:
+    f = Frontier(5)
+    f.add([8, 9, 12])
+    f.skip_to(8)
+    assert f.next_offset == 10 and f.done == {12}
+    f.skip_to(3)  # never backwards
+    assert f.next_offset == 10
+
+
+@given(start=st.integers(0, 1000), batches=st.lists(st.lists(st.integers(0, 60), max_size=20), max_size=20))
+def test_frontier_is_the_first_unprocessed_offset(start: int, batches: list[list[int]]) -> None:
+    f = Frontier(start)
+    seen: set[int] = set()
+    for batch in batches:
+        offsets = [start + o - 5 for o in batch]  # some below the start, in any order, with duplicates
+        f.add(offsets)
+        seen.update(offsets)
+        expected = start
+        while expected in seen:
+            expected += 1
+        assert f.next_offset == expected
+        assert all(o > expected for o in f.done)
+
+
+def test_offsets_of_groups_by_topic_partition() -> None:
+    recs = [InRecord("a", 0, 5, None, b"", 0), InRecord("a", 1, 2, None, b"", 0), InRecord("a", 0, 6, None, b"", 0)]
+    assert offsets_of(recs) == {("a", 0): [5, 6], ("a", 1): [2]}
