@@ -1,4 +1,4 @@
-"""Fault injection: a restarted broker, a stopped database and a restarted gateway lose nothing.
+"""Fault injection: SIGKILLed workers, a restarted broker, a stopped database and a restarted gateway lose nothing.
 
 Every test runs the real gateway and workers as child processes against the shared broker and database, posts
 paced heart-rate blocks (one block = one full MINUTE window of 60 readings) from 20 devices, injects its fault
