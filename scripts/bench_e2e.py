@@ -744,7 +744,8 @@ def chart(report: Mapping[str, Any], path: Path) -> None:
         axes[2].plot(series[:, 0], series[:, 1])
         axes[2].set_xlabel("minutes")
         axes[2].set_ylabel("features worker RSS (MB)")
-        axes[2].set_title(f"soak, {soak['participants']:,} participants: {soak['slope_mb_per_min']} MB/min")
+        axes[2].set_title(f"soak, {soak['participants']:,} participants: {soak['slope_mb_per_min']} MB/min, "
+                          f"second half {soak['slope_second_half_mb_per_min']} MB/min", fontsize=10)
     fig.suptitle(f"clinstream end-to-end benchmark ({report['machine']['cpus']} CPUs, all on one machine)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

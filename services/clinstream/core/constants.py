@@ -114,6 +114,12 @@ FEDERATED_TEST_FRACTION: Final = 0.4  # share of each site's participants held o
 FEDERATED_SCORE_BINS: Final = 20  # score histogram bins a site reports (pooled ROC AUC at the server)
 FEDERATED_READER_ROLE_PREFIX: Final = "fl_reader_"  # + site id with '_': the ClientApp's read-only DB role
 FEDERATED_RUN_TIMEOUT_S: Final = 900.0  # `clinstream federated run/demo` gives up after this long
+# Filling a site through its real pipeline with the simulators (federated/pipeline_fill.py).
+FEDERATED_FILL_DAYS: Final = 24  # days of wearable telemetry per participant
+FEDERATED_FILL_RUN_IN_DAYS: Final = 9  # wearable days before the first visit (7-day lookback + a short baseline)
+FEDERATED_FILL_VISIT_EVERY_DAYS: Final = 3.0  # mean days between routine blood samples
+FEDERATED_FILL_ANCHOR_DAYS: Final = 28  # the window ends on this grid, so a cohort's data changes monthly
+FEDERATED_FILL_STEP_DAYS: Final = 4  # the device simulator generates this many days at a time
 
 # Replay, dead-letter re-drive and lag tools (issue 6).
 REPLAY_BATCH_MAX: Final = 5000  # input records per replay batch (one DB transaction, one checkpoint at most)

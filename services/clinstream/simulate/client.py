@@ -10,7 +10,7 @@ import asyncio
 import gzip
 import heapq
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -24,6 +24,7 @@ from clinstream.simulate.profiles import Participant
 from clinstream.simulate.telemetry import DeviceOptions, SimBlock, batch_payloads, device_blocks
 
 Progress = Callable[[int], None]  # called with the simulated time reached (epoch ms)
+Pace = Callable[[int], Awaitable[None]]  # awaited with the simulated time reached (epoch ms)
 
 
 class _Retryable(Exception):
@@ -154,8 +155,17 @@ def _count(stats: RunStats, result: PostResult) -> None:
 
 async def run_devices(client: GatewayClient, cohort: Sequence[Participant], tokens: Mapping[str, str], start_ms: int,
                       end_ms: int, *, seed: int, options: DeviceOptions | None = None, speedup: float = 0.0,
-                      batch_blocks: int = 100, concurrency: int = 4, progress: Progress | None = None) -> RunStats:
-    """Simulate the cohort's devices over [start_ms, end_ms): each block is sent once it is due."""
+                      batch_blocks: int = 100, concurrency: int = 4, progress: Progress | None = None,
+                      step_days: int = 1, pace: Pace | None = None) -> RunStats:
+    """Simulate the cohort's devices over [start_ms, end_ms): each block is sent once it is due.
+
+    Blocks are generated `step_days` UTC days ahead (each generation also models the day before it, for blocks
+    that cross midnight, so longer steps generate faster but hold more blocks in memory); they are still sent
+    one UTC day at a time, in due order. `pace`, if given, is awaited with the simulated time reached after each
+    day's blocks were answered (back-pressure, e.g. to wait until the receiving pipeline has caught up).
+    """
+    if step_days < 1:
+        raise ValueError("step_days must be at least 1")
     stats = RunStats()
     clock = _Clock(start_ms, speedup)
     sequences = {p.device_id: 0 for p in cohort}
@@ -165,16 +175,19 @@ async def run_devices(client: GatewayClient, cohort: Sequence[Participant], toke
     async def send(device_id: str, body: dict[str, Any]) -> None:
         _count(stats, await client.post("/v1/telemetry", tokens[device_id], body))
 
-    day_lo = start_ms
+    day_lo = generated = start_ms
     while day_lo < end_ms:
         day_hi = min(end_ms, (day_lo // DAY_MS + 1) * DAY_MS)
-        for p in cohort:
-            blocks = device_blocks(p, day_lo, day_hi, seed=seed, options=options,
-                                   first_sequence=sequences[p.device_id])
-            sequences[p.device_id] += len({b.block["block_id"] for b in blocks})
-            for b in blocks:
-                heapq.heappush(heap, (b.due_ms, counter, b))
-                counter += 1
+        if generated < day_hi:
+            gen_hi = min(end_ms, (day_lo // DAY_MS + step_days) * DAY_MS)
+            for p in cohort:
+                blocks = device_blocks(p, generated, gen_hi, seed=seed, options=options,
+                                       first_sequence=sequences[p.device_id])
+                sequences[p.device_id] += len({b.block["block_id"] for b in blocks})
+                for b in blocks:
+                    heapq.heappush(heap, (b.due_ms, counter, b))
+                    counter += 1
+            generated = gen_hi
         last = day_hi >= end_ms
 
         def ready(due: int, now: float, last: bool = last, day_hi: int = day_hi) -> bool:
@@ -191,6 +204,8 @@ async def run_devices(client: GatewayClient, cohort: Sequence[Participant], toke
             await _send_all(jobs, concurrency)
             if progress and batch:
                 progress(min(batch[-1].due_ms, end_ms))
+        if pace is not None:
+            await pace(day_hi)
         day_lo = day_hi
     return stats
 

@@ -19,7 +19,8 @@ FLARE_MEAN_GAP_DAYS = 9.0
 FLARE_MIN_DAYS = 3.0
 FLARE_MAX_DAYS = 7.0
 FLARE_RAMP_MS = 18 * HOUR_MS
-FLARE_HORIZON_DAYS = 400  # flares are scheduled this far around the epoch
+FLARE_HORIZON_DAYS = 400  # flares are scheduled from this long before the epoch...
+FLARE_FUTURE_DAYS = 3650  # ...until this long after it (windows relative to "now" keep their flares for years)
 FLARE_EPOCH_MS = 1_735_689_600_000  # 2025-01-01T00:00:00Z: a fixed origin, so schedules do not depend on "now"
 
 
@@ -70,7 +71,7 @@ class Participant:
 def _flare_schedule(rng: np.random.Generator) -> tuple[tuple[int, int], ...]:
     flares: list[tuple[int, int]] = []
     t = FLARE_EPOCH_MS - FLARE_HORIZON_DAYS * DAY_MS + rng.uniform(0, FLARE_MEAN_GAP_DAYS) * DAY_MS
-    end_of_horizon = FLARE_EPOCH_MS + 2 * FLARE_HORIZON_DAYS * DAY_MS
+    end_of_horizon = FLARE_EPOCH_MS + FLARE_FUTURE_DAYS * DAY_MS
     while t < end_of_horizon:
         duration = rng.uniform(FLARE_MIN_DAYS, FLARE_MAX_DAYS) * DAY_MS
         flares.append((int(t), int(t + duration)))

@@ -37,15 +37,50 @@ BoolArray = np.ndarray[Any, np.dtype[np.bool_]]
 
 @dataclass(frozen=True)
 class DeviceOptions:
-    """What a simulated device measures and how it delivers."""
+    """What a simulated device measures and how it delivers.
+
+    The defaults model a dense research wearable (about 20,000 readings per participant-day); `sparse()` is a
+    low-rate profile (about 1,500) for long cohorts, e.g. filling feature stores for the federated task.
+    """
 
     block_minutes: int = 15
     hr_period_s: int = 5
-    rr_every_min: int = 30
-    rr_minutes: int = 5
+    rr_every_min: int = 30  # one RR recording starts every this many minutes (UTC-aligned)...
+    rr_minutes: int = 5  # ...and lasts this long (only if the device is worn throughout)
+    steps_period_s: int = 60  # step counts over this many seconds (a multiple of 60)
+    skin_period_s: int = 60  # wrist skin temperature every this many seconds
+    spo2_period_s: int = 60  # SpO2 every this many seconds while asleep...
+    spo2_awake_period_s: int = 600  # ...and every this many seconds awake (a multiple of spo2_period_s)
+    model_step_s: int = 1  # time step of the physiological model; the periods above must be multiples of it
     acceleration: bool = False
     late_fraction: float = 0.05
     duplicate_fraction: float = 0.01
+
+    def __post_init__(self) -> None:
+        periods = (self.block_minutes, self.hr_period_s, self.rr_every_min, self.rr_minutes, self.steps_period_s,
+                   self.skin_period_s, self.spo2_period_s, self.spo2_awake_period_s)
+        if min(periods) < 1:
+            raise ValueError("every period must be at least 1")
+        if self.steps_period_s % 60 or SECONDS_PER_DAY % self.steps_period_s:
+            raise ValueError("steps_period_s must be a multiple of 60 that divides a day")
+        if self.spo2_awake_period_s % self.spo2_period_s:
+            raise ValueError("spo2_awake_period_s must be a multiple of spo2_period_s")
+        step = self.model_step_s
+        if 60 % step or any(x % step for x in (self.hr_period_s, self.rr_minutes * 60, self.skin_period_s,
+                                               self.spo2_period_s)):
+            raise ValueError("model_step_s must divide 60 and every sampling period")
+        if self.rr_minutes > self.rr_every_min or self.rr_minutes * 60 >= SECONDS_PER_DAY:
+            raise ValueError("an RR recording must be shorter than the gap between recordings")
+
+    @classmethod
+    def sparse(cls, **overrides: Any) -> DeviceOptions:
+        """A low-rate profile: 4-hour blocks; HR every 5 min; a 3-min RR recording every 4 h (night included);
+        5-min step counts; skin temperature every 15 min; SpO2 every 5 min asleep and hourly awake; the day
+        modelled in 10-s steps."""
+        values: dict[str, Any] = {"block_minutes": 240, "hr_period_s": 300, "rr_every_min": 240, "rr_minutes": 3,
+                                  "steps_period_s": 300, "skin_period_s": 900, "spo2_period_s": 300,
+                                  "spo2_awake_period_s": 3600, "model_step_s": 10}
+        return cls(**{**values, **overrides})
 
 
 @dataclass(frozen=True)
@@ -128,7 +163,8 @@ def _intervals_mask(t: FloatArray, intervals: Iterable[tuple[float, float]]) -> 
 @dataclass
 class _Day:
     start_ms: int
-    t: FloatArray  # epoch ms of every second
+    step_s: int  # the model's time step: element i of every array is the instant start_ms + i * step_s seconds
+    t: FloatArray  # epoch ms of every step
     worn: BoolArray
     asleep: BoolArray
     cadence: FloatArray  # steps/min while walking, else 0
@@ -137,9 +173,21 @@ class _Day:
     nights: list[Night]
 
 
-def _day(p: Participant, day_start: int, seed: int) -> _Day:
+def _noise_sd(sd_1s: float, tau_s: float, step_s: int) -> float:
+    """The SD of white noise at `step_s` whose `_smooth`ing over tau_s has the SD it has at 1-s steps."""
+    if step_s == 1:
+        return sd_1s
+
+    def energy(tau: float) -> float:
+        kernel = np.exp(-np.arange(int(5 * tau)) / tau)
+        return float(np.sum((kernel / kernel.sum()) ** 2))
+
+    return sd_1s * float(np.sqrt(energy(tau_s) / energy(tau_s / step_s)))
+
+
+def _day(p: Participant, day_start: int, seed: int, step_s: int = 1) -> _Day:
     rng = rng_for(seed, 2, p.index, day_start // DAY_MS)
-    t = day_start + np.arange(SECONDS_PER_DAY, dtype=np.float64) * 1000.0
+    t = day_start + np.arange(SECONDS_PER_DAY // step_s, dtype=np.float64) * (1000.0 * step_s)
     offset_ms = p.utc_offset_minutes * MINUTE_MS
     local_hour = ((t + offset_ms) % DAY_MS) / HOUR_MS
     first_local_day = (day_start + offset_ms) // DAY_MS
@@ -163,14 +211,14 @@ def _day(p: Participant, day_start: int, seed: int) -> _Day:
     if candidates.size and n_bouts:
         for start in rng.choice(candidates, size=n_bouts):
             length = int(rng.uniform(3, 40) * 60)
-            cadence[start:start + length] = rng.uniform(90, 125)
+            cadence[start:start + length // step_s] = rng.uniform(90, 125)
     cadence[asleep] = 0.0
     circadian = 3.0 * np.cos(2 * np.pi * (local_hour - 17) / 24)
-    sleep_drop = _smooth(asleep.astype(np.float64), 600) * -7.0
-    activity_rise = _smooth(cadence * 0.28, 45)
-    noise = _smooth(rng.normal(0, 9.0, t.size), 20)
+    sleep_drop = _smooth(asleep.astype(np.float64), 600 / step_s) * -7.0
+    activity_rise = _smooth(cadence * 0.28, 45 / step_s)
+    noise = _smooth(rng.normal(0, _noise_sd(9.0, 20, step_s), t.size), 20 / step_s)
     hr = p.resting_hr + 3.0 + circadian + sleep_drop + activity_rise + 9.0 * flare + noise
-    return _Day(day_start, t, worn, asleep, cadence, flare, np.clip(hr, 38, 190), nights)
+    return _Day(day_start, step_s, t, worn, asleep, cadence, flare, np.clip(hr, 38, 190), nights)
 
 
 def _regular_blocks(kind: str, unit: str, times: FloatArray, values: dict[str, Any], block_ms: int,
@@ -194,7 +242,8 @@ def _regular_blocks(kind: str, unit: str, times: FloatArray, values: dict[str, A
 
 
 def _heart_rate(day: _Day, opt: DeviceOptions) -> Iterator[tuple[int, int, dict[str, Any], int]]:
-    idx = np.flatnonzero(day.worn[:: opt.hr_period_s]) * opt.hr_period_s
+    every = opt.hr_period_s // day.step_s
+    idx = np.flatnonzero(day.worn[::every]) * every
     yield from _regular_blocks("heart-rate", "beats/min", day.t[idx], {"values": np.round(day.hr[idx])},
                                opt.block_minutes * MINUTE_MS)
 
@@ -203,12 +252,13 @@ def _rr_recordings(p: Participant, day: _Day, opt: DeviceOptions,
                    rng: np.random.Generator) -> Iterator[tuple[int, int, dict[str, Any], int]]:
     length_s = opt.rr_minutes * 60
     for start_s in range(0, SECONDS_PER_DAY - length_s, opt.rr_every_min * 60):
-        if not day.worn[start_s:start_s + length_s].all():
+        i0, i1 = start_s // day.step_s, (start_s + length_s) // day.step_s  # the recording's model steps
+        if not day.worn[i0:i1].all():
             continue
-        hr_window = day.hr[start_s:start_s + length_s]
+        hr_window = day.hr[i0:i1]
         mean_rr = 60_000.0 / float(hr_window.mean())
         n = int(length_s * 1000 / mean_rr)
-        approx = np.minimum((np.arange(n) * mean_rr / 1000).astype(np.int64), length_s - 1)
+        approx = np.minimum((np.arange(n) * mean_rr / 1000).astype(np.int64) // day.step_s, i1 - i0 - 1)
         base = 60_000.0 / hr_window[approx]
         beat_t = np.cumsum(base) / 1000.0
         rsa = np.sin(2 * np.pi * rng.uniform(0.2, 0.3) * beat_t + rng.uniform(0, 2 * np.pi))
@@ -217,44 +267,51 @@ def _rr_recordings(p: Participant, day: _Day, opt: DeviceOptions,
         for k in range(1, n):
             ar[k] = 0.6 * ar[k - 1] + shocks[k]
         wiggle = rsa + 0.7 * ar
-        flare = float(day.flare[start_s])
-        walking = float(np.mean(day.cadence[start_s:start_s + length_s] > 0))
-        target = p.rmssd_ms * (1 - 0.5 * flare) * (1.25 if day.asleep[start_s] else 1.0) * (1 - 0.5 * walking)
+        flare = float(day.flare[i0])
+        walking = float(np.mean(day.cadence[i0:i1] > 0))
+        target = p.rmssd_ms * (1 - 0.5 * flare) * (1.25 if day.asleep[i0] else 1.0) * (1 - 0.5 * walking)
         wiggle *= target / max(rmssd(wiggle), 1e-9)
         rr = np.clip(np.round(base + wiggle), 300, 2000)
         rr[rng.random(n) < 0.0005] = 250.0  # a rare spurious beat detection: an artefact HRV filters drop (< 300 ms)
         offsets = np.cumsum(rr).astype(np.int64)
         keep = offsets < length_s * 1000
-        start = int(day.t[start_s])
+        start = int(day.t[i0])
         body = {"schema": "rr-interval", "unit": "ms", "offsets_ms": offsets[keep].tolist(),
                 "values": rr[keep].tolist()}
         yield start, start + int(offsets[keep][-1]), body, int(keep.sum())
 
 
 def _steps(day: _Day, opt: DeviceOptions, rng: np.random.Generator) -> Iterator[tuple[int, int, dict[str, Any], int]]:
-    per_min_cadence = day.cadence.reshape(-1, 60).mean(axis=1)
-    worn_min = day.worn.reshape(-1, 60).all(axis=1)
-    asleep_min = day.asleep.reshape(-1, 60).any(axis=1)
+    per_minute = 60 // day.step_s
+    per_min_cadence = day.cadence.reshape(-1, per_minute).mean(axis=1)
+    worn_min = day.worn.reshape(-1, per_minute).all(axis=1)
+    asleep_min = day.asleep.reshape(-1, per_minute).any(axis=1)
     background = rng.poisson(4, per_min_cadence.size) * (rng.random(per_min_cadence.size) < 0.5)
     steps = np.where(asleep_min, 0, np.round(per_min_cadence) + background).astype(np.int64)
-    minutes = np.flatnonzero(worn_min)
-    times = day.t[minutes * 60]
-    yield from _regular_blocks("step-count", "steps", times, {"durations_s": np.full(minutes.size, 60),
-                                                              "values": steps[minutes]},
+    per_bin = opt.steps_period_s // 60  # minutes per count; a count needs the device worn all its minutes
+    if per_bin > 1:
+        steps = steps.reshape(-1, per_bin).sum(axis=1)
+        worn_min = worn_min.reshape(-1, per_bin).all(axis=1)
+    bins = np.flatnonzero(worn_min)
+    times = day.t[bins * opt.steps_period_s // day.step_s]
+    yield from _regular_blocks("step-count", "steps", times, {"durations_s": np.full(bins.size, opt.steps_period_s),
+                                                              "values": steps[bins]},
                                opt.block_minutes * MINUTE_MS)
 
 
 def _spo2(p: Participant, day: _Day, opt: DeviceOptions,
           rng: np.random.Generator) -> Iterator[tuple[int, int, dict[str, Any], int]]:
-    seconds = np.arange(0, SECONDS_PER_DAY, 60)
-    take = day.worn[seconds] & (day.asleep[seconds] | (seconds % 600 == 0))
-    idx = seconds[take]
+    seconds = np.arange(0, SECONDS_PER_DAY, opt.spo2_period_s)
+    steps = seconds // day.step_s
+    take = day.worn[steps] & (day.asleep[steps] | (seconds % opt.spo2_awake_period_s == 0))
+    idx = steps[take]
     level = p.spo2_percent - 0.6 * day.flare[idx] + rng.normal(0, 0.7, idx.size)
     asleep_idx = np.flatnonzero(day.asleep[idx])
     for _ in range(int(rng.integers(0, 4))):  # nocturnal desaturation dips of a few minutes
         if asleep_idx.size:
             at = int(rng.choice(asleep_idx))
-            level[at:at + int(rng.integers(1, 5))] -= rng.uniform(4, 8)
+            minutes = int(rng.integers(1, 5))
+            level[at:at + max(1, round(minutes * 60 / opt.spo2_period_s))] -= rng.uniform(4, 8)
     values = np.clip(np.round(level), 70, 100)
     yield from _regular_blocks("oxygen-saturation", "%", day.t[idx], {"values": values},
                                opt.block_minutes * MINUTE_MS)
@@ -262,11 +319,11 @@ def _spo2(p: Participant, day: _Day, opt: DeviceOptions,
 
 def _skin(p: Participant, day: _Day, opt: DeviceOptions,
           rng: np.random.Generator) -> Iterator[tuple[int, int, dict[str, Any], int]]:
-    seconds = np.arange(0, SECONDS_PER_DAY, 60)
-    idx = seconds[day.worn[seconds]]
-    warm = _smooth(day.asleep.astype(np.float64), 1200)[idx] * 0.9
-    cool = _smooth((day.cadence > 0).astype(np.float64), 300)[idx] * -0.3
-    drift = np.cumsum(rng.normal(0, 0.02, idx.size))
+    steps = np.arange(0, SECONDS_PER_DAY, opt.skin_period_s) // day.step_s
+    idx = steps[day.worn[steps]]
+    warm = _smooth(day.asleep.astype(np.float64), 1200 / day.step_s)[idx] * 0.9
+    cool = _smooth((day.cadence > 0).astype(np.float64), 300 / day.step_s)[idx] * -0.3
+    drift = np.cumsum(rng.normal(0, 0.02 * np.sqrt(opt.skin_period_s / 60), idx.size))  # the same drift per hour
     level = p.skin_temp_c + warm + cool + 0.6 * day.flare[idx] + drift - drift.mean() + rng.normal(0, 0.05, idx.size)
     yield from _regular_blocks("body-temperature", "Cel", day.t[idx], {"values": np.round(level, 2)},
                                opt.block_minutes * MINUTE_MS, {"location": "wrist"})
@@ -274,8 +331,8 @@ def _skin(p: Participant, day: _Day, opt: DeviceOptions,
 
 def _acceleration(day: _Day, rng: np.random.Generator) -> Iterator[tuple[int, int, dict[str, Any], int]]:
     for hour in range(24):
-        s = hour * 3600 + 1800
-        if not day.worn[s:s + 10].all():
+        s = (hour * 3600 + 1800) // day.step_s
+        if not day.worn[s:s + max(1, 10 // day.step_s)].all():
             continue
         n = 250  # 10 s at 25 Hz
         motion = float(day.cadence[s]) / 40.0 + 0.05
@@ -313,7 +370,7 @@ def device_blocks(p: Participant, start_ms: int, end_ms: int, *, seed: int, opti
     opt = options or DeviceOptions()
     made: list[tuple[int, int, dict[str, Any], int]] = []
     for day_start in range((start_ms // DAY_MS - 1) * DAY_MS, end_ms, DAY_MS):
-        day = _day(p, day_start, seed)
+        day = _day(p, day_start, seed, opt.model_step_s)
         rng = rng_for(seed, 4, p.index, day_start // DAY_MS)
         parts = [_heart_rate(day, opt), _rr_recordings(p, day, opt, rng), _steps(day, opt, rng),
                  _spo2(p, day, opt, rng), _skin(p, day, opt, rng), _sleep(day)]
