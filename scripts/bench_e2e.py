@@ -18,7 +18,7 @@ Per cohort (a fresh throw-away site `bench-<hex>` each: topics, DB schema, key f
 `--soak-minutes M`: a 10,000-participant site under load for M minutes; the features worker's RSS is sampled and
 its slope (MB/min) reported. Results go to reports/bench-e2e-<time>.json and .png.
 
-    scripts/bench                      # cohorts 100, 1000, 10000; soak 2 min
+    scripts/bench                      # cohorts 100, 1000, 10000; soak 6 min (RSS flat after ~5 min)
     scripts/bench --quick              # cohorts 100, 1000; shorter phases; no soak
     scripts/bench --cohorts 100,1000 --seconds 30 --soak-minutes 0
 """
@@ -778,7 +778,7 @@ def main() -> None:
     if args.quick and "--cohorts" not in " ".join(sys.argv):
         args.cohorts = "100,1000"
     args.seconds = args.seconds or (20.0 if args.quick else 45.0)
-    args.soak_minutes = (0.0 if args.quick else 2.0) if args.soak_minutes is None else args.soak_minutes
+    args.soak_minutes = (0.0 if args.quick else 6.0) if args.soak_minutes is None else args.soak_minutes
     if args.quick:
         args.naive_seconds = min(args.naive_seconds, 15.0)
     cohorts = [int(c) for c in args.cohorts.split(",") if c.strip()]
