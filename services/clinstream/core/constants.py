@@ -130,3 +130,9 @@ REDRIVE_BATCH_MAX: Final = 500  # dead letters judged per re-drive batch (one pr
 REDRIVE_METADATA_MAX_CHARS: Final = 3000  # pending-offset list kept in the commit metadata (broker limit 4096)
 HEADER_REPLAY_RUN: Final = "clinstream.replay-run"  # on DLQ records written by a replay: its run id
 HEADER_REDRIVEN_FROM: Final = "clinstream.redriven-from"  # on re-driven records: <dlq topic>:<partition>:<offset>
+# On ingest dead letters (raw zone only): what a re-drive needs to rebuild the record as the gateway would.
+HEADER_INGEST_ENDPOINT: Final = "clinstream.ingest.endpoint"  # telemetry | biobank
+HEADER_INGEST_RECEIVED_AT: Final = "clinstream.ingest.received-at"  # receipt of the request, epoch ms (decimal)
+HEADER_INGEST_DEVICE_ID: Final = "clinstream.ingest.device-id"  # telemetry: the authenticated device (identifier)
+HEADER_INGEST_PARTICIPANT_ID: Final = "clinstream.ingest.participant-id"  # telemetry: its credential's participant
+HEADER_INGEST_LIMS_KEY: Final = "clinstream.ingest.lims-key-id"  # biobank: key id of the LIMS credential

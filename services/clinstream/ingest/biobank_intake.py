@@ -19,11 +19,13 @@ from clinstream.core.topics import RAW_BIOBANK, Stage, dlq
 from clinstream.ingest.biobank_validate import AcceptedEvent, BiobankValidator, RejectedEvent
 from clinstream.ingest.config import IngestSettings
 from clinstream.ingest.delivery import deliver
+from clinstream.ingest.dlq_context import biobank_context, context_headers
 from clinstream.ingest.gateway_db import DatabaseUnavailable, GatewayDb, LimsPrincipal
 from clinstream.ingest.metrics import GatewayMetrics
 from clinstream.ingest.producer import AsyncDurableProducer
 
 log = logging.getLogger("clinstream.ingest")
+EVENT_ID_CONFLICT = "event_id was already used for a different event"
 
 
 @dataclass
@@ -36,8 +38,8 @@ class BiobankOutcome:
 
 
 def _conflict(event: AcceptedEvent) -> RejectedEvent:
-    return RejectedEvent(event.index, event.event_id, Rejection(
-        "event_id was already used for a different event", f"{event.path}.event_id"), event.original)
+    return RejectedEvent(event.index, event.event_id, Rejection(EVENT_ID_CONFLICT, f"{event.path}.event_id"),
+                         event.original)
 
 
 class BiobankIntake:
@@ -89,7 +91,7 @@ class BiobankIntake:
                 outcome.duplicates.append(event)
             else:
                 outcome.rejected.append(_conflict(event))
-        raw, dead = self._encode(outcome, content_type)
+        raw, dead = self._encode(outcome, content_type, context_headers(biobank_context(received_ms, lims.key_id)))
         await deliver(self.producer, self.metrics, "biobank", [(self.raw_topic, raw)], [(self.dlq_topic, dead)])
         try:
             await self.db.record_events([(e.event_id, e.digest) for e in outcome.accepted], lims.key_id)
@@ -103,7 +105,8 @@ class BiobankIntake:
             self.metrics.events.labels("any", "rejected").inc(len(outcome.rejected))
         return outcome
 
-    def _encode(self, outcome: BiobankOutcome, content_type: str) -> tuple[list[Message], list[Message]]:
+    def _encode(self, outcome: BiobankOutcome, content_type: str,
+                context: list[tuple[str, bytes]]) -> tuple[list[Message], list[Message]]:
         raw: list[Message] = []
         kept: list[AcceptedEvent] = []
         for event in outcome.accepted:
@@ -117,5 +120,6 @@ class BiobankIntake:
             raw.append((subject_key(self.site_id, event.participant_id), value, None))
         outcome.accepted = kept
         dead = [dead_letter(self.codec, site_id=self.site_id, stage=Stage.INGEST, rejection=r.rejection,
-                            original_value=r.original, content_type=content_type) for r in outcome.rejected]
+                            original_value=r.original, content_type=content_type, extra_headers=context)
+                for r in outcome.rejected]
         return raw, dead

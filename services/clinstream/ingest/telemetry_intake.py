@@ -13,6 +13,7 @@ from clinstream.core.kafka import Message
 from clinstream.core.topics import RAW_TELEMETRY, Stage, dlq
 from clinstream.ingest.config import IngestSettings
 from clinstream.ingest.delivery import deliver
+from clinstream.ingest.dlq_context import context_headers, telemetry_context
 from clinstream.ingest.errors import ApiError
 from clinstream.ingest.gateway_db import DevicePrincipal
 from clinstream.ingest.metrics import GatewayMetrics
@@ -20,6 +21,7 @@ from clinstream.ingest.producer import AsyncDurableProducer
 from clinstream.ingest.telemetry_validate import AcceptedBlock, RejectedBlock, TelemetryValidator
 
 JSON = "application/json"
+DUPLICATE_IN_REQUEST = "duplicate block_id in this request"
 
 
 @dataclass
@@ -28,6 +30,7 @@ class TelemetryOutcome:
 
     accepted: list[AcceptedBlock] = field(default_factory=list)
     rejected: list[RejectedBlock] = field(default_factory=list)
+    received_ms: int | None = None  # receipt of the request (on its dead letters, for a re-drive)
 
     @property
     def readings(self) -> int:
@@ -65,13 +68,12 @@ class TelemetryIntake:
             self.metrics.auth_failures.labels("foreign_participant").inc()
             raise ApiError(403, "forbidden_participant", "this device is not registered for the participant of "
                            "the block", field_path=f"blocks[{foreign}].participant_id")
-        outcome = TelemetryOutcome()
+        outcome = TelemetryOutcome(received_ms=received_ms)
         seen: set[str] = set()
         for i, raw in enumerate(blocks):
             result = self.validator.validate(i, raw, device_id=device.device_id, received_ms=received_ms)
             if isinstance(result, AcceptedBlock) and result.block_id in seen:
-                result = RejectedBlock(i, result.block_id, Rejection("duplicate block_id in this request",
-                                                                     f"blocks[{i}].block_id"),
+                result = RejectedBlock(i, result.block_id, Rejection(DUPLICATE_IN_REQUEST, f"blocks[{i}].block_id"),
                                        orjson.dumps(raw))
             if isinstance(result, AcceptedBlock):
                 seen.add(result.block_id)
@@ -98,8 +100,10 @@ class TelemetryIntake:
                         orjson.dumps(block.record)))
             outcome.accepted = kept
         raw: list[Message] = [(key, value, None) for value in values]
+        context = (context_headers(telemetry_context(outcome.received_ms, device.device_id, device.participant_id))
+                   if outcome.received_ms is not None else [])
         dead = [dead_letter(self.codec, site_id=self.site_id, stage=Stage.INGEST, rejection=r.rejection,
-                            original_value=r.original, original_key=key, content_type=JSON)
+                            original_value=r.original, original_key=key, content_type=JSON, extra_headers=context)
                 for r in outcome.rejected]
         return raw, dead
 

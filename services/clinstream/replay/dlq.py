@@ -183,7 +183,9 @@ def safe_view(rec: DeadLetterRecord, stage: Stage, *, show_payload: bool, codec:
     codec = codec or get_codec()
     writer = codec.writer_name(original) if original[:2] == b"\xc3\x01" else None
     view["original_schema"] = writer
+    view["headers"] = [name for name, _ in rec.headers]  # values may be identifiers (ingest context)
     if show_payload:
+        view["header_values"] = {name: escaped(value, 256) for name, value in rec.headers}
         view["original_value_hex"] = original.hex()
         view["original_value_escaped"] = escaped(original)
         if rec.original_key is not None:

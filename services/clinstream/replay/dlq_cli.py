@@ -123,7 +123,12 @@ def redrive_cmd(stage: str = _STAGE,
                 reason: str | None = typer.Option(None, "--reason", help="Only dead letters with this reason."),
                 dry_run: bool = typer.Option(False, "--dry-run", help="Judge only: send and commit nothing."),
                 as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
-    """Re-run dead letters through the stage's current logic; passing ones go back into the stream, once."""
+    """Re-run dead letters through the stage's current logic; passing ones go back into the stream, once.
+
+    Stream stages: the record goes back to its input topic for the live worker (deploy the fix there first).
+    Ingest: re-validated with the current CLINSTREAM_INGEST_* limits, as the device and at the receipt instant
+    on the dead letter, and produced to the raw topic as the gateway would (LIMS events: once per event id).
+    """
     from clinstream.replay.redrive import redrive, redrive_group
 
     settings = get_settings()
@@ -135,7 +140,8 @@ def redrive_cmd(stage: str = _STAGE,
         raise typer.Exit(2) from None
     if as_json:
         console.print_json(json.dumps({
-            "examined": report.examined, "redriven": report.redriven, "still_failing": report.still_failing,
+            "examined": report.examined, "redriven": report.redriven, "duplicates": report.duplicates,
+            "still_failing": report.still_failing,
             "left_out": report.left_out, "already_redriven": report.already_redriven, "dry_run": dry_run,
             "targets": dict(report.targets), "failures": dict(report.failures)}))
         return
@@ -143,6 +149,7 @@ def redrive_cmd(stage: str = _STAGE,
     table = Table("", "", title=title)
     table.add_row("examined", str(report.examined))
     table.add_row("re-driven into the stream", str(report.redriven))
+    table.add_row("already in the stream (nothing sent)", str(report.duplicates))
     table.add_row("still failing (stay in the DLQ)", str(report.still_failing))
     table.add_row("left out (other reasons)", str(report.left_out))
     table.add_row("re-driven by earlier runs (skipped)", str(report.already_redriven))

@@ -8,9 +8,13 @@ Handing back: for the stream stages (pseudonymise, features, store) the original
 topic they were read from, so the live worker, with its real state (consent table, feature windows, dedup
 records), processes them; a processor run outside the worker on a scratch state would fork that state. The
 verdict is the stage's own check, so deploy the fix to the live worker before re-driving. For ingest, whose
-input was an HTTP request, the re-driver validates and encodes like the gateway and produces to the raw topic;
-the ingest package plugs in by providing `clinstream.ingest.redrive.make_redriver(settings) -> Redriver`
-(or by calling `register_redriver`). Re-driven records carry a `clinstream.redriven-from` header.
+input was an HTTP request, the re-driver validates and encodes like the gateway (current CLINSTREAM_INGEST_*
+settings, the device and receipt instant recorded on the dead letter) and produces to the raw topic; the ingest
+package plugs in by providing `clinstream.ingest.redrive.make_redriver(settings) -> Redriver` (or by calling
+`register_redriver`). Re-driven records carry a `clinstream.redriven-from` header. A verdict may also say
+that the stream already holds the record (`duplicate`: nothing is sent, the dead letter counts as done). A
+re-driver may have a `delivered()` method, called once the records of the verdicts judged since its last call
+were acknowledged (before the progress commit), and a `close()` method, called at the end of the run.
 
 Tracking (exactly once into the stream, in effect): the run's progress is the committed offset of the group
 `clinstream-<site>-redrive-<stage>` on the DLQ topic, committed after the batch's records were acknowledged
@@ -57,6 +61,7 @@ class Verdict:
 
     messages: list[tuple[str, Message]] = field(default_factory=list)  # (topic, message)
     rejection: Rejection | None = None
+    duplicate: bool = False  # passes, and the stream already holds it: nothing to send
 
     @property
     def ok(self) -> bool:
@@ -98,10 +103,19 @@ def redriver_for(settings: Settings, stage: Stage) -> Redriver:
     return _REGISTRY[stage](settings)
 
 
+def redriven_header(rec: DeadLetterRecord) -> tuple[str, bytes]:
+    """The header that marks a re-driven record with the dead letter it comes from."""
+    return (HEADER_REDRIVEN_FROM, f"{rec.envelope.get('stage') if rec.envelope else ''}:{rec.position}".encode())
+
+
 def reinjection(rec: DeadLetterRecord, topic: str) -> list[tuple[str, Message]]:
     """The original key and bytes, back to `topic`, marked with where they come from."""
-    origin = f"{rec.envelope.get('stage') if rec.envelope else ''}:{rec.position}".encode()
-    return [(topic, (rec.original_key, rec.original_value, [(HEADER_REDRIVEN_FROM, origin)]))]
+    return [(topic, (rec.original_key, rec.original_value, [redriven_header(rec)]))]
+
+
+def _hook(redriver: Redriver, name: str) -> Callable[[], None] | None:
+    fn = getattr(redriver, name, None)
+    return fn if callable(fn) else None
 
 
 def _source_record(rec: DeadLetterRecord, allowed: tuple[str, ...]) -> InRecord | Rejection:
@@ -280,6 +294,7 @@ class RedriveReport:
 
     examined: int = 0
     redriven: int = 0
+    duplicates: int = 0  # pass, but already in the stream (nothing sent)
     still_failing: int = 0
     left_out: int = 0  # not matching the reason filter
     already_redriven: int = 0
@@ -306,6 +321,7 @@ def redrive(settings: Settings, stage: Stage, *, reason: str | None = None, dry_
             progress: Callable[[int], None] | None = None) -> RedriveReport:
     """Re-drive the stage's dead letters not handed back before; see the module doc."""
     judge = redriver or redriver_for(settings, stage)
+    delivered = _hook(judge, "delivered")
     topic = dlq(stage).name(settings.site_id)
     report = RedriveReport()
     consumer = tool_consumer(settings, redrive_group(settings, stage))
@@ -335,10 +351,12 @@ def redrive(settings: Settings, stage: Stage, *, reason: str | None = None, dry_
                 by_topic.setdefault(t, []).append(msg)
             for t, msgs in by_topic.items():
                 producer.send(t, msgs, settings.produce_timeout_s)
+            if delivered is not None:
+                delivered()
             offsets = []
             for p in touched:
                 nxt, meta = runs[p].metadata()
-                offsets.append(TopicPartition(topic, p, nxt, metadata=meta or None))
+                offsets.append(TopicPartition(topic, p, nxt, metadata=meta))  # "": nothing pending (None is refused)
             consumer.commit(offsets=offsets, asynchronous=False)
             batch.clear()
             touched.clear()
@@ -358,7 +376,10 @@ def redrive(settings: Settings, stage: Stage, *, reason: str | None = None, dry_
             verdict = judge.judge(rec)
             if verdict.ok:
                 batch.extend(verdict.messages)
-                report.redriven += 1
+                if verdict.duplicate:
+                    report.duplicates += 1
+                else:
+                    report.redriven += 1
                 for t, _ in verdict.messages:
                     report.targets[t] += 1
             else:
@@ -376,3 +397,6 @@ def redrive(settings: Settings, stage: Stage, *, reason: str | None = None, dry_
         consumer.close()
         if producer is not None:
             producer.close()
+        close = _hook(judge, "close") if redriver is None else None
+        if close is not None:
+            close()
