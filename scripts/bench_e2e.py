@@ -733,10 +733,12 @@ def chart(report: Mapping[str, Any], path: Path) -> None:
         vals = [(c.get("paced", {}).get("latency_s", {}) if phase == "paced" else c["latency_s"]).get(q, 0)
                 for c in cohorts]
         ax.bar(x + (k - 1.5) * 0.2, vals, 0.2, label=f"{phase} {q}")
-    ax.axhline(62, color="grey", ls="--", lw=1, label="target p99 < 60 + 2 s")
+    # A block is sent once its minute is over, so send -> visible is the latency beyond the window's own length.
+    ax.axhline(2, color="grey", ls="--", lw=1, label="target: p99 < 2 s beyond the window")
+    ax.set_yscale("log")
     ax.set_xticks(x, labels)
     ax.set_xlabel("participants")
-    ax.set_ylabel("send -> 1-min row visible (s)")
+    ax.set_ylabel("send (minute over) -> 1-min row visible (s)")
     ax.legend(fontsize=8)
     ax.set_title("latency: paced at half the sustained rate, and saturated")
     if soak:
