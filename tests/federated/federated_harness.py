@@ -6,19 +6,24 @@ to measure the federated gain (local-only training per site and pooled training 
 
 from __future__ import annotations
 
+import hashlib
+import os
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from clinstream.core.config import Settings
 from clinstream.core.db import connect_with_retry
+from clinstream.core.topic_admin import admin_client
 from clinstream.federated.config import TaskConfig
 from clinstream.federated.dataset import FEATURE_NAMES, SiteDataset, load_site_dataset
 from clinstream.federated.metrics import balanced_accuracy, roc_auc
 from clinstream.federated.model import LogisticModel, Standardiser, TrainParams, train
 from clinstream.federated.roles import connect_reader, drop_reader_role, reader_url
+from clinstream.pseudonymise.keys import KeyRing, write_key_file
 
 
 def new_sites(*suffixes: str) -> list[Settings]:
@@ -27,12 +32,37 @@ def new_sites(*suffixes: str) -> list[Settings]:
     return [Settings(site_id=f"{tag}-{s}") for s in suffixes]
 
 
+def with_test_key(site: Settings, directory: Path, label: str) -> Settings:
+    """The site with its own pseudonym key file holding a fixed, made-up test key.
+
+    The same key gives the same pseudonyms on every run, hence the same split of participants into training
+    and held-out (a salted hash of the pseudonym), so a test over simulated cohorts is deterministic.
+    """
+    path = directory / f"pseudonym-keys-{label}.json"
+    secret = hashlib.sha256(f"clinstream federated test key {label}".encode()).digest()
+    write_key_file(path, KeyRing(1, {1: secret}), overwrite=True)
+    return site.model_copy(update={"pseudonym_key_file": path})
+
+
 def drop_sites(sites: list[Settings]) -> None:
-    """Drop each site's reader role and schema (idempotent)."""
+    """Drop each site's reader role, schema, topics (its workers' internal ones too) and consumer groups."""
     for site in sites:
         drop_reader_role(site)
         with connect_with_retry(site, max_wait_s=60.0, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{site.db_schema}" CASCADE')
+    if os.environ.get("CLINSTREAM_KEEP_TEST_TOPICS"):
+        return
+    admin = admin_client(sites[0])
+    prefixes = tuple(p for s in sites for p in (f"{s.site_id}.", f"clinstream-{s.site_id}-"))
+    names = [t for t in admin.list_topics(timeout=30).topics if t.startswith(prefixes)]
+    if names:
+        for fut in admin.delete_topics(names, operation_timeout=30).values():
+            fut.result(30)
+    groups = [g.group_id for g in admin.list_consumer_groups(request_timeout=30).result().valid
+              if g.group_id.startswith(tuple(f"clinstream-{s.site_id}-" for s in sites))]
+    if groups:
+        for fut in admin.delete_consumer_groups(groups, request_timeout=30).values():
+            fut.result(30)
 
 
 def load_as_reader(site: Settings, cfg: TaskConfig) -> SiteDataset:

@@ -120,6 +120,9 @@ FEDERATED_FILL_RUN_IN_DAYS: Final = 9  # wearable days before the first visit (7
 FEDERATED_FILL_VISIT_EVERY_DAYS: Final = 3.0  # mean days between routine blood samples
 FEDERATED_FILL_ANCHOR_DAYS: Final = 28  # the window ends on this grid, so a cohort's data changes monthly
 FEDERATED_FILL_STEP_DAYS: Final = 4  # the device simulator generates this many days at a time
+FEDERATED_FILL_PARALLEL: Final = 2  # sites filled at once (each runs its own gateway and workers)
+FEDERATED_FILL_DAY_VARIABILITY: Final = 1.0  # the simulated cohorts' day-to-day variability
+FEDERATED_FILL_FLARE_RESPONSE: Final = 0.5  # SD of the log flare-response gains between people
 
 # Replay, dead-letter re-drive and lag tools (issue 6).
 REPLAY_BATCH_MAX: Final = 5000  # input records per replay batch (one DB transaction, one checkpoint at most)

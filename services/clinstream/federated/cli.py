@@ -82,18 +82,39 @@ def grant(site: list[str] = typer.Option(..., "--site", help="Site id (repeatabl
         typer.echo(f"{site_id}: role {role} -> {reader_url(settings.database_url, site_id)}")
 
 
+_SOURCE_HELP = ("synthetic: a synthetic pseudonymised cohort through the feature processor and store writer "
+                "in-process (fast); pipeline: each site's real pipeline (gateway + workers) driven by the device "
+                "and LIMS simulators over HTTP.")
+
+
+def _source(source: str) -> str:
+    from clinstream.federated.demo import SOURCES
+
+    if source not in SOURCES:
+        raise typer.BadParameter(f"source must be one of {', '.join(SOURCES)}")
+    return source
+
+
 @app.command("fill")
 def fill(site: list[str] = typer.Option(..., "--site", help="Site id (repeatable)."),
-         participants: int = typer.Option(30, min=1), days: int = typer.Option(40, min=14),
-         seed: int = typer.Option(0)) -> None:
-    """Demo data: migrate each site and fill it with a synthetic cohort through the feature processor and store."""
-    from clinstream.federated.demo import prepare_site
+         participants: int = typer.Option(30, min=1),
+         days: int | None = typer.Option(None, min=14, help="Days of data (default: 40 synthetic, 24 pipeline)."),
+         seed: int = typer.Option(0), source: str = typer.Option("synthetic", help=_SOURCE_HELP),
+         work_dir: Path | None = typer.Option(None, help="Pipeline keys, state and logs (default: data dir).")) -> None:
+    """Demo data: migrate each site and fill it (seed + i for the i-th site) from the chosen source."""
+    from clinstream.federated.demo import prepare_sites
+    from clinstream.federated.pipeline_fill import PipelineFillReport
 
-    for i, site_id in enumerate(site):
-        report = prepare_site(_site(site_id), participants=participants, days=days, seed=seed + i)
+    reports = prepare_sites([(_site(s), participants, seed + i) for i, s in enumerate(site)], days=days,
+                            source=_source(source), work_dir=_work_dir(work_dir))
+    for report in reports:
         assert report is not None
-        typer.echo(f"{site_id}: {report.participants} participants, {report.samples} samples, "
-                   f"{report.wearable_rows} day-window rows in {report.seconds:.1f} s")
+        extra = ""
+        if isinstance(report, PipelineFillReport):
+            extra = (f"; {report.blocks} blocks, {report.readings} readings and {report.lims_events} LIMS events "
+                     f"through the gateway")
+        typer.echo(f"{report.site_id}: {report.participants} participants, {report.samples} samples, "
+                   f"{report.wearable_rows} day-window rows in {report.seconds:.1f} s{extra}")
 
 
 @app.command("superlink")
@@ -163,19 +184,20 @@ def run(superlink: str = typer.Option(f"127.0.0.1:{c.FLOWER_SUPERLINK_PORT}"),
 
 @app.command("demo")
 def demo(sites: str = typer.Option("site-a,site-b,site-c", help="Comma-separated site ids."),
-         participants: int = typer.Option(30, help="Synthetic participants per site (0: use existing data)."),
-         days: int = typer.Option(40, min=14), seed: int = typer.Option(0),
+         participants: int = typer.Option(30, help="Participants per site (0: use existing data)."),
+         days: int | None = typer.Option(None, min=14, help="Days of data (default: 40 synthetic, 24 pipeline)."),
+         seed: int = typer.Option(0), source: str = typer.Option("synthetic", help=_SOURCE_HELP),
          rounds: int | None = typer.Option(None, min=1), strategy: str | None = typer.Option(None),
          dp: str | None = typer.Option(None, help="off | client-fixed | server-fixed"),
          set_: list[str] = typer.Option([], "--set", help=_SET_HELP),
          work_dir: Path | None = typer.Option(None), timeout: float = typer.Option(c.FEDERATED_RUN_TIMEOUT_S)) -> None:
-    """Fill the sites (synthetic cohort), start SuperLink + one SuperNode per site, train, stop, print the report."""
+    """Fill the sites (synthetic cohort or real pipelines), start SuperLink + one SuperNode per site, train, stop."""
     from clinstream.federated.demo import demo as run_demo
 
     work = _work_dir(work_dir)
     config = _run_config(rounds, strategy, dp, set_, None)
     result = run_demo([_site(s.strip()) for s in sites.split(",") if s.strip()], work, config,
-                      participants=participants, days=days, seed=seed, timeout_s=timeout)
+                      participants=participants, days=days, seed=seed, timeout_s=timeout, source=_source(source))
     report = result.report()
     typer.echo(json.dumps({"final": report["final"], "declines": report["declines"]}, indent=2))
     typer.echo(f"run {result.run_id}: {result.status} in {result.seconds:.0f} s\nreport: {result.report_json}\n"

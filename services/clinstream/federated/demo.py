@@ -1,4 +1,4 @@
-"""One-shot federated training on this machine: prepare the sites, start SuperLink + SuperNodes, run, stop."""
+"""One-shot federated training on this machine: prepare (fill) the sites, start SuperLink + SuperNodes, run, stop."""
 
 from __future__ import annotations
 
@@ -8,13 +8,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from clinstream.core import constants as c
 from clinstream.core.config import Settings
 from clinstream.federated.config import SiteNodeConfig, report_paths
 from clinstream.federated.deployment import Deployment
 from clinstream.federated.fill import FillReport, fill_site
+from clinstream.federated.pipeline_fill import PipelineCohort, fill_sites_via_pipeline
 from clinstream.federated.report import read_report
 from clinstream.federated.roles import ensure_reader_role, reader_url
 from clinstream.store.migrate import migrate
+
+SYNTHETIC = "synthetic"
+PIPELINE = "pipeline"
+SOURCES = (SYNTHETIC, PIPELINE)
+SYNTHETIC_DAYS = 40
 
 
 @dataclass
@@ -33,12 +40,43 @@ class DemoResult:
         return read_report(self.report_json)
 
 
-def prepare_site(settings: Settings, *, participants: int = 0, days: int = 40, seed: int = 0) -> FillReport | None:
-    """Migrate the site schema, fill it with a synthetic cohort when participants > 0, create its reader role."""
-    migrate(settings)
-    report = fill_site(settings, participants, days, seed) if participants > 0 else None
-    ensure_reader_role(settings)
-    return report
+def prepare_sites(sites: Sequence[tuple[Settings, int, int]], *, days: int | None = None,
+                  source: str = SYNTHETIC, work_dir: Path | None = None,
+                  end_ms: int | None = None) -> list[FillReport | None]:
+    """Migrate each (site, participants, seed), fill it when participants > 0, create its reader role.
+
+    `source` "synthetic" pushes a synthetic pseudonymised cohort through the feature processor and the store
+    writer in-process (`fill.py`, fast); "pipeline" runs each site's real pipeline (gateway and workers) and
+    drives the device and LIMS simulators through it (`pipeline_fill.py`; the pipelines' keys, state and logs go
+    under `work_dir`; a site whose Settings name a pseudonym key file uses it). `days` defaults to 40 (synthetic)
+    or FEDERATED_FILL_DAYS (pipeline); `end_ms` fixes the end of a pipeline fill's window (a backfill).
+    """
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}")
+    for s, _, _ in sites:
+        migrate(s)
+    reports: list[FillReport | None] = [None] * len(sites)
+    todo = [(i, s, n, seed) for i, (s, n, seed) in enumerate(sites) if n > 0]
+    if source == PIPELINE:
+        work = work_dir or sites[0][0].data_dir.resolve() / "federated"
+        cohort_days = days or c.FEDERATED_FILL_DAYS
+        filled = fill_sites_via_pipeline(
+            [(s, PipelineCohort(participants=n, days=cohort_days, seed=seed, end_ms=end_ms))
+             for _, s, n, seed in todo], work)
+        for (i, *_), report in zip(todo, filled, strict=True):
+            reports[i] = report
+    else:
+        for i, s, n, seed in todo:
+            reports[i] = fill_site(s, n, days or SYNTHETIC_DAYS, seed)
+    for s, _, _ in sites:
+        ensure_reader_role(s)
+    return reports
+
+
+def prepare_site(settings: Settings, *, participants: int = 0, days: int | None = None, seed: int = 0,
+                 source: str = SYNTHETIC, work_dir: Path | None = None) -> FillReport | None:
+    """Migrate the site schema, fill it when participants > 0 (see `prepare_sites`), create its reader role."""
+    return prepare_sites([(settings, participants, seed)], days=days, source=source, work_dir=work_dir)[0]
 
 
 def site_nodes(sites: Sequence[Settings], min_participants: dict[str, int] | None = None) -> list[SiteNodeConfig]:
@@ -63,11 +101,11 @@ def run_federation(work_dir: Path, nodes: Sequence[SiteNodeConfig], run_config: 
 
 
 def demo(sites: Sequence[Settings], work_dir: Path, run_config: dict[str, Any], *, participants: int = 30,
-         days: int = 40, seed: int = 0, timeout_s: float = 900.0) -> DemoResult:
-    """Fill (if participants > 0) and federate the sites; raises if the run did not complete."""
+         days: int | None = None, seed: int = 0, timeout_s: float = 900.0, source: str = SYNTHETIC) -> DemoResult:
+    """Fill (if participants > 0, from `source`) and federate the sites; raises if the run did not complete."""
     t0 = time.monotonic()
-    fills = [f for i, s in enumerate(sites)
-             if (f := prepare_site(s, participants=participants, days=days, seed=seed + i)) is not None]
+    fills = [f for f in prepare_sites([(s, participants, seed + i) for i, s in enumerate(sites)], days=days,
+                                      source=source, work_dir=work_dir) if f is not None]
     run_id, status, report_dir = run_federation(work_dir, site_nodes(sites), run_config, timeout_s)
     json_path, png_path = report_paths(report_dir, run_id)
     if status != "finished:completed" or not json_path.exists():

@@ -8,8 +8,8 @@ The three stages are the project's own code, run in-process without Kafka:
    SampleFeatureRecord values;
 3. the store's `BatchDecoder` + `StoreWriter` (the same code the store worker runs) validate and upsert them.
 
-To fill through the real streaming pipeline instead, produce the simulators' output to the site's raw topics with
-the workers running, and wait until the store holds the expected samples; `dataset.py` only reads the store.
+`pipeline_fill.py` fills through the real streaming pipeline instead (the site's gateway and workers, driven by
+the device and LIMS simulators); `dataset.py` only reads the store, whichever way it was filled.
 """
 
 from __future__ import annotations

@@ -14,6 +14,12 @@ import numpy as np
 
 from clinstream.core.timeutil import DAY_MS, HOUR_MS
 
+# Day-to-day variability unrelated to flares (ambient temperature, stress, alcohol, training...), per local day,
+# at day_variability = 1: SDs of resting-HR offset (beats/min), ln RMSSD, wrist skin temperature (degC), SpO2 (%).
+DAY_SD_HR = 2.0
+DAY_SD_LN_RMSSD = 0.15
+DAY_SD_SKIN_C = 0.3
+DAY_SD_SPO2 = 0.3
 # Flares: gaps between flares ~ exponential, durations uniform; ramps make the level smooth.
 FLARE_MEAN_GAP_DAYS = 9.0
 FLARE_MIN_DAYS = 3.0
@@ -47,6 +53,10 @@ class Participant:
     crp_baseline_mg_l: float
     birth_year: int
     flares: tuple[tuple[int, int], ...]  # (start_ms, end_ms) of each flare
+    day_variability: float = 0.0  # scale of day-to-day physiological variability (0: every day alike but flares)
+    # How strongly this person's heart rate, HRV, skin temperature, and activity + sleep respond to a flare
+    # (1: the typical response; people differ, see make_participant's flare_response).
+    flare_gains: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
 
     def flare_level(self, t_ms: Any) -> Any:
         """Flare intensity 0..1 at epoch-ms instants (scalar or numpy array)."""
@@ -62,6 +72,14 @@ class Participant:
             fall = np.clip((end - t) / FLARE_RAMP_MS, 0.0, 1.0)
             level = np.maximum(level, np.minimum(rise, fall))
         return level if level.ndim else float(level)
+
+    def day_offsets(self, seed: int, local_day: int) -> tuple[float, float, float, float]:
+        """(HR offset, ln RMSSD offset, skin temperature offset, SpO2 offset) of a local day (days since 1970)."""
+        if self.day_variability <= 0:
+            return 0.0, 0.0, 0.0, 0.0
+        z = rng_for(seed, 8, self.index, local_day).normal(0.0, self.day_variability, 4)
+        return (float(z[0]) * DAY_SD_HR, float(z[1]) * DAY_SD_LN_RMSSD, float(z[2]) * DAY_SD_SKIN_C,
+                float(z[3]) * DAY_SD_SPO2)
 
     def in_flare(self, t_ms: int, threshold: float = 0.5) -> bool:
         """Whether the flare level at an instant is at least `threshold`."""
@@ -84,8 +102,22 @@ def participant_id(index: int, prefix: str = "P") -> str:
     return f"{prefix}-{index:06d}"
 
 
-def make_participant(seed: int, index: int, *, prefix: str = "P") -> Participant:
-    """The participant `index` of a seeded cohort."""
+def _flare_gains(seed: int, index: int, spread: float) -> tuple[float, float, float, float]:
+    """Per-person response multipliers: log-normal with mean 1, capped so that HRV never drops to nothing."""
+    if spread <= 0:
+        return 1.0, 1.0, 1.0, 1.0
+    g = np.exp(rng_for(seed, 9, index).normal(-spread**2 / 2, spread, 4))
+    g = np.clip(g, 0.1, (2.5, 1.8, 2.5, 2.0))
+    return float(g[0]), float(g[1]), float(g[2]), float(g[3])
+
+
+def make_participant(seed: int, index: int, *, prefix: str = "P", day_variability: float = 0.0,
+                     flare_response: float = 0.0) -> Participant:
+    """The participant `index` of a seeded cohort.
+
+    `day_variability` scales day-to-day variability and `flare_response` is the between-person spread (SD of the
+    log gain) of the flare response; both 0 by default, and neither changes the other draws.
+    """
     rng = rng_for(seed, 1, index)
     return Participant(
         index=index,
@@ -102,9 +134,13 @@ def make_participant(seed: int, index: int, *, prefix: str = "P") -> Participant
         crp_baseline_mg_l=float(rng.uniform(0.3, 2.5)),
         birth_year=int(rng.integers(1945, 2002)),
         flares=_flare_schedule(rng),
+        day_variability=day_variability,
+        flare_gains=_flare_gains(seed, index, flare_response),
     )
 
 
-def make_cohort(seed: int, n: int, *, first_index: int = 1, prefix: str = "P") -> list[Participant]:
-    """`n` participants of a seeded cohort."""
-    return [make_participant(seed, i, prefix=prefix) for i in range(first_index, first_index + n)]
+def make_cohort(seed: int, n: int, *, first_index: int = 1, prefix: str = "P", day_variability: float = 0.0,
+                flare_response: float = 0.0) -> list[Participant]:
+    """`n` participants of a seeded cohort (see make_participant)."""
+    return [make_participant(seed, i, prefix=prefix, day_variability=day_variability, flare_response=flare_response)
+            for i in range(first_index, first_index + n)]

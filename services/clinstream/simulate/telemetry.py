@@ -74,11 +74,11 @@ class DeviceOptions:
 
     @classmethod
     def sparse(cls, **overrides: Any) -> DeviceOptions:
-        """A low-rate profile: 4-hour blocks; HR every 5 min; a 3-min RR recording every 4 h (night included);
-        5-min step counts; skin temperature every 15 min; SpO2 every 5 min asleep and hourly awake; the day
-        modelled in 10-s steps."""
-        values: dict[str, Any] = {"block_minutes": 240, "hr_period_s": 300, "rr_every_min": 240, "rr_minutes": 3,
-                                  "steps_period_s": 300, "skin_period_s": 900, "spo2_period_s": 300,
+        """A low-rate wearable that syncs once a day (one block per stream and UTC day, about 1,100 readings a
+        day): HR every 10 min; a 3-min RR recording every 6 h, night included; step counts per 15 min; skin
+        temperature every 30 min; SpO2 every 10 min asleep and hourly awake; the day modelled in 10-s steps."""
+        values: dict[str, Any] = {"block_minutes": 1440, "hr_period_s": 600, "rr_every_min": 360, "rr_minutes": 3,
+                                  "steps_period_s": 900, "skin_period_s": 1800, "spo2_period_s": 600,
                                   "spo2_awake_period_s": 3600, "model_step_s": 10}
         return cls(**{**values, **overrides})
 
@@ -127,6 +127,7 @@ def night(p: Participant, local_day: int, seed: int) -> Night:
     local_midnight_utc = local_day * DAY_MS - p.utc_offset_minutes * MINUTE_MS
     lights_out = local_midnight_utc + int((p.sleep_start_h + rng.normal(0, 0.4)) * HOUR_MS)
     flare = float(p.flare_level(lights_out))
+    flare *= p.flare_gains[3]
     hours = p.sleep_hours + rng.normal(0, 0.6) - 0.3 * flare
     wake = lights_out + int(float(np.clip(hours, 4.5, 10.5)) * HOUR_MS)
     return Night(lights_out, wake, float(rng.uniform(5, 30) + 10 * flare), float(rng.uniform(10, 45) + 25 * flare),
@@ -171,6 +172,12 @@ class _Day:
     flare: FloatArray
     hr: FloatArray
     nights: list[Night]
+    offsets: FloatArray | None = None  # day-to-day offsets (Participant.day_offsets) of each step's local day
+
+
+def _day_offset(day: _Day, which: int, steps: Any) -> Any:
+    """One of the participant's day-to-day offsets at the given model steps (0 without day variability)."""
+    return 0.0 if day.offsets is None else day.offsets[steps, which]
 
 
 def _noise_sd(sd_1s: float, tau_s: float, step_s: int) -> float:
@@ -206,7 +213,7 @@ def _day(p: Participant, day_start: int, seed: int, step_s: int = 1) -> _Day:
     flare = np.asarray(p.flare_level(t), dtype=np.float64)
     awake_day = (~asleep) & (local_hour >= 7) & (local_hour < 22.5)
     cadence = np.zeros(t.size)
-    n_bouts = rng.poisson(9 * p.activity * (1 - 0.4 * float(flare.mean())))
+    n_bouts = rng.poisson(9 * p.activity * (1 - min(0.9, 0.4 * p.flare_gains[3] * float(flare.mean()))))
     candidates = np.flatnonzero(awake_day)
     if candidates.size and n_bouts:
         for start in rng.choice(candidates, size=n_bouts):
@@ -217,8 +224,14 @@ def _day(p: Participant, day_start: int, seed: int, step_s: int = 1) -> _Day:
     sleep_drop = _smooth(asleep.astype(np.float64), 600 / step_s) * -7.0
     activity_rise = _smooth(cadence * 0.28, 45 / step_s)
     noise = _smooth(rng.normal(0, _noise_sd(9.0, 20, step_s), t.size), 20 / step_s)
-    hr = p.resting_hr + 3.0 + circadian + sleep_drop + activity_rise + 9.0 * flare + noise
-    return _Day(day_start, step_s, t, worn, asleep, cadence, flare, np.clip(hr, 38, 190), nights)
+    hr = p.resting_hr + 3.0 + circadian + sleep_drop + activity_rise + 9.0 * p.flare_gains[0] * flare + noise
+    offsets = None
+    if p.day_variability > 0:
+        local_days = ((t + offset_ms) // DAY_MS).astype(np.int64)
+        table = np.array([p.day_offsets(seed, d) for d in range(first_local_day - 1, first_local_day + 2)])
+        offsets = table[local_days - (first_local_day - 1)]
+        hr = hr + offsets[:, 0]
+    return _Day(day_start, step_s, t, worn, asleep, cadence, flare, np.clip(hr, 38, 190), nights, offsets)
 
 
 def _regular_blocks(kind: str, unit: str, times: FloatArray, values: dict[str, Any], block_ms: int,
@@ -269,7 +282,10 @@ def _rr_recordings(p: Participant, day: _Day, opt: DeviceOptions,
         wiggle = rsa + 0.7 * ar
         flare = float(day.flare[i0])
         walking = float(np.mean(day.cadence[i0:i1] > 0))
-        target = p.rmssd_ms * (1 - 0.5 * flare) * (1.25 if day.asleep[i0] else 1.0) * (1 - 0.5 * walking)
+        target = (p.rmssd_ms * (1 - 0.5 * p.flare_gains[1] * flare) * (1.25 if day.asleep[i0] else 1.0)
+                  * (1 - 0.5 * walking))
+        if day.offsets is not None:
+            target *= float(np.exp(day.offsets[i0, 1]))
         wiggle *= target / max(rmssd(wiggle), 1e-9)
         rr = np.clip(np.round(base + wiggle), 300, 2000)
         rr[rng.random(n) < 0.0005] = 250.0  # a rare spurious beat detection: an artefact HRV filters drop (< 300 ms)
@@ -305,7 +321,7 @@ def _spo2(p: Participant, day: _Day, opt: DeviceOptions,
     steps = seconds // day.step_s
     take = day.worn[steps] & (day.asleep[steps] | (seconds % opt.spo2_awake_period_s == 0))
     idx = steps[take]
-    level = p.spo2_percent - 0.6 * day.flare[idx] + rng.normal(0, 0.7, idx.size)
+    level = p.spo2_percent - 0.6 * day.flare[idx] + rng.normal(0, 0.7, idx.size) + _day_offset(day, 3, idx)
     asleep_idx = np.flatnonzero(day.asleep[idx])
     for _ in range(int(rng.integers(0, 4))):  # nocturnal desaturation dips of a few minutes
         if asleep_idx.size:
@@ -324,7 +340,9 @@ def _skin(p: Participant, day: _Day, opt: DeviceOptions,
     warm = _smooth(day.asleep.astype(np.float64), 1200 / day.step_s)[idx] * 0.9
     cool = _smooth((day.cadence > 0).astype(np.float64), 300 / day.step_s)[idx] * -0.3
     drift = np.cumsum(rng.normal(0, 0.02 * np.sqrt(opt.skin_period_s / 60), idx.size))  # the same drift per hour
-    level = p.skin_temp_c + warm + cool + 0.6 * day.flare[idx] + drift - drift.mean() + rng.normal(0, 0.05, idx.size)
+    level = (p.skin_temp_c + warm + cool + 0.6 * p.flare_gains[2] * day.flare[idx] + drift - drift.mean()
+             + rng.normal(0, 0.05, idx.size))
+    level = level + _day_offset(day, 2, idx)
     yield from _regular_blocks("body-temperature", "Cel", day.t[idx], {"values": np.round(level, 2)},
                                opt.block_minutes * MINUTE_MS, {"location": "wrist"})
 
