@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from clinstream.core.config import Settings
 from clinstream.core.constants import LEDGER_STALL_S
@@ -79,6 +79,7 @@ class OffsetLedger:
         self._topics = frozenset(topics)
         self._stall_s = stall_s
         self._frontiers: dict[Key, Frontier] = {}
+        self._pending: dict[Key, set[int]] = {}  # processed before the partition's frontier could be read
         self._dirty: set[Key] = set()
         self._lookup = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": group_id,
                                  "enable.auto.commit": False, "client.id": f"{group_id}-offset-lookup"})
@@ -87,6 +88,7 @@ class OffsetLedger:
 
     def _forget(self, sender: Any, /, *args: Any, signal: Any = None, **kwargs: Any) -> None:
         self._frontiers.clear()
+        self._pending.clear()
         self._dirty.clear()
 
     def _assigned(self) -> set[Key]:
@@ -102,13 +104,23 @@ class OffsetLedger:
         return out
 
     async def _ensure(self, keys: Iterable[Key]) -> dict[Key, int]:
-        """Frontiers for the keys (reading the broker for unknown ones); returns the high watermarks read."""
+        """Frontiers for the keys (reading the broker for unknown ones); returns the high watermarks read.
+
+        While the broker cannot be read (it is restarting), nothing is created: the processed offsets of those
+        partitions wait in `_pending`, and the next batch or watch tick tries again.
+        """
         missing = sorted(k for k in set(keys) if k not in self._frontiers)
         if not missing:
             return {}
-        starts = await asyncio.get_running_loop().run_in_executor(None, self._start_offsets, missing)
+        try:
+            starts = await asyncio.get_running_loop().run_in_executor(None, self._start_offsets, missing)
+        except KafkaException as exc:
+            log.warning("committed offsets unreadable (%s); retrying later", exc.args[0].name() if exc.args else exc)
+            return {}
         for key, (start, _high) in starts.items():
-            self._frontiers.setdefault(key, Frontier(start))
+            frontier = self._frontiers.setdefault(key, Frontier(start))
+            if frontier.add(self._pending.pop(key, ())):
+                self._dirty.add(key)
         return {k: high for k, (_s, high) in starts.items()}
 
     async def processed(self, offsets: dict[Key, list[int]]) -> None:
@@ -117,8 +129,11 @@ class OffsetLedger:
         await self._ensure(k for k in offsets if k in assigned)
         for key, offs in offsets.items():
             frontier = self._frontiers.get(key)
-            if frontier is not None and frontier.add(offs):
-                self._dirty.add(key)
+            if frontier is not None:
+                if frontier.add(offs):
+                    self._dirty.add(key)
+            elif key in assigned:
+                self._pending.setdefault(key, set()).update(offs)
 
     async def commit(self) -> None:
         """Commit every frontier that moved (only for partitions this member holds)."""
@@ -140,7 +155,12 @@ class OffsetLedger:
         highs = await self._ensure(assigned)
         unknown = [k for k in assigned if k not in highs]
         if unknown:
-            highs.update(await asyncio.get_running_loop().run_in_executor(None, self._highs, unknown))
+            try:
+                highs.update(await asyncio.get_running_loop().run_in_executor(None, self._highs, unknown))
+            except KafkaException as exc:  # the broker is away: look again at the next tick
+                log.info("end offsets unreadable (%s); watching again later",
+                         exc.args[0].name() if exc.args else exc)
+                return
         now = time.monotonic()
         for key in assigned:
             frontier = self._frontiers.get(key)
@@ -151,7 +171,11 @@ class OffsetLedger:
             log.warning("partition %s/%d: no progress for %.0f s at offset %d (end %d); seeking back",
                         key[0], key[1], now - frontier.moved_at, frontier.next_offset, highs[key])
             frontier.moved_at = now
-            await self._app.consumer.seek(TP(*key), frontier.next_offset)
+            try:
+                await self._app.consumer.seek(TP(*key), frontier.next_offset)
+            except Exception as exc:  # e.g. revoked meanwhile: a watchdog never stops the worker
+                log.warning("seek of %s/%d failed (%s); the next tick tries again", key[0], key[1],
+                            type(exc).__name__)
 
     def _highs(self, keys: Sequence[Key]) -> dict[Key, int]:
         out: dict[Key, int] = {}
