@@ -99,6 +99,8 @@ class OffsetLedger:
         committed = self._lookup.committed([TopicPartition(t, p) for t, p in keys], timeout=10)
         out: dict[Key, tuple[int, int]] = {}
         for tp in committed:
+            if tp.error is not None:  # e.g. the coordinator is loading: not "no commit", so read again later
+                raise KafkaException(tp.error)
             low, high = self._lookup.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=10)
             out[(tp.topic, tp.partition)] = (max(tp.offset, low) if tp.offset >= 0 else low, high)
         return out
