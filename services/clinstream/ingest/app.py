@@ -8,7 +8,7 @@ import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import FastAPI, Request, Response
@@ -32,6 +32,8 @@ from clinstream.ingest.metrics import GatewayMetrics
 from clinstream.ingest.producer import AsyncDurableProducer
 from clinstream.ingest.telemetry_intake import PreparedTelemetry, TelemetryIntake
 from clinstream.ingest.telemetry_models import RejectedItem, TelemetryAnswer, TelemetryBatch
+
+P = TypeVar("P", DevicePrincipal, LimsPrincipal)
 
 log = logging.getLogger("clinstream.ingest.gateway")
 BODY_READ_TIMEOUT_S = 60.0
@@ -147,12 +149,12 @@ class Gateway:
             raise ApiError(401, "unauthenticated", "invalid credential")
         return parsed
 
-    async def device(self, request: Request) -> DevicePrincipal:
-        """The authenticated device of a request (401 if none; 503 if the credential store is away)."""
-        assert self.db is not None
-        parsed = self._token(request, DEVICE_TOKEN_PREFIX)
+    async def _principal(self, request: Request, prefix: str,
+                         lookup: Callable[[ParsedToken], Awaitable[P | None]]) -> P:
+        """The principal of a request's token (401 if none; 503 if the credential store is away)."""
+        parsed = self._token(request, prefix)
         try:
-            principal = await self.db.device(parsed)
+            principal = await lookup(parsed)
         except DatabaseUnavailable:
             raise self._unavailable("database", "the credential store is unavailable") from None
         if principal is None:
@@ -160,18 +162,15 @@ class Gateway:
             raise ApiError(401, "unauthenticated", "invalid credential")
         return principal
 
+    async def device(self, request: Request) -> DevicePrincipal:
+        """The authenticated device of a request (401 if none; 503 if the credential store is away)."""
+        assert self.db is not None
+        return await self._principal(request, DEVICE_TOKEN_PREFIX, self.db.device)
+
     async def lims(self, request: Request) -> LimsPrincipal:
         """The authenticated LIMS of a request."""
         assert self.db is not None
-        parsed = self._token(request, LIMS_TOKEN_PREFIX)
-        try:
-            principal = await self.db.lims(parsed)
-        except DatabaseUnavailable:
-            raise self._unavailable("database", "the credential store is unavailable") from None
-        if principal is None:
-            self.metrics.auth_failures.labels("unknown_or_revoked").inc()
-            raise ApiError(401, "unauthenticated", "invalid credential")
-        return principal
+        return await self._principal(request, LIMS_TOKEN_PREFIX, self.db.lims)
 
     async def raw_body(self, request: Request) -> bytes:
         """The body as sent (media type and size checked), within the read timeout."""
