@@ -31,6 +31,7 @@ import collections
 import contextlib
 import datetime as dt
 import json
+import math
 import os
 import shutil
 import socket
@@ -40,8 +41,8 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,9 @@ import psycopg
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import NewTopic
 
+import bench_peer
+from bench_load import Loader, LoadResult, Request, build_requests
+from bench_report import chart, table
 from clinstream.core.avro import get_codec
 from clinstream.core.config import Settings
 from clinstream.core.db import connect, connect_with_retry
@@ -65,7 +69,6 @@ from clinstream.pseudonymise.keys import init_key_file, load_key_file
 from clinstream.pseudonymise.pseudonyms import Pseudonymiser
 from clinstream.simulate.lims import lims_events
 from clinstream.simulate.profiles import Participant, make_cohort
-from clinstream.simulate.telemetry import iso_ms
 from clinstream.store.migrate import migrate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,8 +137,9 @@ def _drop_site(site: Site) -> None:
     try:
         delete_site_topics(settings)
         admin = admin_client(settings)
-        faust_topics = [t for t in admin.list_topics(timeout=30).topics if t.startswith(settings.site_id + "-")]
-        if faust_topics:  # the naive faust app's changelog and assignor topics
+        faust_topics = [t for t in admin.list_topics(timeout=30).topics
+                        if t.startswith(settings.site_id + "-") or f"__{settings.site_id}-" in t]
+        if faust_topics:  # the naive faust app's and the Quix peer's internal topics
             for fut in admin.delete_topics(faust_topics, operation_timeout=30).values():
                 fut.result(30)
         groups = [g.group_id for g in admin.list_consumer_groups().result(30).valid
@@ -180,19 +184,21 @@ def _rss(procs: Sequence[psutil.Process]) -> int:
 
 
 def infrastructure() -> dict[str, psutil.Process]:
-    """The local Kafka broker and PostgreSQL postmaster (read-only: for CPU accounting)."""
+    """This worktree's Kafka broker and PostgreSQL postmaster (read-only, for CPU accounting).
+
+    Several engineers' stacks may run on the machine: only processes whose command line names this worktree's
+    `.clinstream` state directory count.
+    """
+    state = str(ROOT / ".clinstream")
     found: dict[str, psutil.Process] = {}
-    for p in psutil.process_iter(["name", "cmdline", "ppid"]):
+    for p in psutil.process_iter(["name", "cmdline"]):
         cmd = " ".join(p.info["cmdline"] or [])
-        if p.info["name"] == "java" and "kafka" in cmd.lower() and "kafka" not in found:
-            found["kafka"] = p
-        elif p.info["name"] in ("postgres", "postmaster") and "clinstream" in cmd and "postgres" not in found:
-            found["postgres"] = p
-    if "postgres" not in found:
-        for p in psutil.process_iter(["name", "ppid"]):
-            if p.info["name"] in ("postgres", "postmaster") and p.info["ppid"] in (0, 1):
-                found["postgres"] = p
-                break
+        if state not in cmd:
+            continue
+        if p.info["name"] == "java" and "kafka" in cmd.lower():
+            found.setdefault("kafka", p)
+        elif p.info["name"] in ("postgres", "postmaster") and " -D " in f" {cmd} ":
+            found.setdefault("postgres", p)
     return found
 
 
@@ -233,87 +239,17 @@ class Sampler(threading.Thread):
 
 
 # --- load ------------------------------------------------------------------------------------------------------
-@dataclass
-class Load:
-    """What the loader sent and what the gateway accepted."""
-
-    requests: int = 0
-    accepted_blocks: int = 0
-    readings: int = 0
-    statuses: dict[int, int] = field(default_factory=dict)
-    first_send: float = 0.0
-    last_ack: float = 0.0
-    send_times: dict[tuple[int, int], float] = field(default_factory=dict)  # (participant pos, round) -> epoch s
+def participants_of(site: Site) -> list[tuple[str, str, int]]:
+    """(participant id, device token, UTC offset) per cohort position, as the loader needs them."""
+    return [(p.participant_id, site.tokens[p.device_id], p.utc_offset_minutes) for p in site.cohort]
 
 
-class Loader:
-    """Concurrent device clients posting one participant's heart-rate blocks per request."""
-
-    def __init__(self, site: Site, t0_ms: int, blocks: int, concurrency: int, period_s: int = 1) -> None:
-        self.site = site
-        self.offsets = list(range(0, MINUTE_MS, period_s * 1000))
-        self.per_block = len(self.offsets)
-        self.t0_ms = t0_ms
-        self.blocks = blocks
-        self.concurrency = concurrency
-        self.url = f"http://127.0.0.1:{site.settings.gateway_port}"
-        rng = np.random.default_rng(11)
-        self.values = [np.round(rng.normal(68, 6, self.per_block), 1).tolist() for _ in range(97)]
-        self.sequence = [0] * len(site.cohort)
-
-    def body(self, pos: int, rnd: int) -> bytes:
-        """One request: `blocks` consecutive one-minute blocks of round `rnd` for participant `pos`."""
-        p = self.site.cohort[pos]
-        out = []
-        for j in range(self.blocks):
-            minute = rnd * self.blocks + j
-            out.append({"block_id": str(uuid.uuid4()), "participant_id": p.participant_id,
-                        "sequence": self.sequence[pos], "start": iso_ms(self.t0_ms + minute * MINUTE_MS),
-                        "utc_offset_minutes": p.utc_offset_minutes, "schema": "heart-rate", "unit": "beats/min",
-                        "offsets_ms": self.offsets, "values": self.values[(pos * 31 + minute) % len(self.values)]})
-            self.sequence[pos] += 1
-        return orjson.dumps({"blocks": out})
-
-    async def run(self, rounds: range, seconds: float, load: Load, *, participants: int | None = None,
-                  rate_rps: float | None = None) -> Load:
-        """Send rounds (every participant once per round) until done or `seconds` have passed.
-
-        `participants`: only the first so many; `rate_rps`: pace request starts at this rate (None: flat out).
-        """
-        people = range(participants or len(self.site.cohort))
-        jobs: Iterator[tuple[int, int]] = ((r, i) for r in rounds for i in people)
-        began = time.monotonic()
-        deadline = began + seconds
-        issued = [0]
-        connector = aiohttp.TCPConnector(limit=self.concurrency)
-        timeout = aiohttp.ClientTimeout(total=60)
-        async with aiohttp.ClientSession(self.url, connector=connector, timeout=timeout) as session:
-
-            async def client() -> None:
-                for rnd, pos in jobs:
-                    if rate_rps:
-                        issued[0] += 1
-                        await asyncio.sleep(max(0.0, began + issued[0] / rate_rps - time.monotonic()))
-                    if time.monotonic() >= deadline:
-                        return
-                    content = self.body(pos, rnd)
-                    headers = {"Authorization": f"Bearer {self.site.tokens[self.site.cohort[pos].device_id]}",
-                               "Content-Type": "application/json"}
-                    sent = time.time()
-                    load.first_send = load.first_send or sent
-                    async with session.post("/v1/telemetry", data=content, headers=headers) as resp:
-                        await resp.read()
-                        status = resp.status
-                    load.requests += 1
-                    load.statuses[status] = load.statuses.get(status, 0) + 1
-                    if status == 202:
-                        load.accepted_blocks += self.blocks
-                        load.readings += self.blocks * self.per_block
-                        load.send_times[(pos, rnd)] = sent
-                        load.last_ack = time.time()
-
-            await asyncio.gather(*(client() for _ in range(self.concurrency)))
-        return load
+def send(site: Site, requests: Sequence[Request], args: argparse.Namespace, seconds: float,
+         rate_rps: float | None = None) -> LoadResult:
+    """Send pre-built requests with the lean loader (not sampled: use Loader directly to sample around it)."""
+    loader = Loader("127.0.0.1", site.settings.gateway_port, args.load_processes, args.load_threads)
+    loader.prepare(requests, seconds, rate_rps)
+    return loader.run()
 
 
 async def grant_consent(site: Site, start_ms: int) -> None:
@@ -372,7 +308,7 @@ def wait_rows(settings: Settings, since_ms: int, expected: int, timeout_s: float
     return count, last
 
 
-def latencies(site: Site, since_ms: int, load: Load, blocks: int, t0_ms: int) -> list[float]:
+def latencies(site: Site, since_ms: int, load: LoadResult, blocks: int, t0_ms: int) -> list[float]:
     """Seconds from a block's send to its 1-minute row's stored_at, for every accepted timed block."""
     since = dt.datetime.fromtimestamp(since_ms / 1000, dt.UTC)
     out = []
@@ -386,19 +322,22 @@ def latencies(site: Site, since_ms: int, load: Load, blocks: int, t0_ms: int) ->
     return out
 
 
-def paced_phase(site: Site, loader: Loader, args: argparse.Namespace, t0_ms: int, first_round: int,
-                last_round: int, readings_per_s: float) -> dict[str, Any]:
+def paced_phase(site: Site, args: argparse.Namespace, t0_ms: int, first_round: int, last_round: int,
+                readings_per_s: float) -> dict[str, Any]:
     """Latency below saturation: requests paced at `readings_per_s` for --paced-seconds; then drained."""
     if first_round >= last_round or args.paced_seconds <= 0:
         return {"skipped": "no simulated rounds left"}
     rate = readings_per_s / (args.blocks * SAMPLES)
-    load = asyncio.run(loader.run(range(first_round, last_round), args.paced_seconds, Load(), rate_rps=rate))
+    rounds_needed = max(1, math.ceil(rate * args.paced_seconds / len(site.cohort)))
+    rounds = range(first_round, min(last_round, first_round + rounds_needed))
+    load = send(site, build_requests(participants_of(site), t0_ms, args.blocks, rounds), args, args.paced_seconds,
+                rate)
     since = t0_ms + first_round * args.blocks * MINUTE_MS
-    count, _ = wait_rows(site.settings, since, load.accepted_blocks, args.drain_timeout)
+    count, _ = wait_rows(site.settings, since, load.accepted_requests * args.blocks, args.drain_timeout)
     lat = latencies(site, since, load, args.blocks, t0_ms)
     out = {"target_readings_per_s": round(readings_per_s), "sent_readings": load.readings,
-           "send_seconds": round(load.last_ack - load.first_send, 2), "visible_rows": count,
-           "accepted_blocks": load.accepted_blocks, "latency_s": percentiles(lat),
+           "send_seconds": round(load.seconds, 2), "visible_rows": count,
+           "accepted_blocks": load.accepted_requests * args.blocks, "latency_s": percentiles(lat),
            "latency_above_window_s": percentiles([x - 60 for x in lat])}
     print(f"  paced at {readings_per_s:,.0f} readings/s: {load.readings:,} readings, latency (s) {out['latency_s']}",
           flush=True)
@@ -560,6 +499,82 @@ def percentiles(values: Sequence[float]) -> dict[str, float]:
             "p99": round(float(np.percentile(a, 99)), 3), "max": round(float(a.max()), 3), "n": len(values)}
 
 
+STAGES = ("pseudonymise", "features", "store", "kafka", "postgres")
+
+
+def per_million(resources: Mapping[str, Mapping[str, float]], readings: int) -> dict[str, float]:
+    """CPU seconds per million readings: per process, the processing stages with Kafka and PostgreSQL, and all."""
+    scale = 1e6 / max(readings, 1)
+    out = {name: round(r["cpu_s"] * scale, 2) for name, r in resources.items()}
+    out["stages_with_kafka_postgres"] = round(sum(out.get(n, 0.0) for n in STAGES), 2)
+    out["pipeline_with_gateway"] = round(out["stages_with_kafka_postgres"] + out.get("gateway", 0.0), 2)
+    return out
+
+
+def stored_once(settings: Settings, since_ms: int, accepted_blocks: int, accepted_readings: int) -> dict[str, Any]:
+    """Every accepted reading stored once: one MINUTE row per accepted block, their counts summing to the readings."""
+    since = dt.datetime.fromtimestamp(since_ms / 1000, dt.UTC)
+    with connect(settings, autocommit=True) as conn:
+        row = conn.execute("SELECT count(*), coalesce(sum((feature_values->>'count')::bigint), 0), "
+                           "coalesce(max((feature_values->>'count')::bigint), 0) FROM wearable_features "
+                           "WHERE feature_set = 'heart_rate' AND window_kind = 'MINUTE' AND window_start >= %s",
+                           (since,)).fetchone()
+    rows, readings, most = (int(x) for x in row) if row else (0, 0, 0)
+    return {"accepted_blocks": accepted_blocks, "minute_rows": rows, "accepted_readings": accepted_readings,
+            "stored_readings": readings, "max_readings_in_a_minute": most,
+            "ok": rows == accepted_blocks and readings == accepted_readings and most <= SAMPLES}
+
+
+def gateway_only(site: Site, requests: Sequence[Request], args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
+    """The gateway-only limit: HTTP -> raw topic, no workers; the same pre-built requests, flat out."""
+    settings = site.settings
+    pipeline = SitePipeline(settings, services=("gateway",), log_dir=out_dir / f"logs-{settings.site_id}-gw",
+                            extra_env={"CLINSTREAM_LOG_LEVEL": "WARNING"})
+    try:
+        pipeline.start()
+        wait_ready(f"http://127.0.0.1:{settings.gateway_port}", pipeline)
+        loader = Loader("127.0.0.1", settings.gateway_port, args.load_processes, args.load_threads)
+        loader.prepare(requests, args.seconds)
+        roots = {"gateway": psutil.Process(pipeline.pid("gateway")), **infrastructure()}
+        sampler = Sampler(roots)
+        sampler.start()
+        load = loader.run()
+        resources = sampler.stop()
+    finally:
+        pipeline.stop()
+    out = {"readings": load.readings, "seconds": round(load.seconds, 3),
+           "readings_per_s": round(load.readings / load.seconds), "statuses": {str(k): v for k, v in
+                                                                               load.statuses.items()},
+           "resources": resources, "cpu_s_per_million": per_million(resources, load.readings),
+           "loader_cpu_s": round(load.cpu_s, 2), "loader_percent_of_core": round(100 * load.cpu_s / load.seconds, 1)}
+    print(f"  gateway-only limit: {out['readings_per_s']:,} readings/s over {load.seconds:.1f} s; loader "
+          f"{out['loader_percent_of_core']} % of a core; statuses {load.statuses}", flush=True)
+    return out
+
+
+def quix_peer(site: Site, since_ms: int, log_dir: Path) -> dict[str, Any]:
+    """The Quix Streams peer on the site's raw records; CPU with Kafka and PostgreSQL; its rows checked."""
+    sampler = Sampler(infrastructure())
+    sampler.start()
+    out = bench_peer.run_peer(site.settings, log_dir)
+    resources = sampler.stop()
+    if "error" in out:
+        print(f"  quix peer failed: {out['error']}\n{out.get('log_tail', '')}", flush=True)
+        return out
+    out["resources"] = {"quix": {"cpu_s": out["cpu_s"]}, **resources}
+    scale = 1e6 / max(out["readings"], 1)
+    out["cpu_s_per_million"] = {"quix": round(out["cpu_s"] * scale, 2),
+                                **{n: round(r["cpu_s"] * scale, 2) for n, r in resources.items()}}
+    out["cpu_s_per_million"]["total"] = round(sum(out["cpu_s_per_million"].values()), 2)
+    out["check"] = bench_peer.compare(site.settings, since_ms)
+    print(f"  quix peer: {out['readings']:,} readings in {out['seconds']:.1f} s = {out['readings_per_s']:,}/s; "
+          f"{out['cpu_s_per_million']['total']} CPU-s per million (with Kafka, PostgreSQL); rows "
+          f"{out['check']['peer_rows']:,} final, equal to clinstream's: {out['check']['equal']} "
+          f"(mismatched {out['check']['mismatched']}, still open in the peer {out['check']['not_final_in_peer']})",
+          flush=True)
+    return out
+
+
 def run_cohort(n: int, args: argparse.Namespace, out_dir: Path, profile: bool,
                result: dict[str, Any]) -> dict[str, Any]:
     """The whole measurement of one cohort size."""
@@ -567,39 +582,53 @@ def run_cohort(n: int, args: argparse.Namespace, out_dir: Path, profile: bool,
     began = time.monotonic()
     site = make_site(n)
     settings = site.settings
+    people = participants_of(site)
     print(f"  site {settings.site_id} (setup {time.monotonic() - began:.1f} s)", flush=True)
-    pipeline = SitePipeline(settings, log_dir=out_dir / f"logs-{settings.site_id}",
-                            extra_env={"CLINSTREAM_LOG_LEVEL": "WARNING"})
+    log_dir = out_dir / f"logs-{settings.site_id}"
+    pipeline = SitePipeline(settings, log_dir=log_dir, extra_env={"CLINSTREAM_LOG_LEVEL": "WARNING"})
     result.update({"participants": n, "site": settings.site_id, "blocks_per_request": args.blocks,
-                   "readings_per_block": SAMPLES, "concurrency": args.concurrency})
+                   "readings_per_block": SAMPLES, "load_processes": args.load_processes,
+                   "load_threads": args.load_threads, "load_avg_at_start": os.getloadavg()})
+    t0_ms = (int(time.time() * 1000) // MINUTE_MS - SPAN_MIN) * MINUTE_MS
+    last_round = (SPAN_MIN - 2) // args.blocks
+    rounds_needed = math.ceil(args.seconds * args.max_rate / (n * args.blocks * SAMPLES))
+    saturating_rounds = range(1, min(max(2, int(last_round * 0.7)), 1 + rounds_needed))
+    built = time.monotonic()
+    requests = build_requests(people, t0_ms, args.blocks, saturating_rounds)
+    result["prebuilt"] = {"requests": len(requests), "gzip_bytes": sum(len(r.body) for r in requests),
+                          "seconds": round(time.monotonic() - built, 1)}
+    print(f"  pre-built {len(requests):,} gzip requests ({result['prebuilt']['gzip_bytes'] / 2**20:.1f} MB) in "
+          f"{result['prebuilt']['seconds']} s", flush=True)
+    warm = LoadResult()
+    load = LoadResult()
+    paced: dict[str, Any] = {}
     try:
         pipeline.start()
         wait_ready(f"http://127.0.0.1:{settings.gateway_port}", pipeline)
-        t0_ms = (int(time.time() * 1000) // MINUTE_MS - SPAN_MIN) * MINUTE_MS
         asyncio.run(grant_consent(site, t0_ms))
-        loader = Loader(site, t0_ms, args.blocks, args.concurrency)
-        warm = asyncio.run(loader.run(range(0, 1), 600, Load(), participants=min(n, args.warm_participants)))
-        count, _ = wait_rows(settings, t0_ms, warm.accepted_blocks, args.startup_timeout)
-        print(f"  warm-up: {count}/{warm.accepted_blocks} rows visible after {time.monotonic() - began:.1f} s",
-              flush=True)
-        if count < warm.accepted_blocks:
+        warm = send(site, build_requests(people, t0_ms, args.blocks, range(0, 1), min(n, args.warm_participants)),
+                    args, 600)
+        count, _ = wait_rows(settings, t0_ms, warm.accepted_requests * args.blocks, args.startup_timeout)
+        print(f"  warm-up: {count}/{warm.accepted_requests * args.blocks} rows visible after "
+              f"{time.monotonic() - began:.1f} s", flush=True)
+        if count < warm.accepted_requests * args.blocks:
             for name in pipeline.services:
                 print(f"  --- {name} log tail:\n{pipeline.log_text(name)[-1500:]}")
             raise SystemExit("the pipeline did not produce the warm-up rows")
+        loader = Loader("127.0.0.1", settings.gateway_port, args.load_processes, args.load_threads)
+        loader.prepare(requests, args.seconds)
         roots = {name: psutil.Process(pipeline.pid(name)) for name in pipeline.services}
         roots.update(infrastructure())
-        roots["loader"] = psutil.Process()
         sampler = Sampler(roots)
         sampler.start()
         spies = start_profiles(pipeline, out_dir, args.profile_seconds) if profile else []
         timed_from = t0_ms + args.blocks * MINUTE_MS
-        last_round = (SPAN_MIN - 2) // args.blocks
-        saturating_rounds = range(1, max(2, int(last_round * 0.7)))
-        load = asyncio.run(loader.run(saturating_rounds, args.seconds, Load()))
-        send_s = load.last_ack - load.first_send
-        print(f"  sent {load.readings:,} readings in {send_s:.1f} s ({load.readings / max(send_s, 1e-9):,.0f}/s "
-              f"accepted by the gateway); statuses {load.statuses}", flush=True)
-        count, last_stored = wait_rows(settings, timed_from, load.accepted_blocks, args.drain_timeout)
+        load = loader.run()
+        accepted_blocks = load.accepted_requests * args.blocks
+        print(f"  sent {load.readings:,} readings in {load.seconds:.1f} s ({load.readings / load.seconds:,.0f}/s "
+              f"accepted by the gateway); statuses {load.statuses}; loader {load.cpu_s:.1f} CPU-s = "
+              f"{100 * load.cpu_s / load.seconds:.1f} % of a core", flush=True)
+        count, last_stored = wait_rows(settings, timed_from, accepted_blocks, args.drain_timeout)
         resources = sampler.stop()
         for _, spy in spies:
             try:
@@ -607,50 +636,64 @@ def run_cohort(n: int, args: argparse.Namespace, out_dir: Path, profile: bool,
             except subprocess.TimeoutExpired:
                 spy.kill()
         lat = latencies(site, timed_from, load, args.blocks, t0_ms)
-        paced = paced_phase(site, loader, args, t0_ms, max((r for _, r in load.send_times), default=0) + 1, last_round,
-                            0.5 * count * SAMPLES / max(last_stored - load.first_send, 1e-9))
-        result["paced"] = paced
         e2e_s = max(last_stored - load.first_send, 1e-9)
         visible_readings = count * SAMPLES
+        next_round = max((r for _, r in load.send_times), default=0) + 1
+        paced = paced_phase(site, args, t0_ms, next_round, last_round, 0.5 * visible_readings / e2e_s)
+        result["paced"] = paced
         result.update({
-            "sent_readings": load.readings, "accepted_blocks": load.accepted_blocks, "visible_rows": count,
-            "complete": count >= load.accepted_blocks, "statuses": {str(k): v for k, v in load.statuses.items()},
-            "send_seconds": round(send_s, 3), "gateway_readings_per_s": round(load.readings / max(send_s, 1e-9)),
+            "sent_readings": load.readings, "accepted_blocks": accepted_blocks, "visible_rows": count,
+            "complete": count >= accepted_blocks, "statuses": {str(k): v for k, v in load.statuses.items()},
+            "send_seconds": round(load.seconds, 3), "gateway_readings_per_s": round(load.readings / load.seconds),
             "e2e_seconds": round(e2e_s, 3), "readings_per_s": round(visible_readings / e2e_s),
             "latency_s": percentiles(lat), "latency_above_window_s": percentiles([x - 60 for x in lat]),
-            "resources": resources,
+            "resources": resources, "cpu_s_per_million": per_million(resources, visible_readings),
+            "loader": {"cpu_s": round(load.cpu_s, 2), "percent_of_core": round(100 * load.cpu_s / load.seconds, 1),
+                       "share_of_all_cpu": round(load.cpu_s / max(load.cpu_s + sum(
+                           r["cpu_s"] for r in resources.values()), 1e-9), 3)},
         })
-        print(f"  visible {count:,}/{load.accepted_blocks:,} minute rows; sustained {result['readings_per_s']:,} "
+        print(f"  visible {count:,}/{accepted_blocks:,} minute rows; sustained {result['readings_per_s']:,} "
               f"readings/s end to end over {e2e_s:.1f} s", flush=True)
         print(f"  latency send -> row visible (s): {result['latency_s']}", flush=True)
         for name, r in resources.items():
             print(f"    {name:<13} cpu {r['cpu_s']:>7.1f} s ({r['cpu_percent']:>5.1f} % of a core)  "
+                  f"{result['cpu_s_per_million'][name]:>6.2f} CPU-s per million readings  "
                   f"peak RSS {r['peak_rss_mb']:>7.1f} MB", flush=True)
+        pm = result["cpu_s_per_million"]
+        print(f"    CPU-s per million readings: stages + Kafka + PostgreSQL {pm['stages_with_kafka_postgres']}, "
+              f"with the gateway {pm['pipeline_with_gateway']}", flush=True)
         if profile:
             result["profile"] = {name: summarise_profile(out_dir / f"profile-{name}.txt")
                                  for name in pipeline.services}
     finally:
         pipeline.stop()
     try:
-        blocks_raw = warm.accepted_blocks + load.accepted_blocks
+        paced_blocks = paced.get("accepted_blocks", 0)
+        paced_readings = paced.get("sent_readings", 0) if paced.get("accepted_blocks") else 0
+        blocks_raw = (warm.accepted_requests + load.accepted_requests) * args.blocks + paced_blocks
+        result["stored_once"] = stored_once(settings, t0_ms, blocks_raw, warm.readings + load.readings +
+                                            paced_readings)
+        print(f"  check, every accepted reading stored once: {result['stored_once']}", flush=True)
         lim = passthrough(settings, blocks_raw)
         lim["readings_per_s"] = round(lim["records_per_s"] * SAMPLES)
         result["limit"] = lim
         print(f"  limit (passthrough): {lim['records']:,} records in {lim['seconds']:.1f} s = "
               f"{lim['readings_per_s']:,} readings/s", flush=True)
-        nv = naive(settings, args.naive_cap, args.naive_seconds, pipeline.log_dir)
-        result["naive"] = nv
-        print(f"  naive (faust, record per reading): {nv.get('processed', 0):,.0f} readings in "
-              f"{nv.get('seconds', 0):.1f} s = {nv.get('readings_per_s', 0):,.0f} readings/s", flush=True)
-        result["ratio_limit"] = round(result["readings_per_s"] / max(lim["readings_per_s"], 1e-9), 4)
-        naive_rate = nv.get("readings_per_s", 0)
-        result["ratio_naive"] = round(result["readings_per_s"] / naive_rate, 2) if naive_rate else None
-        print(f"  ratios: clinstream/limit = {result['ratio_limit']:.3f}; "
-              f"clinstream/naive = {result['ratio_naive']}x", flush=True)
+        if args.peer:
+            result["quix"] = quix_peer(site, t0_ms, log_dir)
+        if args.gateway_only:
+            result["gateway_only"] = gateway_only(site, requests, args, out_dir)
+        if args.naive:
+            nv = naive(settings, args.naive_cap, args.naive_seconds, pipeline.log_dir)
+            result["naive"] = nv
+            print(f"  naive (faust, record per reading): {nv.get('processed', 0):,.0f} readings in "
+                  f"{nv.get('seconds', 0):.1f} s = {nv.get('readings_per_s', 0):,.0f} readings/s", flush=True)
+        result["ratio_limit"] = round(result.get("readings_per_s", 0) / max(lim["readings_per_s"], 1e-9), 4)
     finally:
         if not args.keep:
             drop_site(site)
     result["wall_seconds"] = round(time.monotonic() - began, 1)
+    result["load_avg_at_end"] = os.getloadavg()
     return result
 
 
@@ -670,12 +713,17 @@ def run_soak(minutes: float, participants: int, args: argparse.Namespace, out_di
         wait_ready(f"http://127.0.0.1:{settings.gateway_port}", pipeline)
         t0_ms = (int(time.time() * 1000) // MINUTE_MS - 24 * 60) * MINUTE_MS
         asyncio.run(grant_consent(site, t0_ms))
+        per_block = 60 // args.soak_hr_period
+        rate = args.soak_rate / (args.blocks * per_block)
+        rounds = min((24 * 60 - 2) // args.blocks, math.ceil(rate * minutes * 60 / participants))
+        requests = build_requests(participants_of(site), t0_ms, args.blocks, range(rounds),
+                                  period_s=args.soak_hr_period)
+        loader = Loader("127.0.0.1", settings.gateway_port, args.load_processes, args.load_threads)
+        loader.prepare(requests, minutes * 60, rate)
         sampler = Sampler({"features": psutil.Process(pipeline.pid("features"))}, interval_s=5.0)
         sampler.start()
-        loader = Loader(site, t0_ms, args.blocks, args.concurrency, period_s=args.soak_hr_period)
-        rate = args.soak_rate / (args.blocks * loader.per_block)
-        load = asyncio.run(loader.run(range(0, (24 * 60 - 2) // args.blocks), minutes * 60, Load(), rate_rps=rate))
-        sim_minutes = load.readings / loader.per_block / participants
+        load = loader.run()
+        sim_minutes = load.readings / per_block / participants
         resources = sampler.stop()
         series = sampler.series["features"]
         t = np.asarray([s[0] / 60 for s in series])
@@ -703,63 +751,20 @@ def run_soak(minutes: float, participants: int, args: argparse.Namespace, out_di
 
 
 # --- report ----------------------------------------------------------------------------------------------------
-def chart(report: Mapping[str, Any], path: Path) -> None:
-    """Throughput (log scale), latency percentiles and soak RSS."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cohorts = [c for c in report["cohorts"] if "readings_per_s" in c]
-    soak = report.get("soak")
-    fig, axes = plt.subplots(1, 3 if soak else 2, figsize=(16 if soak else 11, 4.5))
-    labels = [f"{c['participants']:,}" for c in cohorts]
-    x = np.arange(len(cohorts))
-    ax = axes[0]
-    for k, (key, name) in enumerate((("readings_per_s", "clinstream e2e"), ("limit", "limit (passthrough)"),
-                                     ("naive", "naive (faust/event)"))):
-        vals = [c[key] if key == "readings_per_s" else c.get(key, {}).get("readings_per_s", 0) for c in cohorts]
-        ax.bar(x + (k - 1) * 0.27, vals, 0.27, label=name)
-    ax.axhline(200_000, color="grey", ls="--", lw=1, label="target 200k/s")
-    ax.set_yscale("log")
-    ax.set_xticks(x, labels)
-    ax.set_xlabel("participants")
-    ax.set_ylabel("readings / s")
-    ax.legend(fontsize=8)
-    ax.set_title("throughput")
-    ax = axes[1]
-    bars = [("paced", "p50"), ("paced", "p95"), ("paced", "p99"), ("saturated", "p99")]
-    for k, (phase, q) in enumerate(bars):
-        vals = [(c.get("paced", {}).get("latency_s", {}) if phase == "paced" else c["latency_s"]).get(q, 0)
-                for c in cohorts]
-        ax.bar(x + (k - 1.5) * 0.2, vals, 0.2, label=f"{phase} {q}")
-    # A block is sent once its minute is over, so send -> visible is the latency beyond the window's own length.
-    ax.axhline(2, color="grey", ls="--", lw=1, label="target: p99 < 2 s beyond the window")
-    ax.set_yscale("log")
-    ax.set_xticks(x, labels)
-    ax.set_xlabel("participants")
-    ax.set_ylabel("send (minute over) -> 1-min row visible (s)")
-    ax.legend(fontsize=8)
-    ax.set_title("latency: paced at half the sustained rate, and saturated")
-    if soak:
-        series = np.asarray(soak["series"]) if soak["series"] else np.zeros((0, 2))
-        axes[2].plot(series[:, 0], series[:, 1])
-        axes[2].set_xlabel("minutes")
-        axes[2].set_ylabel("features worker RSS (MB)")
-        axes[2].set_title(f"soak, {soak['participants']:,} participants: {soak['slope_mb_per_min']} MB/min, "
-                          f"second half {soak['slope_second_half_mb_per_min']} MB/min", fontsize=10)
-    fig.suptitle(f"clinstream end-to-end benchmark ({report['machine']['cpus']} CPUs, all on one machine)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cohorts", default="100,1000,10000", help="Participant counts (comma-separated).")
     parser.add_argument("--quick", action="store_true", help="Cohorts 100,1000 (unless given), short phases, no soak.")
     parser.add_argument("--seconds", type=float, default=None, help="Max seconds of the timed phase per cohort.")
     parser.add_argument("--blocks", type=int, default=10, help="One-minute heart-rate blocks per request.")
-    parser.add_argument("--concurrency", type=int, default=32, help="Requests in flight.")
+    parser.add_argument("--load-processes", type=int, default=2, help="Loader processes (forked, keep-alive).")
+    parser.add_argument("--load-threads", type=int, default=8, help="Connections (threads) per loader process.")
+    parser.add_argument("--max-rate", type=float, default=300_000,
+                        help="Readings/s to pre-build requests for (times --seconds), at most the simulated span.")
+    parser.add_argument("--no-peer", dest="peer", action="store_false", help="Skip the Quix Streams peer.")
+    parser.add_argument("--no-gateway-only", dest="gateway_only", action="store_false",
+                        help="Skip the gateway-only limit.")
+    parser.add_argument("--naive", action="store_true", help="Also run the naive faust pipeline (record/reading).")
     parser.add_argument("--startup-timeout", type=float, default=180.0, help="Max wait for the warm-up rows.")
     parser.add_argument("--drain-timeout", type=float, default=180.0, help="Max wait for all rows after sending.")
     parser.add_argument("--warm-participants", type=int, default=200, help="Participants of the warm-up round.")
@@ -809,6 +814,7 @@ def main() -> None:
             print(f"  cohort {n} failed: {exc!r}", flush=True)
             result["error"] = repr(exc)
         _write(report, out_dir)
+        chart(report, out_dir / "bench-e2e.png")
     if args.soak_minutes > 0:
         try:
             report["soak"] = run_soak(args.soak_minutes, args.soak_participants, args, out_dir)
@@ -819,6 +825,8 @@ def main() -> None:
     report["machine"]["load_avg_at_end"] = os.getloadavg()
     _write(report, out_dir)
     chart(report, out_dir / "bench-e2e.png")
+    (out_dir / "bench-e2e.md").write_text(table(report))
+    print("\n" + table(report), flush=True)
     print(f"\nwrote {out_dir / 'bench-e2e.json'} and {out_dir / 'bench-e2e.png'} "
           f"({report['wall_seconds']:.0f} s)", flush=True)
 
