@@ -69,8 +69,8 @@ def chart(report: Mapping[str, Any], path: Path) -> None:
     ax = axes[2]
     bars = [("paced", "p50"), ("paced", "p99"), ("saturated", "p50"), ("saturated", "p99")]
     for k, (phase, q) in enumerate(bars):
-        vals = [float((_get(c, "paced", "latency_above_window_s", default={}) if phase == "paced"
-                       else c.get("latency_above_window_s", {})).get(q, 0) or 0) for c in cohorts]
+        vals = [float((_get(c, "paced", "latency_s", default={}) if phase == "paced"
+                       else c.get("latency_s", {})).get(q, 0) or 0) for c in cohorts]
         ax.bar(x + (k - 1.5) * 0.2, vals, 0.2, label=f"{phase} {q}")
     ax.axhline(2, color="grey", ls="--", lw=1, label="target: paced p99 <= 2 s")
     ax.set_xticks(x, [f"{c['participants']:,}" for c in cohorts])
@@ -107,7 +107,7 @@ def table(report: Mapping[str, Any]) -> str:
             rows.append(f"| {c['participants']:,} | failed: {c.get('error', '?')} |" + " |" * 11)
             continue
         pm = c.get("cpu_s_per_million", {})
-        paced = _get(c, "paced", "latency_above_window_s", default={}) or {}
+        paced = _get(c, "paced", "latency_s", default={}) or {}
         check = _get(c, "quix", "check", default={}) or {}
         equal = (f"{check.get('equal')} ({check.get('peer_rows', 0):,} rows)" if check else "-")
         rows.append(
