@@ -59,7 +59,7 @@ import numpy as np
 import orjson
 import psutil
 import psycopg
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, ConsumerGroupState, Producer
 from confluent_kafka.admin import NewTopic
 
 import bench_peer
@@ -84,10 +84,11 @@ MINUTE_MS = 60_000
 SAMPLES = 60  # 1 Hz heart rate, one block per minute
 OFFSETS = list(range(0, MINUTE_MS, 1000))
 SPAN_MIN = 115  # simulated minutes before now: below the 120-min MINUTE horizon, so no window turns final mid-run
-ROW_SQL = ("SELECT participant_pseudonym, window_start, stored_at FROM wearable_features WHERE feature_set = "
+ROW_SQL = ("SELECT participant_pseudonym, window_start, stored_at FROM {table} WHERE feature_set = "
            "'heart_rate' AND window_kind = 'MINUTE' AND window_start >= %s")
-COUNT_SQL = ("SELECT count(*), max(stored_at) FROM wearable_features WHERE feature_set = 'heart_rate' "
+COUNT_SQL = ("SELECT count(*), max(stored_at) FROM {table} WHERE feature_set = 'heart_rate' "
              "AND window_kind = 'MINUTE' AND window_start >= %s")
+FEATURES = "wearable_features"
 
 
 def free_port() -> int:
@@ -242,7 +243,7 @@ class Sampler(threading.Thread):
         self.join(5)
         wall = max(self.t1 - self.t0, 1e-9)
         return {n: {"cpu_s": round(self.cpu1[n] - self.cpu0[n], 2),
-                    "cpu_percent": round(100 * (self.cpu1[n] - self.cpu0[n]) / wall, 1),
+                    "cpu_percent": round(100 * (self.cpu1[n] - self.cpu0[n]) / wall, 1), "wall_s": round(wall, 2),
                     "peak_rss_mb": round(self.peak[n] / 2**20, 1)} for n in self.roots}
 
 
@@ -295,7 +296,8 @@ def wait_ready(url: str, pipeline: SitePipeline, timeout_s: float = 90.0) -> Non
     raise SystemExit("the gateway did not become ready")
 
 
-def wait_rows(settings: Settings, since_ms: int, expected: int, timeout_s: float) -> tuple[int, float]:
+def wait_rows(settings: Settings, since_ms: int, expected: int, timeout_s: float,
+              table: str = FEATURES) -> tuple[int, float]:
     """Poll until `expected` MINUTE heart-rate rows from `since_ms` on are visible; (count, max stored_at)."""
     deadline = time.monotonic() + timeout_s
     since = dt.datetime.fromtimestamp(since_ms / 1000, dt.UTC)
@@ -305,7 +307,7 @@ def wait_rows(settings: Settings, since_ms: int, expected: int, timeout_s: float
             with connect_with_retry(settings, max_wait_s=max(deadline - time.monotonic(), 1.0),
                                     autocommit=True) as conn:
                 while time.monotonic() < deadline:
-                    row = conn.execute(COUNT_SQL, (since,)).fetchone()
+                    row = conn.execute(COUNT_SQL.format(table=table), (since,)).fetchone()
                     count = int(row[0]) if row else 0
                     last = row[1].timestamp() if row and row[1] else 0.0
                     if count >= expected:
@@ -316,12 +318,13 @@ def wait_rows(settings: Settings, since_ms: int, expected: int, timeout_s: float
     return count, last
 
 
-def latencies(site: Site, since_ms: int, load: LoadResult, blocks: int, t0_ms: int) -> list[float]:
+def latencies(site: Site, since_ms: int, load: LoadResult, blocks: int, t0_ms: int,
+              table: str = FEATURES) -> list[float]:
     """Seconds from a block's send to its 1-minute row's stored_at, for every accepted timed block."""
     since = dt.datetime.fromtimestamp(since_ms / 1000, dt.UTC)
     out = []
     with connect(site.settings, autocommit=True) as conn:
-        for pseudonym, window_start, stored_at in conn.execute(ROW_SQL, (since,)):
+        for pseudonym, window_start, stored_at in conn.execute(ROW_SQL.format(table=table), (since,)):
             pos = site.pseudonyms.get(pseudonym)
             minute = (int(window_start.timestamp() * 1000) - t0_ms) // MINUTE_MS
             sent = load.send_times.get((pos, minute // blocks)) if pos is not None else None
@@ -509,10 +512,17 @@ def percentiles(values: Sequence[float]) -> dict[str, float]:
 STAGES = ("pseudonymise", "features", "store", "kafka", "postgres")
 
 
-def per_million(resources: Mapping[str, Mapping[str, float]], readings: int) -> dict[str, float]:
-    """CPU seconds per million readings: per process, the processing stages with Kafka and PostgreSQL, and all."""
+def per_million(resources: Mapping[str, Mapping[str, float]], readings: int,
+                idle: Mapping[str, Mapping[str, float]] | None = None) -> dict[str, float]:
+    """CPU seconds per million readings: per process, the processing stages with Kafka and PostgreSQL, and all.
+
+    With `idle` (Kafka's and PostgreSQL's CPU share with no client, measured before the run), their idle
+    CPU over the run's wall time is subtracted first: what the readings cost them, not what they burn anyway.
+    """
     scale = 1e6 / max(readings, 1)
-    out = {name: round(r["cpu_s"] * scale, 2) for name, r in resources.items()}
+    idle = idle or {}
+    out = {name: round(max(r["cpu_s"] - idle.get(name, {}).get("cpu_percent", 0.0) / 100 * r.get("wall_s", 0.0),
+                           0.0) * scale, 2) for name, r in resources.items()}
     out["stages_with_kafka_postgres"] = round(sum(out.get(n, 0.0) for n in STAGES), 2)
     out["pipeline_with_gateway"] = round(out["stages_with_kafka_postgres"] + out.get("gateway", 0.0), 2)
     return out
@@ -532,10 +542,55 @@ def stored_once(settings: Settings, since_ms: int, accepted_blocks: int, accepte
             "ok": rows == accepted_blocks and readings == accepted_readings and most <= SAMPLES}
 
 
-def gateway_only(site: Site, requests: Sequence[Request], args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
-    """The gateway-only limit: HTTP -> raw topic, no workers; the same pre-built requests, flat out."""
+def wait_group_stable(settings: Settings, group: str, timeout_s: float) -> bool:
+    """Wait until a consumer group is Stable (its members hold their partitions)."""
+    admin = admin_client(settings)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):  # the group does not exist yet
+            if admin.describe_consumer_groups([group])[group].result(10).state == ConsumerGroupState.STABLE:
+                return True
+        time.sleep(0.5)
+    return False
+
+
+def quix_live_latency(site: Site, args: argparse.Namespace, t0_ms: int, readings_per_s: float,
+                      log_dir: Path) -> dict[str, Any]:
+    """The Quix peer's latency: the gateway alone and the live peer (rows on every window update), requests paced
+    at clinstream's paced rate; latency = peer row's stored_at - the send time of its block."""
     settings = site.settings
-    pipeline = SitePipeline(settings, services=("gateway",), log_dir=out_dir / f"logs-{settings.site_id}-gw",
+    proc, group = bench_peer.start_live(settings, log_dir, int(time.time() * 1000))
+    try:
+        if not wait_group_stable(settings, group, 120):
+            return {"error": "the live peer did not join its group"}
+        rate = readings_per_s / (args.blocks * SAMPLES)
+        rounds = range(1, 1 + max(1, math.ceil(rate * args.paced_seconds / len(site.cohort))))
+        load = send(site, build_requests(participants_of(site), t0_ms, args.blocks, rounds), args,
+                    args.paced_seconds, rate)
+        accepted = load.accepted_requests * args.blocks
+        count, _ = wait_rows(settings, t0_ms, accepted, args.drain_timeout, bench_peer.LIVE_TABLE)
+        lat = latencies(site, t0_ms, load, args.blocks, t0_ms, bench_peer.LIVE_TABLE)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    out = {"target_readings_per_s": round(readings_per_s), "sent_readings": load.readings, "accepted_blocks": accepted,
+           "visible_rows": count, "latency_s": percentiles(lat)}
+    print(f"  quix peer live (gateway + peer, paced at {readings_per_s:,.0f} readings/s): {count:,}/{accepted:,} rows;"
+          f" latency (s) {out['latency_s']}", flush=True)
+    return out
+
+
+def gateway_only(site: Site, requests: Sequence[Request], args: argparse.Namespace, out_dir: Path, t0_ms: int,
+                 paced_rate: float) -> dict[str, Any]:
+    """The gateway-only limit: HTTP -> raw topic, no workers; the same pre-built requests, flat out.
+
+    Then, with the same gateway, the Quix peer's live latency (`quix_live_latency`) at `paced_rate`.
+    """
+    settings = site.settings
+    pipeline = SitePipeline(settings, services=("gateway",), log_dir=out_dir / "gateway-only",
                             extra_env={"CLINSTREAM_LOG_LEVEL": "WARNING"})
     try:
         pipeline.start()
@@ -547,9 +602,10 @@ def gateway_only(site: Site, requests: Sequence[Request], args: argparse.Namespa
         sampler.start()
         load = loader.run()
         resources = sampler.stop()
+        live = quix_live_latency(site, args, t0_ms, paced_rate, out_dir) if args.peer and paced_rate else {}
     finally:
         pipeline.stop()
-    out = {"readings": load.readings, "seconds": round(load.seconds, 3),
+    out = {"quix_live": live, "readings": load.readings, "seconds": round(load.seconds, 3),
            "readings_per_s": round(load.readings / load.seconds), "statuses": {str(k): v for k, v in
                                                                                load.statuses.items()},
            "resources": resources, "cpu_s_per_million": per_million(resources, load.readings),
@@ -559,7 +615,7 @@ def gateway_only(site: Site, requests: Sequence[Request], args: argparse.Namespa
     return out
 
 
-def quix_peer(site: Site, since_ms: int, log_dir: Path) -> dict[str, Any]:
+def quix_peer(site: Site, since_ms: int, log_dir: Path, idle: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
     """The Quix Streams peer on the site's raw records; CPU with Kafka and PostgreSQL; its rows checked."""
     sampler = Sampler(infrastructure())
     sampler.start()
@@ -573,9 +629,14 @@ def quix_peer(site: Site, since_ms: int, log_dir: Path) -> dict[str, Any]:
     out["cpu_s_per_million"] = {"quix": round(out["cpu_s"] * scale, 2),
                                 **{n: round(r["cpu_s"] * scale, 2) for n, r in resources.items()}}
     out["cpu_s_per_million"]["total"] = round(sum(out["cpu_s_per_million"].values()), 2)
+    net = per_million(resources, out["readings"], idle)
+    out["cpu_s_per_million_net_of_idle"] = {"quix": out["cpu_s_per_million"]["quix"], "kafka": net.get("kafka", 0.0),
+                                            "postgres": net.get("postgres", 0.0)}
+    out["cpu_s_per_million_net_of_idle"]["total"] = round(sum(out["cpu_s_per_million_net_of_idle"].values()), 2)
     out["check"] = bench_peer.compare(site.settings, since_ms)
     print(f"  quix peer: {out['readings']:,} readings in {out['seconds']:.1f} s = {out['readings_per_s']:,}/s; "
-          f"{out['cpu_s_per_million']['total']} CPU-s per million (with Kafka, PostgreSQL); rows "
+          f"{out['cpu_s_per_million']['total']} CPU-s per million with Kafka and PostgreSQL "
+          f"({out['cpu_s_per_million_net_of_idle']['total']} net of their idle CPU); rows "
           f"{out['check']['peer_rows']:,} final, equal to clinstream's: {out['check']['equal']} "
           f"(mismatched {out['check']['mismatched']}, still open in the peer {out['check']['not_final_in_peer']})",
           flush=True)
@@ -609,6 +670,12 @@ def run_cohort(n: int, args: argparse.Namespace, out_dir: Path, profile: bool,
     warm = LoadResult()
     load = LoadResult()
     paced: dict[str, Any] = {}
+    idle = Sampler(infrastructure())
+    idle.start()
+    time.sleep(args.idle_seconds)  # a measurement interval: Kafka's and PostgreSQL's CPU with no client
+    result["infrastructure_idle"] = idle.stop()
+    idle_text = ", ".join(f"{k} {v['cpu_percent']} % of a core" for k, v in result["infrastructure_idle"].items())
+    print(f"  idle with no client: {idle_text}", flush=True)
     try:
         pipeline.start()
         wait_ready(f"http://127.0.0.1:{settings.gateway_port}", pipeline)
@@ -655,6 +722,7 @@ def run_cohort(n: int, args: argparse.Namespace, out_dir: Path, profile: bool,
             "e2e_seconds": round(e2e_s, 3), "readings_per_s": round(visible_readings / e2e_s),
             "latency_s": percentiles(lat),
             "resources": resources, "cpu_s_per_million": per_million(resources, visible_readings),
+            "cpu_s_per_million_net_of_idle": per_million(resources, visible_readings, result["infrastructure_idle"]),
             "loader": {"cpu_s": round(load.cpu_s, 2), "percent_of_core": round(100 * load.cpu_s / load.seconds, 1),
                        "share_of_all_cpu": round(load.cpu_s / max(load.cpu_s + sum(
                            r["cpu_s"] for r in resources.values()), 1e-9), 3)},
@@ -666,9 +734,10 @@ def run_cohort(n: int, args: argparse.Namespace, out_dir: Path, profile: bool,
             print(f"    {name:<13} cpu {r['cpu_s']:>7.1f} s ({r['cpu_percent']:>5.1f} % of a core)  "
                   f"{result['cpu_s_per_million'][name]:>6.2f} CPU-s per million readings  "
                   f"peak RSS {r['peak_rss_mb']:>7.1f} MB", flush=True)
-        pm = result["cpu_s_per_million"]
+        pm, net = result["cpu_s_per_million"], result["cpu_s_per_million_net_of_idle"]
         print(f"    CPU-s per million readings: stages + Kafka + PostgreSQL {pm['stages_with_kafka_postgres']}, "
-              f"with the gateway {pm['pipeline_with_gateway']}", flush=True)
+              f"with the gateway {pm['pipeline_with_gateway']}; net of Kafka's and PostgreSQL's idle CPU "
+              f"{net['stages_with_kafka_postgres']} and {net['pipeline_with_gateway']}", flush=True)
         if profile:
             result["profile"] = {name: summarise_profile(out_dir / f"profile-{name}.txt")
                                  for name in pipeline.services}
@@ -687,9 +756,12 @@ def run_cohort(n: int, args: argparse.Namespace, out_dir: Path, profile: bool,
         print(f"  limit (passthrough): {lim['records']:,} records in {lim['seconds']:.1f} s = "
               f"{lim['readings_per_s']:,} readings/s", flush=True)
         if args.peer:
-            result["quix"] = quix_peer(site, t0_ms, log_dir)
+            result["quix"] = quix_peer(site, t0_ms, log_dir, result["infrastructure_idle"])
         if args.gateway_only:
-            result["gateway_only"] = gateway_only(site, requests, args, out_dir)
+            result["gateway_only"] = gateway_only(site, requests, args, log_dir, t0_ms,
+                                                  float(paced.get("target_readings_per_s", 0)))
+            if "quix" in result:
+                result["quix"]["live"] = result["gateway_only"].pop("quix_live")
         if args.naive:
             nv = naive(settings, args.naive_cap, args.naive_seconds, pipeline.log_dir)
             result["naive"] = nv
@@ -771,6 +843,8 @@ def main() -> None:
     parser.add_argument("--no-peer", dest="peer", action="store_false", help="Skip the Quix Streams peer.")
     parser.add_argument("--no-gateway-only", dest="gateway_only", action="store_false",
                         help="Skip the gateway-only limit.")
+    parser.add_argument("--idle-seconds", type=float, default=8.0,
+                        help="Kafka's and PostgreSQL's idle CPU is measured so long before each cohort.")
     parser.add_argument("--naive", action="store_true", help="Also run the naive faust pipeline (record/reading).")
     parser.add_argument("--startup-timeout", type=float, default=180.0, help="Max wait for the warm-up rows.")
     parser.add_argument("--drain-timeout", type=float, default=180.0, help="Max wait for all rows after sending.")

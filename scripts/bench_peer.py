@@ -25,6 +25,7 @@ from clinstream.core.topics import RAW_TELEMETRY
 ROOT = Path(__file__).resolve().parents[1]
 VENV = ROOT / ".venv-quix"
 PEER_TABLE = "bench_quix_peer"
+LIVE_TABLE = "bench_quix_peer_live"
 VALUES = ("mean", "min", "max", "sd", "count")
 # Same key and values as the peer writes: MINUTE heart-rate rows of the site's active feature version.
 CLINSTREAM_ROWS = ("SELECT participant_pseudonym, window_start, feature_values FROM wearable_features "
@@ -43,14 +44,14 @@ def ensure_venv() -> Path:
     return python
 
 
-def prepare_table(settings: Settings) -> str:
+def prepare_table(settings: Settings, name: str = PEER_TABLE) -> str:
     """A table shaped like wearable_features (hypertable too) in the site's schema; its qualified name."""
     with connect(settings, autocommit=True) as conn:
-        conn.execute(f"DROP TABLE IF EXISTS {PEER_TABLE}")
-        conn.execute(f"CREATE TABLE {PEER_TABLE} (LIKE wearable_features INCLUDING ALL)")
+        conn.execute(f"DROP TABLE IF EXISTS {name}")
+        conn.execute(f"CREATE TABLE {name} (LIKE wearable_features INCLUDING ALL)")
         conn.execute("SELECT create_hypertable(%s, 'window_start', chunk_time_interval => interval '7 days')",
-                     (f"{settings.db_schema}.{PEER_TABLE}",))
-    return f'"{settings.db_schema}".{PEER_TABLE}'
+                     (f"{settings.db_schema}.{name}",))
+    return f'"{settings.db_schema}".{name}'
 
 
 def _children_cpu() -> float:
@@ -58,20 +59,32 @@ def _children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def run_peer(settings: Settings, log_dir: Path, idle_s: float = 6.0, grace_ms: int = 60_000) -> dict[str, Any]:
-    """Run the peer until it has been idle `idle_s` seconds; its counts, timing and CPU seconds."""
+def peer_command(settings: Settings, log_dir: Path, name: str, table: str, *extra: str) -> list[str]:
+    """The peer's command line: its own consumer group and state directory named `name`."""
     python = ensure_venv()
-    table = prepare_table(settings)
-    result_path = log_dir / "quix-result.json"
-    state_dir = log_dir / "quix-state"
+    state_dir = log_dir / f"{name}-state"
     shutil.rmtree(state_dir, ignore_errors=True)
     key_file = settings.pseudonym_key_file
     assert key_file is not None
-    cmd = [str(python), str(ROOT / "scripts" / "bench_quix.py"), "--bootstrap", settings.kafka_bootstrap,
-           "--topic", RAW_TELEMETRY.name(settings.site_id), "--group", f"{settings.site_id}-bench-quix",
-           "--key-file", str(key_file), "--database-url", settings.database_url, "--table", table,
-           "--state-dir", str(state_dir), "--grace-ms", str(grace_ms), "--idle-seconds", str(idle_s),
-           "--result", str(result_path)]
+    return [str(python), str(ROOT / "scripts" / "bench_quix.py"), "--bootstrap", settings.kafka_bootstrap,
+            "--topic", RAW_TELEMETRY.name(settings.site_id), "--group", f"{settings.site_id}-{name}",
+            "--key-file", str(key_file), "--database-url", settings.database_url, "--table", table,
+            "--state-dir", str(state_dir), "--result", str(log_dir / f"{name}-result.json"), *extra]
+
+
+def start_live(settings: Settings, log_dir: Path, since_ms: int) -> tuple[subprocess.Popen[bytes], str]:
+    """The live peer (rows on every window update) on records produced from `since_ms`; (process, group)."""
+    cmd = peer_command(settings, log_dir, "bench-quix-live", prepare_table(settings, LIVE_TABLE),
+                       "--emit", "current", "--since-ms", str(since_ms), "--idle-seconds", "0")
+    log = (log_dir / "quix-live.log").open("wb")
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), f"{settings.site_id}-bench-quix-live"
+
+
+def run_peer(settings: Settings, log_dir: Path, idle_s: float = 6.0, grace_ms: int = 60_000) -> dict[str, Any]:
+    """Run the peer until it has been idle `idle_s` seconds; its counts, timing and CPU seconds."""
+    cmd = peer_command(settings, log_dir, "bench-quix", prepare_table(settings), "--grace-ms", str(grace_ms),
+                       "--idle-seconds", str(idle_s))
+    result_path = log_dir / "bench-quix-result.json"
     cpu0 = _children_cpu()
     with (log_dir / "quix.log").open("wb") as log:
         proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=1800, check=False)

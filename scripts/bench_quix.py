@@ -13,7 +13,9 @@ The job, as a Quix user would write it:
 6. a `BatchingSink` upserting the window rows in batches (psycopg `executemany`) into a table of the same shape
    as clinstream's `wearable_features`.
 
-Stops after `--idle-seconds` without input and writes a JSON result: readings and blocks consumed, first consume
+`--emit current --since-ms T` is the live variant for latency: rows on every window update, from records produced
+after T (the bench posts paced requests through a gateway meanwhile). Stops after `--idle-seconds` without input
+(or at SIGTERM) and writes a JSON result: readings and blocks consumed, first consume
 and last row write (epoch s), rows written.
 
     .venv-quix/bin/python scripts/bench_quix.py --bootstrap 127.0.0.1:9092 --topic SITE.telemetry.raw ...
@@ -167,7 +169,10 @@ def main() -> None:
     parser.add_argument("--table", required=True, help="schema-qualified target table (wearable_features shape)")
     parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument("--grace-ms", type=int, default=60_000)
-    parser.add_argument("--idle-seconds", type=float, default=10.0)
+    parser.add_argument("--idle-seconds", type=float, default=10.0, help="stop after so long without input (0: never)")
+    parser.add_argument("--since-ms", type=int, default=0, help="skip raw records produced before this epoch ms")
+    parser.add_argument("--emit", choices=("final", "current"), default="final",
+                        help="final: a row when the window closes (after the grace); current: on every update")
     parser.add_argument("--result", type=Path, required=True)
     args = parser.parse_args()
 
@@ -175,10 +180,14 @@ def main() -> None:
                       state_dir=str(args.state_dir), commit_interval=1.0, loglevel="WARNING")
     topic = app.topic(args.topic, value_deserializer="bytes", key_deserializer="bytes")
     sdf = app.dataframe(topic)
+    if args.since_ms:
+        since = args.since_ms
+        sdf = sdf.filter(lambda _value, _key, ts, _headers: ts >= since, metadata=True)
     sdf = sdf.apply(Partials(args.key_file), expand=True)
     sdf = sdf.group_by(lambda part: part["p"], name="pseudonym")
     sdf = sdf.set_timestamp(lambda part, _key, _ts, _headers: part["t"])
-    sdf = sdf.tumbling_window(duration_ms=MINUTE_MS, grace_ms=args.grace_ms).reduce(merge, initial).final()
+    window = sdf.tumbling_window(duration_ms=MINUTE_MS, grace_ms=args.grace_ms).reduce(merge, initial)
+    sdf = window.final() if args.emit == "final" else window.current()
     sdf.sink(TimescaleUpsertSink(args.database_url, args.table))
     app.run(timeout=args.idle_seconds, collect=False)
     args.result.write_text(json.dumps({"readings": Stats.readings, "blocks": Stats.blocks, "rows": Stats.rows,

@@ -100,15 +100,16 @@ def table(report: Mapping[str, Any]) -> str:
     """Markdown: the headline table and CPU seconds per million readings by process."""
     rows = ["| participants | end to end | gateway accepts | Quix peer | gateway-only limit | passthrough limit "
             "| CPU-s/M stages+Kafka+PG | CPU-s/M with gateway | Quix CPU-s/M | latency beyond window p50 / p99 "
-            "(paced) | loader CPU | stored once | peer rows equal |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "(paced) | Quix latency p50 / p99 (paced) | loader CPU | stored once | peer rows equal |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in report["cohorts"]:
         if "readings_per_s" not in c:
-            rows.append(f"| {c['participants']:,} | failed: {c.get('error', '?')} |" + " |" * 11)
+            rows.append(f"| {c['participants']:,} | failed: {c.get('error', '?')} |" + " |" * 12)
             continue
         pm = c.get("cpu_s_per_million", {})
         paced = _get(c, "paced", "latency_s", default={}) or {}
         check = _get(c, "quix", "check", default={}) or {}
+        qlat = _get(c, "quix", "live", "latency_s", default={}) or {}
         equal = (f"{check.get('equal')} ({check.get('peer_rows', 0):,} rows)" if check else "-")
         rows.append(
             f"| {c['participants']:,} | {_n(c['readings_per_s'])}/s | {_n(c.get('gateway_readings_per_s'))}/s "
@@ -116,6 +117,7 @@ def table(report: Mapping[str, Any]) -> str:
             f"| {_n(_get(c, 'limit', 'readings_per_s'))}/s | {pm.get('stages_with_kafka_postgres', '-')} "
             f"| {pm.get('pipeline_with_gateway', '-')} | {_get(c, 'quix', 'cpu_s_per_million', 'total', default='-')} "
             f"| {paced.get('p50', '-')} / {paced.get('p99', '-')} s "
+            f"| {qlat.get('p50', '-')} / {qlat.get('p99', '-')} s "
             f"| {_get(c, 'loader', 'percent_of_core', default='-')} % of a core "
             f"| {_get(c, 'stored_once', 'ok', default='-')} | {equal} |")
     rows += ["", "CPU seconds per million readings, by process (end-to-end run; the Quix peer from the topic):", "",
