@@ -571,11 +571,7 @@ def quix_live_latency(site: Site, args: argparse.Namespace, t0_ms: int, readings
         count, _ = wait_rows(settings, t0_ms, accepted, args.drain_timeout, bench_peer.LIVE_TABLE)
         lat = latencies(site, t0_ms, load, args.blocks, t0_ms, bench_peer.LIVE_TABLE)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        bench_peer.stop_live(proc)
     out = {"target_readings_per_s": round(readings_per_s), "sent_readings": load.readings, "accepted_blocks": accepted,
            "visible_rows": count, "latency_s": percentiles(lat)}
     print(f"  quix peer live (gateway + peer, paced at {readings_per_s:,.0f} readings/s): {count:,}/{accepted:,} rows;"

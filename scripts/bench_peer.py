@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psutil
 
 from clinstream.core.config import Settings
 from clinstream.core.db import connect
@@ -78,6 +79,14 @@ def start_live(settings: Settings, log_dir: Path, since_ms: int) -> tuple[subpro
                        "--emit", "current", "--since-ms", str(since_ms), "--idle-seconds", "0")
     log = (log_dir / "quix-live.log").open("wb")
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), f"{settings.site_id}-bench-quix-live"
+
+
+def stop_live(proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
+    """SIGTERM (Quix stops gracefully: commits, closes the sink), SIGKILL after `timeout_s`."""
+    proc.terminate()
+    _, alive = psutil.wait_procs([psutil.Process(proc.pid)], timeout=timeout_s)
+    for rest in alive:
+        rest.kill()
 
 
 def run_peer(settings: Settings, log_dir: Path, idle_s: float = 6.0, grace_ms: int = 60_000) -> dict[str, Any]:
