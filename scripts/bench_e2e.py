@@ -22,6 +22,8 @@ Per cohort (a fresh throw-away site `bench-<hex>` each: topics, DB schema, key f
    limit (the gateway alone, the same pre-built requests, HTTP -> raw topic); `--naive`: the naive faust pipeline;
 8. profile (the largest cohort, `--profile`): py-spy samples of every service for a few seconds of the timed phase.
 
+After the cohorts, the replay benchmark (scripts/bench_replay.py, `--replay-participants` x `--replay-hours`):
+`clinstream replay` of the features stage, readings/s and its multiple of real time.
 `--soak-minutes M`: a 10,000-participant site under load for M minutes; the features worker's RSS is sampled and
 its slope (MB/min) reported. Results go to reports/bench-e2e-<time>/bench-e2e.json, .png (rewritten after each
 cohort) and .md (the README table).
@@ -41,6 +43,7 @@ import datetime as dt
 import json
 import math
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -825,6 +828,28 @@ def run_soak(minutes: float, participants: int, args: argparse.Namespace, out_di
             drop_site(site)
 
 
+# --- replay --------------------------------------------------------------------------------------------------
+def run_replay(participants: int, hours: int, out_dir: Path) -> dict[str, Any]:
+    """`clinstream replay` of the features stage (scripts/bench_replay.py): readings/s and multiple of real time."""
+    print(f"\n== replay of the features stage: {participants:,} participants x {hours} h", flush=True)
+    log = out_dir / "replay.log"
+    with log.open("wb") as out:
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_replay.py"), "--participants",
+                        str(participants), "--hours", str(hours)], stdout=out, stderr=subprocess.STDOUT,
+                       timeout=3600, check=False)
+    text = log.read_text(errors="replace")
+    rate = re.search(r"([\d,]+) readings/s;", text)
+    speed = re.search(r"([\d,.]+)x faster than real time", text)
+    result: dict[str, Any] = {"participants": participants, "hours": hours, "output": text[-1500:]}
+    if rate and speed:
+        result["readings_per_s"] = int(rate.group(1).replace(",", ""))
+        result["times_real_time"] = float(speed.group(1).replace(",", ""))
+        print(f"  {result['readings_per_s']:,} readings/s = {result['times_real_time']:,.1f}x real time", flush=True)
+    else:
+        print(f"  replay failed:\n{text[-1500:]}", flush=True)
+    return result
+
+
 # --- report ----------------------------------------------------------------------------------------------------
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -857,6 +882,8 @@ def main() -> None:
     parser.add_argument("--soak-rate", type=float, default=20_000, help="Paced soak load, readings/s.")
     parser.add_argument("--soak-hr-period", type=int, default=5, help="Soak heart-rate period (s): 12 per block.")
     parser.add_argument("--soak-horizon-min", type=int, default=5, help="Soak MINUTE/HOUR window horizons (min).")
+    parser.add_argument("--replay-participants", type=int, default=1000, help="Cohort of the replay benchmark.")
+    parser.add_argument("--replay-hours", type=int, default=1, help="Hours of the replay cohort (0: no replay).")
     parser.add_argument("--keep", action="store_true", help="Keep the bench sites' topics and schemas.")
     args = parser.parse_args()
     if args.quick and "--cohorts" not in " ".join(sys.argv):
@@ -892,6 +919,12 @@ def main() -> None:
             result["error"] = repr(exc)
         _write(report, out_dir)
         chart(report, out_dir / "bench-e2e.png")
+    if args.replay_hours > 0:
+        try:
+            report["replay"] = run_replay(args.replay_participants, args.replay_hours, out_dir)
+        except (SystemExit, Exception) as exc:
+            report["replay_error"] = repr(exc)
+        _write(report, out_dir)
     if args.soak_minutes > 0:
         try:
             report["soak"] = run_soak(args.soak_minutes, args.soak_participants, args, out_dir)

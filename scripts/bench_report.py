@@ -133,4 +133,9 @@ def table(report: Mapping[str, Any]) -> str:
         qm = _get(c, "quix", "cpu_s_per_million", default={}) or {}
         rows.append(f"| {c['participants']:,} | " + " | ".join(str(pm.get(p, "-")) for p in PROCESSES)
                     + f" | {qm.get('quix', '-')} | {qm.get('kafka', '-')} | {qm.get('postgres', '-')} |")
+    replay = report.get("replay") or {}
+    if "times_real_time" in replay:
+        rows += ["", f"Replay of the features stage (`clinstream replay`, {replay['participants']:,} participants x "
+                 f"{replay['hours']} h): {replay['readings_per_s']:,} readings/s = {replay['times_real_time']:,.0f}x "
+                 "real time."]
     return "\n".join(rows) + "\n"
