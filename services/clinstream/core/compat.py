@@ -158,6 +158,11 @@ def check_compatible(old_canonical: str, new_canonical: str) -> None:
         raise IncompatibleSchema(f"old readers cannot read new data ({exc})") from exc
 
 
+def _with_defaults(cat: Catalogue, name: str) -> str:
+    """The current schema in full (defaults kept): the canonical form drops defaults, which resolution needs."""
+    return json.dumps(cat.parsed[name], default=str)
+
+
 def check_catalogue(cat: Catalogue, directory: Path | None = None) -> list[str]:
     """Every rule over the whole catalogue; an empty list means the catalogue is fine."""
     problems: list[str] = []
@@ -168,7 +173,7 @@ def check_catalogue(cat: Catalogue, directory: Path | None = None) -> list[str]:
         released = lock.get(name, [])
         if released and released[-1] != current:
             try:
-                check_compatible(released[-1], current)
+                check_compatible(released[-1], _with_defaults(cat, name))
             except IncompatibleSchema as exc:
                 problems.append(f"{name}: incompatible with its released version: {exc}")
                 continue
@@ -187,7 +192,7 @@ def lock_catalogue(cat: Catalogue, directory: Path) -> dict[str, int]:
         if released and released[-1] == current:
             continue
         if released:
-            check_compatible(released[-1], current)
+            check_compatible(released[-1], _with_defaults(cat, name))
         released.append(current)
         added[name] = len(released)
     (directory / LOCK_FILE).write_text(json.dumps(lock, indent=1, sort_keys=True) + "\n", encoding="utf-8")
