@@ -21,6 +21,31 @@ _ENUM_SYMBOL = re.compile(r"^[A-Z][A-Z0-9_]*$")
 _PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
 
 
+_RESOLUTION_KEYS = ("name", "type", "fields", "symbols", "items", "values", "size", "default", "logicalType")
+
+
+def resolution_form(parsed: Any) -> str:
+    """The parsing canonical form plus the field and enum defaults that schema resolution needs.
+
+    The Avro parsing canonical form drops `default`, so a lock of canonical forms could never accept an added
+    field or enum symbol; released versions are locked in this form (same fingerprint as the canonical form).
+    """
+    def strip(schema: Any) -> Any:
+        if isinstance(schema, list):
+            return [strip(s) for s in schema]
+        if not isinstance(schema, dict):
+            return schema
+        out = {k: schema[k] for k in _RESOLUTION_KEYS if k in schema}
+        if "fields" in out:
+            out["fields"] = [{k: f[k] if k != "type" else strip(f[k]) for k in ("name", "type", "default") if k in f}
+                             for f in out["fields"]]
+        for key in ("type", "items", "values"):
+            if key in out and not isinstance(out[key], str):
+                out[key] = strip(out[key])
+        return out
+    return json.dumps(strip(parsed), separators=(",", ":"))
+
+
 class IncompatibleSchema(ValueError):
     """Data written with one version of a schema cannot be read with another."""
 
@@ -164,8 +189,10 @@ def check_catalogue(cat: Catalogue, directory: Path | None = None) -> list[str]:
     lock = read_lock(directory)
     for name in sorted(cat.parsed):
         lint_schema(name, cat.raw[name], problems)
-        current = canonical(cat.parsed[name])
+        current = resolution_form(cat.parsed[name])
         released = lock.get(name, [])
+        if released and released[-1] == canonical(cat.parsed[name]):  # locked before defaults were kept
+            continue
         if released and released[-1] != current:
             try:
                 check_compatible(released[-1], current)
@@ -182,9 +209,9 @@ def lock_catalogue(cat: Catalogue, directory: Path) -> dict[str, int]:
     lock = read_lock(directory)
     added: dict[str, int] = {}
     for name in sorted(cat.parsed):
-        current = canonical(cat.parsed[name])
+        current = resolution_form(cat.parsed[name])
         released = lock.setdefault(name, [])
-        if released and released[-1] == current:
+        if released and released[-1] in (current, canonical(cat.parsed[name])):
             continue
         if released:
             check_compatible(released[-1], current)
