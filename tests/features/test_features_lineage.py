@@ -1,0 +1,127 @@
+"""Sample lineage over three generations: each ancestor's history is cut where its own line was split off.
+
+All through the real feature processor from encoded events, plus hypothesis for order and duplicate independence.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from features_factories import DAY, HOUR, T0, decoded, pseudonym, records_of, run, sample_event
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from clinstream.core.topics import PSEUDO_BIOBANK
+
+P1 = pseudonym("P-lineage")
+GP, PARENT, CHILD = pseudonym("S-gp"), pseudonym("S-parent"), pseudonym("S-child")
+TOPIC = PSEUDO_BIOBANK.name("site-t")
+SPIN = {"g_force": 2000.0, "minutes": 10.0, "temperature_c": 20.0, "braking": True}
+SECOND_SPIN = {"g_force": 12000.0, "minutes": 10.0, "temperature_c": 4.0, "braking": True}
+
+
+def _family(aliquoted: bool = True) -> list[bytes]:
+    """Grandparent (whole blood) -> parent (plasma) -> child (aliquot), thaws before and after each split."""
+    def gp(kind: str, at: int, **kw: Any) -> bytes:
+        return sample_event(P1, GP, kind, at, sample_type="BLD", **kw)
+
+    def parent(kind: str, at: int, **kw: Any) -> bytes:
+        return sample_event(P1, PARENT, kind, at, sample_type="PL1", parent=GP, **kw)
+
+    def child(kind: str, at: int, **kw: Any) -> bytes:
+        return sample_event(P1, CHILD, kind, at, sample_type="PL1", parent=PARENT, **kw)
+
+    events = [
+        gp("COLLECTED", T0, container="PED", temperature_c=21.0),
+        gp("CENTRIFUGED", T0 + HOUR, centrifugation=SPIN),
+        gp("FROZEN", T0 + 2 * HOUR, temperature_c=-80.0, storage_band="M60_TO_85"),
+        gp("THAWED", T0 + DAY, temperature_c=4.0),                   # before the parent's split: everyone's
+        parent("ALIQUOTED", T0 + DAY + HOUR, temperature_c=4.0),      # the parent's line leaves the grandparent
+        gp("THAWED", T0 + DAY + 12 * HOUR, temperature_c=4.0),       # after it: the grandparent's only
+        gp("CENTRIFUGED", T0 + DAY + 13 * HOUR, centrifugation=SECOND_SPIN),  # likewise
+        parent("FROZEN", T0 + DAY + 2 * HOUR, temperature_c=-80.0, storage_band="M60_TO_85"),
+        parent("THAWED", T0 + 2 * DAY, temperature_c=4.0),           # before the child's split: the child's too
+        child("ALIQUOTED", T0 + 2 * DAY + HOUR, temperature_c=4.0),   # the child's line leaves the parent
+        parent("FROZEN", T0 + 2 * DAY + 2 * HOUR, temperature_c=-80.0, storage_band="M60_TO_85"),
+        parent("THAWED", T0 + 4 * DAY, temperature_c=4.0),           # after it: the parent's only
+        child("FROZEN", T0 + 2 * DAY + 2 * HOUR, temperature_c=-80.0, storage_band="M60_TO_85"),
+        child("THAWED", T0 + 5 * DAY, temperature_c=4.0),            # the child's own
+    ]
+    return events if aliquoted else [v for i, v in enumerate(events) if i not in (4, 9)]  # no ALIQUOTED events
+
+
+def _latest(values: list[bytes], batch: int = 500) -> dict[str, dict[str, Any]]:
+    outs, _ = run(records_of([(TOPIC, P1, v) for v in values]), batch=batch)
+    best: dict[str, dict[str, Any]] = {}
+    for rec, _ in decoded(outs, ".feature.sample.v1"):
+        cur = best.get(rec["sample_pseudonym"])
+        if cur is None or rec["revision"] > cur["revision"]:
+            best[rec["sample_pseudonym"]] = rec
+    return best
+
+
+def test_three_generations_inherit_only_up_to_each_split() -> None:
+    got = _latest(_family())
+    gp, parent, child = got[GP], got[PARENT], got[CHILD]
+    # grandparent: its own three thaws... of which two are its own history after freezing
+    assert gp["freeze_thaw_count"] == 2
+    # parent: the grandparent's thaw before the parent's split, and its own two thaws
+    assert parent["freeze_thaw_count"] == 3
+    # child: the grandparent's thaw before the PARENT's split (not the one before the child's split), the parent's
+    # thaw before the child's split, and its own
+    assert child["freeze_thaw_count"] == 3
+    # pre-centrifugation and centrifugation come from the grandparent's history before the split
+    for rec in (parent, child):
+        assert rec["collected_at"] == gp["collected_at"]
+        assert rec["collection_to_centrifugation_min"] == 60.0
+    assert gp["sprec"] == "BLD-PED-A-B-J-X-X"  # its own second spin (cold >10000 g) after the split
+    # the grandparent's second centrifugation after the parent's split is not the parent's or the child's
+    assert parent["sprec"] == "PL1-PED-A-B-N-X-X"
+    assert child["sprec"] == "PL1-PED-A-B-N-X-X"
+
+
+def test_parent_thaw_after_the_split_is_not_the_childs() -> None:
+    family = _family()
+    late_parent_thaws = [sample_event(P1, PARENT, "THAWED", T0 + (6 + i) * DAY, sample_type="PL1", parent=GP)
+                         for i in range(3)]
+    late_gp_thaw = [sample_event(P1, GP, "THAWED", T0 + 2 * DAY, sample_type="BLD")]  # before the child's split
+    before, after = _latest(family), _latest(family + late_parent_thaws + late_gp_thaw)
+    assert after[CHILD]["freeze_thaw_count"] == before[CHILD]["freeze_thaw_count"]
+    assert after[PARENT]["freeze_thaw_count"] == before[PARENT]["freeze_thaw_count"] + 3
+    assert after[GP]["freeze_thaw_count"] == before[GP]["freeze_thaw_count"] + 1
+
+
+def test_split_falls_back_to_the_first_own_event() -> None:
+    # without ALIQUOTED events, a sample's line leaves its parent at its own first event
+    values = _family(aliquoted=False)
+    got = _latest(values)
+    assert got[PARENT]["freeze_thaw_count"] == 3 and got[CHILD]["freeze_thaw_count"] == 3
+
+
+_KINDS = ("RECEIVED", "CENTRIFUGED", "FROZEN", "STORED", "MOVED", "THAWED")
+_event = st.tuples(st.sampled_from((GP, PARENT, CHILD)), st.sampled_from(_KINDS), st.integers(0, 6 * 24 * 60),
+                   st.one_of(st.none(), st.sampled_from((-80.0, 4.0, 21.0, 37.0))))
+
+
+def _encode(sample: str, kind: str, minute: int, celsius: float | None, n: int) -> bytes:
+    parent = {GP: None, PARENT: GP, CHILD: PARENT}[sample]
+    extra: dict[str, Any] = {}
+    if kind == "CENTRIFUGED":
+        extra["centrifugation"] = SPIN if minute % 2 else SECOND_SPIN
+    if kind in ("FROZEN", "STORED", "MOVED"):
+        extra["storage_band"] = "M60_TO_85" if minute % 3 else "LN2_VAPOUR"
+    return sample_event(P1, sample, kind, T0 + minute * 60_000, sample_type="BLD" if sample == GP else "PL1",
+                        parent=parent, temperature_c=celsius, event_id=f"00000000-0000-4000-8000-{n:012d}",
+                        **extra)
+
+
+@settings(max_examples=40, deadline=None)
+@given(events=st.lists(_event, min_size=1, max_size=14), order=st.randoms(use_true_random=False),
+       redelivered=st.lists(st.integers(0, 40), max_size=8), batch=st.integers(1, 6))
+def test_lineage_features_ignore_order_and_redelivery(events: list[tuple[str, str, int, float | None]],
+                                                      order: Any, redelivered: list[int], batch: int) -> None:
+    values = _family() + [_encode(*e, n) for n, e in enumerate(events)]
+    want = _latest(values)
+    shuffled = values + [values[i % len(values)] for i in redelivered]
+    order.shuffle(shuffled)
+    assert _latest(shuffled, batch=batch) == want
