@@ -6,7 +6,8 @@ import random
 from typing import Any
 
 import pytest
-from features_factories import HOUR, MIN, T0, assay_event, decoded, pseudonym, records_of, run, sample_event
+from biobank_helpers import latest_samples
+from features_factories import HOUR, MIN, T0, assay_event, pseudonym, records_of, run, sample_event
 
 from clinstream.core.topics import PSEUDO_BIOBANK
 from clinstream.features.biobank import sample_features, sprec
@@ -36,13 +37,7 @@ def _events() -> list[bytes]:
     ]
 
 
-def _latest(outs: Any) -> dict[str, dict[str, Any]]:
-    best: dict[str, dict[str, Any]] = {}
-    for rec, _ in decoded(outs, ".feature.sample.v1"):
-        cur = best.get(rec["sample_pseudonym"])
-        if cur is None or rec["revision"] > cur["revision"]:
-            best[rec["sample_pseudonym"]] = rec
-    return best
+_latest = latest_samples
 
 
 def test_aliquot_features_from_its_lineage() -> None:

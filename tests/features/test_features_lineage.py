@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from features_factories import DAY, HOUR, T0, decoded, pseudonym, records_of, run, sample_event
+from biobank_helpers import latest_samples
+from features_factories import DAY, HOUR, T0, pseudonym, records_of, run, sample_event
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -51,13 +52,7 @@ def _family(aliquoted: bool = True) -> list[bytes]:
 
 
 def _latest(values: list[bytes], batch: int = 500) -> dict[str, dict[str, Any]]:
-    outs, _ = run(records_of([(TOPIC, P1, v) for v in values]), batch=batch)
-    best: dict[str, dict[str, Any]] = {}
-    for rec, _ in decoded(outs, ".feature.sample.v1"):
-        cur = best.get(rec["sample_pseudonym"])
-        if cur is None or rec["revision"] > cur["revision"]:
-            best[rec["sample_pseudonym"]] = rec
-    return best
+    return latest_samples(run(records_of([(TOPIC, P1, v) for v in values]), batch=batch)[0])
 
 
 def test_three_generations_inherit_only_up_to_each_split() -> None:
