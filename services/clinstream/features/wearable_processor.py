@@ -1,0 +1,202 @@
+"""The wearable-window half of the feature processor: telemetry blocks folded into event-time windows.
+
+Per batch and input partition, every block's samples are split by window with numpy (`partials`), then folded
+block by block, in arrival order, into window entries. Per (block, window entry): a block already recorded in the
+entry (same device pseudonym and sequence number) is a duplicate and changes nothing, but the window is emitted
+again; a window whose end + horizon is at or before the watermark (max event time seen in the partition before
+this block) is final and refuses the data; otherwise the partial is merged, the sequence recorded and the revision
+incremented, atomically in one entry. A block refused by all its windows goes unchanged to LATE_TELEMETRY.
+Windows whose deadline the watermark has reached are emitted with is_final=true (same revision) and deleted; each
+touched window is emitted once per batch with its latest value.
+
+Revisions: a heart_rate row's revision is the number of distinct blocks folded into it; the row of any other set
+adds the heart-rate blocks of the same window (they define its completeness), so every change of a row's value or
+completeness raises its revision. A stored row is replaced when (revision, is_final) is greater.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from clinstream.core.records import BatchResult, InRecord, OutRecord
+from clinstream.core.timeutil import DAY_MS
+from clinstream.core.topics import FEATURES
+from clinstream.features import accumulators, ranges
+from clinstream.features import catalogue as cat
+from clinstream.features.blocks import Block
+from clinstream.features.context import ProcessorContext
+from clinstream.features.partials import PARTIALS, SCALE, Partial
+from clinstream.features.state import Entry, baseline_key, parse_window_key, window_key
+from clinstream.features.windows import LENGTH_MS, WindowKind
+
+_FINALISE_ORDER = {s: i for i, s in enumerate((*[s for s in cat.WEARABLE_SETS if s != cat.HEART_RATE],
+                                              cat.HEART_RATE))}
+
+
+class WearableWindows:
+    """One partition's telemetry of one batch: fold blocks into windows, finalise and emit window rows."""
+
+    def __init__(self, proc: ProcessorContext, p: int, result: BatchResult) -> None:
+        self.proc = proc
+        self.p = p
+        self.result = result
+        self.state = proc.state
+        self.settings = proc.settings
+        self.touched: dict[str, None] = {}  # window keys to emit, in first-touch order
+        self.hr_windows: dict[tuple[str, WindowKind, int], None] = {}
+
+    def forget(self, pseudonym: str) -> None:
+        """Drop an erased participant's windows from this batch's emissions."""
+        self.touched = {k: None for k in self.touched if parse_window_key(k)[1] != pseudonym}
+
+    # --- folding -------------------------------------------------------------------------------------------
+    def fold_blocks(self, blocks: list[tuple[InRecord, Block]]) -> None:
+        """Fold decoded blocks (arrival order) into their windows; refused blocks go to LATE_TELEMETRY."""
+        if not blocks:
+            return
+        parts: list[list[Partial]] = [[] for _ in blocks]
+        by_measurement: dict[str, list[tuple[int, Block]]] = defaultdict(list)
+        for i, (_, block) in enumerate(blocks):
+            by_measurement[block.measurement].append((i, block))
+        for measurement, members in by_measurement.items():
+            fn = PARTIALS.get(measurement)
+            if fn is not None:
+                for part in fn(members, self.settings):
+                    parts[part.block].append(part)
+        wm0 = self.state.watermark(self.p)
+        latest = np.array([b.max_event_ms if b.max_event_ms is not None else wm0 for _, b in blocks], dtype=np.int64)
+        wm_before = np.maximum.accumulate(np.concatenate(([wm0], latest)))[:-1].tolist()
+        for i, (rec, block) in enumerate(blocks):
+            if not parts[i]:
+                self.result.count("blocks_without_features")
+                continue
+            accepted = duplicate = late = 0
+            for part in parts[i]:
+                outcome = self._fold(block, part, wm_before[i])
+                accepted += outcome == "accepted"
+                duplicate += outcome == "duplicate"
+                late += outcome == "late"
+            if accepted == 0 and duplicate == 0:
+                self.result.out.append(OutRecord(self.proc.topic_late, rec.key, rec.value))
+                self.result.count("late_blocks")
+            elif late:
+                self.result.count("late_windows", late)
+            if duplicate and not accepted:
+                self.result.count("duplicate_blocks")
+        self.state.set_watermark(self.p, int(latest.max()))
+
+    def _fold(self, block: Block, part: Partial, watermark: int) -> str:
+        key = window_key(self.p, block.pseudonym, part.feature_set, part.kind, part.start)
+        entry = self.state.get(key)
+        if entry is not None and ranges.contains(entry["d"].get(block.device, []), block.sequence):
+            self._touch(key, block.pseudonym, part)
+            return "duplicate"
+        if part.start + self._deadline_of(part.kind) <= watermark:
+            return "late"
+        if entry is None:
+            entry = {"r": 0, "ca": 0, "o": block.utc_offset_min if part.kind is WindowKind.LOCAL_DAY else 0,
+                     "d": {}, "a": {}}
+        accumulators.merge(part.feature_set, entry["a"], part.acc)
+        ranges.add(entry["d"].setdefault(block.device, []), block.sequence)
+        entry["r"] += 1
+        entry["ca"] = max(entry["ca"], block.received_ms)
+        self.state.put(key, entry)
+        self._touch(key, block.pseudonym, part)
+        return "accepted"
+
+    def _deadline_of(self, kind: WindowKind) -> int:
+        return self.proc.deadline_ms[kind]
+
+    def _touch(self, key: str, pseudonym: str, part: Partial) -> None:
+        self.touched[key] = None
+        if part.feature_set == cat.HEART_RATE:
+            self.hr_windows[(pseudonym, part.kind, part.start)] = None
+
+    # --- finalisation and emission -------------------------------------------------------------------------
+    def finalise_and_emit(self) -> None:
+        """Emit every touched window (open) and every window the watermark made due (final, then deleted)."""
+        for pseudonym, kind, start in self.hr_windows:  # completeness of the window's other rows changed
+            for fs in cat.WEARABLE_SETS:
+                key = window_key(self.p, pseudonym, fs, kind, start)
+                if fs != cat.HEART_RATE and key not in self.touched and self.state.get(key) is not None:
+                    self.touched[key] = None
+        due = self.state.pop_due(self.p, self.state.watermark(self.p))
+        due.sort(key=lambda k: (self._deadline_key(k), _FINALISE_ORDER[parse_window_key(k)[2]], k))
+        due_set = set(due)
+        out = self.result.out
+        for key in self.touched:
+            if key not in due_set:
+                entry = self.state.get(key)
+                if entry is not None:
+                    out.append(self._feature_record(key, entry, final=False))
+                    self.result.count("feature_records")
+        for key in due:
+            entry = self.state.get(key)
+            if entry is None:
+                continue
+            out.append(self._feature_record(key, entry, final=True))
+            self.result.count("feature_records")
+            self.result.count("final_windows")
+            _, pseudonym, fs, kind, start = parse_window_key(key)
+            if fs == cat.SKIN_TEMPERATURE and kind is WindowKind.LOCAL_DAY:
+                self._record_baseline_day(pseudonym, start, entry)
+            self.state.delete(key)
+
+    def _deadline_key(self, key: str) -> int:
+        _, _, _, kind, start = parse_window_key(key)
+        return start + self._deadline_of(kind)
+
+    def _feature_record(self, key: str, entry: Entry, final: bool) -> OutRecord:
+        _, pseudonym, fs, kind, start = parse_window_key(key)
+        if fs == cat.HEART_RATE:
+            hr_entry: Entry | None = entry
+            extra_revision = 0
+        else:
+            hr_entry = self.state.get(window_key(self.p, pseudonym, cat.HEART_RATE, kind, start))
+            extra_revision = hr_entry["r"] if hr_entry else 0
+        values = accumulators.values(fs, kind, entry["a"], self.settings)
+        if final and fs == cat.SKIN_TEMPERATURE and kind is WindowKind.LOCAL_DAY:
+            deviation = self._baseline_deviation(pseudonym, start, entry)
+            if deviation is not None:
+                values["baseline_deviation"] = deviation
+        record = {
+            "site_id": self.proc.site_id, "participant_pseudonym": pseudonym, "feature_set": fs,
+            "window": kind.value, "window_start": start, "window_end": start + LENGTH_MS[kind],
+            "utc_offset_minutes": entry["o"], "version": self.proc.version, "values": values,
+            "completeness": accumulators.completeness(hr_entry["a"] if hr_entry else None, kind),
+            "is_final": final, "revision": entry["r"] + extra_revision,
+            "computed_at": max(entry["ca"], hr_entry["ca"] if hr_entry else 0),
+        }
+        value = self.proc.codec.encode(FEATURES.value_schema, record)
+        return OutRecord(self.proc.topic_features, self.proc.key_of(pseudonym), value)
+
+    # --- skin-temperature baseline -------------------------------------------------------------------------
+    @staticmethod
+    def _local_day(start: int, entry: Entry) -> int:
+        return int((start + entry["o"] * 60_000) // DAY_MS)
+
+    def _baseline_deviation(self, pseudonym: str, start: int, entry: Entry) -> float | None:
+        baseline = self.state.get(baseline_key(self.p, pseudonym))
+        if not baseline:
+            return None
+        day = self._local_day(start, entry)
+        days = baseline["days"]
+        previous = [days[str(d)] for d in range(day - self.settings.skin_baseline_days, day) if str(d) in days]
+        if len(previous) < self.settings.skin_baseline_min_days:
+            return None
+        scale = SCALE[cat.SKIN_TEMPERATURE]
+        means = [s1 / (n * scale) for s1, n in previous]
+        acc = entry["a"]
+        return float(acc["s1"] / (acc["n"] * scale) - sum(means) / len(means))
+
+    def _record_baseline_day(self, pseudonym: str, start: int, entry: Entry) -> None:
+        key = baseline_key(self.p, pseudonym)
+        baseline = self.state.get(key) or {"days": {}}
+        day = self._local_day(start, entry)
+        baseline["days"][str(day)] = [entry["a"]["s1"], entry["a"]["n"]]
+        newest = max(int(d) for d in baseline["days"])
+        keep = 2 * self.settings.skin_baseline_days
+        baseline["days"] = {d: v for d, v in baseline["days"].items() if int(d) > newest - keep}
+        self.state.put(key, baseline)
