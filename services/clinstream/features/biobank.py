@@ -90,6 +90,12 @@ def _sorted(events: dict[str, Event]) -> list[tuple[str, Event]]:
     return sorted(events.items(), key=lambda kv: (kv[1]["at"], kv[0]))
 
 
+def parent_of(events: dict[str, Event]) -> str | None:
+    """The parent sample pseudonym of a sample's events (the latest event naming one), None for a primary sample."""
+    named = [e for _, e in _sorted(events) if e["t"] != ASSAY and e.get("par")]
+    return str(named[-1]["par"]) if named else None
+
+
 def split_at(events: dict[str, Event]) -> int | None:
     """When a sample's line left its parent: its earliest ALIQUOTED event, else its earliest own sample event."""
     aliquoted: list[int] = [e["at"] for e in events.values() if e["t"] == "ALIQUOTED"]
@@ -251,7 +257,6 @@ def sample_features(own_events: dict[str, Event], ancestors: list[dict[str, Even
     lin = lineage(own_events, ancestors)
     sample_events = [e for e in own if e["t"] != ASSAY]
     sample_type = sample_events[-1]["st"] if sample_events else "ZZZ"
-    parents = [e["par"] for e in sample_events if e.get("par")]
     collected = next((e["at"] for e in lin if e["t"] == "COLLECTED"), None)
     spins = [e["at"] for e in lin if e["t"] == "CENTRIFUGED"]
     frozen = next((i for i, e in enumerate(lin) if e["t"] == "FROZEN"), None)
@@ -260,7 +265,7 @@ def sample_features(own_events: dict[str, Event], ancestors: list[dict[str, Even
         if e["t"] == ASSAY:
             assays[e["loinc"]] = e["val"]
     return {
-        "parent_sample_pseudonym": parents[-1] if parents else None,
+        "parent_sample_pseudonym": parent_of(own_events),
         "sample_type": sample_type,
         "collected_at": collected,
         "collection_to_centrifugation_min": _minutes(collected, spins[0] if spins else None),

@@ -7,7 +7,7 @@ from typing import Any
 
 from clinstream.features.windows import ALL_KINDS, DAY_KINDS, WindowKind
 
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2  # 2: lineage cut per ancestor at its own split; SPREC 2.0 table (issue 11)
 
 # Feature set names (FeatureRecord.feature_set).
 HEART_RATE = "heart_rate"
@@ -94,16 +94,23 @@ CATALOGUE: tuple[FeatureDef, ...] = (
     FeatureDef(SLEEP, "episodes", "{episodes}", _LOCAL, "Number of distinct episodes ending on that local date.",
                None),
     FeatureDef(SAMPLE, "collection_to_centrifugation_min", "min", _SAMPLE_WINDOWS,
-               "Minutes from collection (own, else inherited from the parent) to the first centrifugation of the "
-               "sample's lineage.", None),
+               "Minutes from collection to the first centrifugation of the sample's lineage: its own events plus "
+               "each ancestor's processing events up to the moment its own line was split off (ISBER SPREC "
+               "pre-centrifugation delay, Lehmann et al. 2012, Biopreserv Biobank 10:366). Absent until both are "
+               "recorded.", None),
     FeatureDef(SAMPLE, "collection_to_freezing_min", "min", _SAMPLE_WINDOWS,
-               "Minutes from collection to the first freezing of the sample's lineage.", None),
+               "Minutes from collection to the first freezing of the sample's lineage (lineage as above). Absent "
+               "until both are recorded.", None),
     FeatureDef(SAMPLE, "sprec", "", _SAMPLE_WINDOWS,
-               "SPREC fluid code derived from the events: type, container, pre-centrifugation (A-G), "
-               "centrifugation and second centrifugation (N = none), post-centrifugation, storage; X = unknown, "
-               "Z = other.", None),
+               "SPREC 2.0 fluid code (Lehmann et al. 2012, Biopreserv Biobank 10:366, Table 1; PMC6463986), each "
+               "element looked up in the table data of features/sprec_table.py from the lineage's recorded times, "
+               "temperatures (RT 18-28 degC, 2-10 degC), centrifugation g-force, duration, temperature and braking, "
+               "and storage container and band: type, primary container, pre-centrifugation, centrifugation, second "
+               "centrifugation, post-centrifugation, long-term storage; X = unknown, Z = other, N = none. Fluid "
+               "sample types only.", None),
     FeatureDef(SAMPLE, "freeze_thaw_count", "{cycles}", _SAMPLE_WINDOWS,
-               "THAWED events of the lineage after its first FROZEN event.", None),
+               "THAWED events of the lineage after its first FROZEN event; an ancestor's thaw after the split that "
+               "led to the sample is not counted.", None),
     FeatureDef(SAMPLE, "temperature_excursions", "{events}", _SAMPLE_WINDOWS,
                "The sample's events, while stored, whose recorded temperature lies outside its storage band.", None),
     FeatureDef(SAMPLE, "status", "", _SAMPLE_WINDOWS,
