@@ -42,7 +42,8 @@ class Block:
 
 
 def block(participant: str, device: str, sequence: int, start_ms: int, measurement: str, body: dict[str, Any],
-          offset_min: int = 0, received_ms: int | None = None, site_id: str = "site-t") -> Block:
+          offset_min: int = 0, received_ms: int | None = None, site_id: str = "site-t",
+          time_zone: str | None = None) -> Block:
     """One pseudonymised block (block_id is derived from device and sequence, as a redelivery keeps it)."""
     offsets = body.get("offsets_ms") or [ep["end_offset_ms"] for ep in body.get("episodes", [])] or [0]
     return Block({
@@ -54,6 +55,7 @@ def block(participant: str, device: str, sequence: int, start_ms: int, measureme
         "sequence": sequence,
         "start": start_ms,
         "utc_offset_minutes": offset_min,
+        "time_zone": time_zone,
         "received_at": received_ms if received_ms is not None else start_ms + max(offsets) + MIN,
         "measurement": (NS + measurement, body),
     })

@@ -41,7 +41,7 @@ _latest = latest_samples
 
 
 def test_aliquot_features_from_its_lineage() -> None:
-    outs, _ = run(records_of([(TOPIC, P1, v) for v in _events()]))
+    outs, _ = run(records_of([(TOPIC, P1, v) for v in _events()]), version=2)
     got = _latest(outs)
     a1, a2, tube = got[A1], got[A2], got[TUBE]
     assert a1["collected_at"].timestamp() * 1000 == T0  # inherited from the parent
@@ -64,12 +64,12 @@ def test_aliquot_features_from_its_lineage() -> None:
 
 def test_order_and_duplicates_do_not_change_sample_features() -> None:
     events = _events()
-    want = {k: v for k, v in _latest(run(records_of([(TOPIC, P1, v) for v in events]))[0]).items()}
+    want = {k: v for k, v in _latest(run(records_of([(TOPIC, P1, v) for v in events]), version=2)[0]).items()}
     rng = random.Random(4)
     for _ in range(3):
         shuffled = events + rng.sample(events, 5)
         rng.shuffle(shuffled)
-        got = _latest(run(records_of([(TOPIC, P1, v) for v in shuffled]), batch=3)[0])
+        got = _latest(run(records_of([(TOPIC, P1, v) for v in shuffled]), batch=3, version=2)[0])
         assert got == want
 
 

@@ -27,10 +27,11 @@ def test_worker_derives_lineage_and_sprec_like_the_pure_processor(kafka_site: Se
     topic = PSEUDO_BIOBANK.name(kafka_site.site_id)
     values = three_generations()
     want = latest_samples(run(records_of([(topic, P1, v) for v in values], site_id=kafka_site.site_id),
-                              site_id=kafka_site.site_id)[0])
+                              site_id=kafka_site.site_id, version=2)[0])
     rng = random.Random(11)
     sent = values + rng.sample(values, 5)
     rng.shuffle(sent)
+    worker.env["CLINSTREAM_FEATURES_VERSION"] = "2"
     worker.start()
     produce(kafka_site, topic, [(subject_key(kafka_site.site_id, P1), v) for v in sent])
 

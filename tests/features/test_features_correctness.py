@@ -13,13 +13,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from features_factories import DAY, MIN, T0, block, clock_block, decoded, generate, in_records, pseudonym, run
+from features_factories import DAY, MIN, T0, block, clock_block, decoded, generate, in_records, pseudonym
+from features_factories import run as run_any_version
 from features_factories import skin_body as skin
 from hrv_reference import time_domain_features
 
 from clinstream.core.records import OutRecord
 
 KINDS = {"MINUTE": "min", "HOUR": "h", "DAY": "D"}
+
+
+def run(*args: Any, **kwargs: Any) -> Any:
+    """These tests pin feature version 1's definitions (kept selectable so old rows stay reproducible)."""
+    return run_any_version(*args, version=1, **kwargs)
 
 
 def _window(ts: pd.Series, off_min: pd.Series, kind: str) -> pd.Series:

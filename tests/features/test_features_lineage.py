@@ -18,8 +18,8 @@ TOPIC = PSEUDO_BIOBANK.name("site-t")
 _family = three_generations
 
 
-def _latest(values: list[bytes], batch: int = 500) -> dict[str, dict[str, Any]]:
-    return latest_samples(run(records_of([(TOPIC, P1, v) for v in values]), batch=batch)[0])
+def _latest(values: list[bytes], batch: int = 500, version: int = 2) -> dict[str, dict[str, Any]]:
+    return latest_samples(run(records_of([(TOPIC, P1, v) for v in values]), batch=batch, version=version)[0])
 
 
 def test_three_generations_inherit_only_up_to_each_split() -> None:
@@ -40,6 +40,14 @@ def test_three_generations_inherit_only_up_to_each_split() -> None:
     # the grandparent's second centrifugation after the parent's split is not the parent's or the child's
     assert parent["sprec"] == "PL1-PED-A-B-N-X-X"
     assert child["sprec"] == "PL1-PED-A-B-N-X-X"
+
+
+def test_version_1_rows_stay_reproducible() -> None:
+    # feature version 1 cut every ancestor at the child's first own event and coded SPREC from the short list
+    got = _latest(_family(), version=1)
+    assert [got[s]["freeze_thaw_count"] for s in (GP, PARENT, CHILD)] == [2, 3, 4]
+    assert got[CHILD]["sprec"] == "PL1-PED-A-X-X-X-X" and got[CHILD]["version"] == 1  # the late GP spin counted
+    assert _latest(_family())[CHILD]["version"] == 2
 
 
 def test_parent_thaw_after_the_split_is_not_the_childs() -> None:

@@ -20,9 +20,9 @@ from features_factories import (
     in_records,
     pseudonym,
     records_of,
-    run,
     steps_body,
 )
+from features_factories import run as run_any_version
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -34,6 +34,11 @@ from clinstream.features.processor import FeatureProcessor
 
 P1, D1 = pseudonym("P-000001"), pseudonym("DEV-1")
 SITE = "site-t"
+
+
+def run(*args: Any, **kwargs: Any) -> Any:
+    """These tests pin feature version 1's definitions (kept selectable so old rows stay reproducible)."""
+    return run_any_version(*args, version=1, **kwargs)
 
 
 def _records(outs: Any, kind: str | None = None, fs: str = "heart_rate") -> list[dict[str, Any]]:
@@ -98,7 +103,7 @@ def test_duplicate_block_changes_nothing_and_re_emits_identical_bytes() -> None:
     b = block(P1, D1, 7, T0, "HeartRateSamples", hr_body([0, 1000], [60, 61]))
     recs = in_records([b, b])
     state: dict[str, Any] = {}
-    proc = FeatureProcessor(SITE, state)
+    proc = FeatureProcessor(SITE, state, version=1)
     first = proc.process(recs[:1])
     snapshot = repr(state)
     second = proc.process(recs[1:])

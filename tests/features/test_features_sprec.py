@@ -215,7 +215,7 @@ def test_full_code_through_the_processor() -> None:
         _with_storage(sample_event(participant, tube, "FROZEN", T0 + 5 * HOUR, sample_type="PL1",
                                    temperature_c=-150.0, storage_band="BELOW_M135"), "STRAW", True),
     ]
-    outs, _ = run(records_of([(topic, participant, v) for v in values]))
+    outs, _ = run(records_of([(topic, participant, v) for v in values]), version=2)
     rows = [rec for rec, _ in decoded(outs, ".feature.sample.v1")]
     assert max(rows, key=lambda r: r["revision"])["sprec"] == "PL1-PED-D-C-N-D-I"
 

@@ -21,31 +21,6 @@ _ENUM_SYMBOL = re.compile(r"^[A-Z][A-Z0-9_]*$")
 _PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
 
 
-_RESOLUTION_KEYS = ("name", "type", "fields", "symbols", "items", "values", "size", "default", "logicalType")
-
-
-def resolution_form(parsed: Any) -> str:
-    """The parsing canonical form plus the field and enum defaults that schema resolution needs.
-
-    The Avro parsing canonical form drops `default`, so a lock of canonical forms could never accept an added
-    field or enum symbol; released versions are locked in this form (same fingerprint as the canonical form).
-    """
-    def strip(schema: Any) -> Any:
-        if isinstance(schema, list):
-            return [strip(s) for s in schema]
-        if not isinstance(schema, dict):
-            return schema
-        out = {k: schema[k] for k in _RESOLUTION_KEYS if k in schema}
-        if "fields" in out:
-            out["fields"] = [{k: f[k] if k != "type" else strip(f[k]) for k in ("name", "type", "default") if k in f}
-                             for f in out["fields"]]
-        for key in ("type", "items", "values"):
-            if key in out and not isinstance(out[key], str):
-                out[key] = strip(out[key])
-        return out
-    return json.dumps(strip(parsed), separators=(",", ":"))
-
-
 class IncompatibleSchema(ValueError):
     """Data written with one version of a schema cannot be read with another."""
 
@@ -183,19 +158,22 @@ def check_compatible(old_canonical: str, new_canonical: str) -> None:
         raise IncompatibleSchema(f"old readers cannot read new data ({exc})") from exc
 
 
+def _with_defaults(cat: Catalogue, name: str) -> str:
+    """The current schema in full (defaults kept): the canonical form drops defaults, which resolution needs."""
+    return json.dumps(cat.parsed[name], default=str)
+
+
 def check_catalogue(cat: Catalogue, directory: Path | None = None) -> list[str]:
     """Every rule over the whole catalogue; an empty list means the catalogue is fine."""
     problems: list[str] = []
     lock = read_lock(directory)
     for name in sorted(cat.parsed):
         lint_schema(name, cat.raw[name], problems)
-        current = resolution_form(cat.parsed[name])
+        current = canonical(cat.parsed[name])
         released = lock.get(name, [])
-        if released and released[-1] == canonical(cat.parsed[name]):  # locked before defaults were kept
-            continue
         if released and released[-1] != current:
             try:
-                check_compatible(released[-1], current)
+                check_compatible(released[-1], _with_defaults(cat, name))
             except IncompatibleSchema as exc:
                 problems.append(f"{name}: incompatible with its released version: {exc}")
                 continue
@@ -209,12 +187,12 @@ def lock_catalogue(cat: Catalogue, directory: Path) -> dict[str, int]:
     lock = read_lock(directory)
     added: dict[str, int] = {}
     for name in sorted(cat.parsed):
-        current = resolution_form(cat.parsed[name])
+        current = canonical(cat.parsed[name])
         released = lock.setdefault(name, [])
-        if released and released[-1] in (current, canonical(cat.parsed[name])):
+        if released and released[-1] == current:
             continue
         if released:
-            check_compatible(released[-1], current)
+            check_compatible(released[-1], _with_defaults(cat, name))
         released.append(current)
         added[name] = len(released)
     (directory / LOCK_FILE).write_text(json.dumps(lock, indent=1, sort_keys=True) + "\n", encoding="utf-8")

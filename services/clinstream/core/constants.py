@@ -64,6 +64,14 @@ FEATURES_RR_MIN_MS: Final = 300.0  # RR intervals outside [min, max] are not NN 
 FEATURES_RR_MAX_MS: Final = 2000.0
 FEATURES_SKIN_BASELINE_DAYS: Final = 7  # rolling baseline: mean of the previous N local-day means
 FEATURES_SKIN_BASELINE_MIN_DAYS: Final = 3  # a baseline exists once at least this many of those days have data
+# Feature version 2 (research-grade definitions; see features/catalogue.py for the sources).
+FEATURES_DEFAULT_TIME_ZONE: Final = "UTC"  # IANA zone of participants whose blocks carry none
+FEATURES_ECTOPIC_PERCENT: Final = 20.0  # percent-change rule (Malik et al. 1989): |RR_i - RR_i-1| > this % of RR_i-1
+FEATURES_RR_CONTIGUITY_MS: Final = 20  # block n+1 continues block n when its first interval starts within this
+FEATURES_HRV_MIN_NN_MIN: Final = 5.0  # Task Force short-term minimum: HRV withheld below 5 min of NN data
+FEATURES_ACTIVE_CADENCE_SPM: Final = 100  # moderate-intensity cadence (Tudor-Locke et al. 2018), steps/min
+FEATURES_VALID_DAY_WEAR_H: Final = 10.0  # NHANES valid day (Troiano et al. 2008): at least 10 h of wear
+FEATURES_SPO2_MAX_HOLD_S: Final = 60  # a SpO2 reading stands for at most this long (until the next reading)
 # Consumer-group liveness of faust workers: a killed worker's partitions move on after this many seconds.
 WORKER_SESSION_TIMEOUT_S: Final = 10.0
 LEDGER_WATCH_S: Final = 2.0  # how often a faust worker looks for partitions whose committed offset is stuck

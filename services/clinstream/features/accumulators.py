@@ -19,6 +19,7 @@ from clinstream.features.partials import SCALE
 from clinstream.features.windows import LENGTH_MS, WindowKind
 
 _MASKS = ("w", "lo")
+_BY_IDENTITY = ("ep", "sv", "e")  # v1 sleep episodes, v2 sleep episodes, v2 HRV block edges
 
 
 def mask_of(acc: dict[str, Any], field: str) -> int:
@@ -45,7 +46,7 @@ def merge(feature_set: str, acc: dict[str, Any], part: dict[str, Any]) -> None:
             acc[key] = min(acc[key], value)
         elif key == "mx":
             acc[key] = max(acc[key], value)
-        elif key == "ep":  # sleep episodes by identity: a re-sent episode is the same episode
+        elif key in _BY_IDENTITY:  # keyed facts (episodes, block edges): a re-sent one is the same one
             acc[key].update(value)
         elif isinstance(value, dict):
             target = acc.setdefault(key, {})

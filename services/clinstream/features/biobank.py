@@ -38,6 +38,7 @@ import math
 from typing import Any
 
 from clinstream.core.timeutil import MINUTE_MS, to_ms
+from clinstream.features import biobank_v1
 from clinstream.features import sprec_table as tbl
 
 Event = dict[str, Any]
@@ -251,10 +252,18 @@ def _status(own: list[Event]) -> str:
     return status
 
 
-def sample_features(own_events: dict[str, Event], ancestors: list[dict[str, Event]]) -> dict[str, Any]:
-    """The SampleFeatureRecord columns derived from a sample's events and its ancestors' (parent first)."""
+LINEAGE_VERSION = 2  # the first feature version with per-ancestor cuts and the SPREC 2.0 table
+
+
+def sample_features(own_events: dict[str, Event], ancestors: list[dict[str, Event]],
+                    version: int = LINEAGE_VERSION) -> dict[str, Any]:
+    """The SampleFeatureRecord columns derived from a sample's events and its ancestors' (parent first).
+
+    Feature version 1 keeps its lineage and SPREC (`biobank_v1`), so that its rows stay reproducible.
+    """
+    v2 = version >= LINEAGE_VERSION
     own = [e for _, e in _sorted(own_events)]
-    lin = lineage(own_events, ancestors)
+    lin = lineage(own_events, ancestors) if v2 else biobank_v1.lineage(own_events, ancestors)
     sample_events = [e for e in own if e["t"] != ASSAY]
     sample_type = sample_events[-1]["st"] if sample_events else "ZZZ"
     collected = next((e["at"] for e in lin if e["t"] == "COLLECTED"), None)
@@ -270,7 +279,7 @@ def sample_features(own_events: dict[str, Event], ancestors: list[dict[str, Even
         "collected_at": collected,
         "collection_to_centrifugation_min": _minutes(collected, spins[0] if spins else None),
         "collection_to_freezing_min": _minutes(collected, lin[frozen]["at"] if frozen is not None else None),
-        "sprec": sprec(sample_type, lin, collected),
+        "sprec": sprec(sample_type, lin, collected) if v2 else biobank_v1.sprec(sample_type, lin, collected),
         "freeze_thaw_count": 0 if frozen is None else sum(1 for e in lin[frozen:] if e["t"] == "THAWED"),
         "temperature_excursions": _excursions(own),
         "status": _status(own),

@@ -97,7 +97,7 @@ class BiobankSamples:
                 break
             ancestors.append(pentry["ev"])
             parent = parent_of(pentry["ev"])
-        features = sample_features(entry["ev"], ancestors)
+        features = sample_features(entry["ev"], ancestors, self.proc.version)
         all_events = [entry["ev"], *ancestors]
         record = {
             "site_id": self.proc.site_id, "participant_pseudonym": pseudonym, "sample_pseudonym": sample,

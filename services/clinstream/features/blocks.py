@@ -11,6 +11,7 @@ import numpy.typing as npt
 from clinstream.core.avro import Codec, DecodeError
 from clinstream.core.timeutil import MINUTE_MS, to_ms
 from clinstream.core.topics import PSEUDO_TELEMETRY
+from clinstream.features.local_days import zone
 
 NS = "org.clinstream.telemetry."
 HEART_RATE_SAMPLES = NS + "HeartRateSamples"
@@ -61,6 +62,9 @@ class Block:
     t_ms: npt.NDArray[np.int64]
     values: npt.NDArray[np.float64]
     episodes: list[SleepEpisode] = field(default_factory=list)
+    durations_ms: npt.NDArray[np.int64] = field(default_factory=lambda: np.empty(0, dtype=np.int64))  # steps
+    time_zone: str | None = None  # the block's IANA zone as sent (None: the site default applies)
+    zone: str | None = None  # the zone that defines LOCAL_DAY windows (set by version >= 2; None: by utc offset)
 
     @property
     def offset_ms(self) -> int:
@@ -102,8 +106,10 @@ def decode_block(codec: Codec, value: bytes, max_future_skew_ms: int) -> Block:
         block_id=str(record["block_id"]), pseudonym=record["participant_pseudonym"],
         device=record["device_pseudonym"], sequence=int(record["sequence"]), start_ms=start,
         utc_offset_min=int(record["utc_offset_minutes"]), received_ms=received, measurement=name,
-        t_ms=np.empty(0, dtype=np.int64), values=np.empty(0, dtype=np.float64),
+        t_ms=np.empty(0, dtype=np.int64), values=np.empty(0, dtype=np.float64), time_zone=record.get("time_zone"),
     )
+    if block.time_zone is not None and zone(block.time_zone) is None:
+        raise BlockError("not an IANA time zone", "time_zone")
     if not -18 * 60 <= block.utc_offset_min <= 18 * 60:
         raise BlockError("utc offset outside +-18 h", "utc_offset_minutes")
     if name == SLEEP_EPISODES:
@@ -119,6 +125,7 @@ def decode_block(codec: Codec, value: bytes, max_future_skew_ms: int) -> Block:
         if (steps < 0).any() or (durations < 0).any():
             raise BlockError("negative steps or duration", "measurement.steps")
         block.t_ms, block.values = start + offsets, steps.astype(np.float64)
+        block.durations_ms = durations * 1000
     elif name in _VALUE_FIELD:
         offsets = _int_array(body["offsets_ms"], "measurement.offsets_ms")
         values = np.asarray(body[_VALUE_FIELD[name]], dtype=np.float64)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -37,6 +38,16 @@ class FeatureSettings(BaseSettings):
     skin_max_c: float = 45.0
     skin_baseline_days: int = Field(default=c.FEATURES_SKIN_BASELINE_DAYS, ge=1)
     skin_baseline_min_days: int = Field(default=c.FEATURES_SKIN_BASELINE_MIN_DAYS, ge=1)
+    version: int = Field(default=1, ge=1, le=2,
+                         description="Feature version the live worker computes (1, or 2 after promoting it).")
+    default_time_zone: str = Field(default=c.FEATURES_DEFAULT_TIME_ZONE,
+                                   description="IANA zone of participants whose blocks carry no time_zone.")
+    ectopic_percent: float = Field(default=c.FEATURES_ECTOPIC_PERCENT, gt=0, lt=100)
+    rr_contiguity_ms: int = Field(default=c.FEATURES_RR_CONTIGUITY_MS, ge=0)
+    hrv_min_nn_min: float = Field(default=c.FEATURES_HRV_MIN_NN_MIN, ge=0)
+    active_cadence_spm: int = Field(default=c.FEATURES_ACTIVE_CADENCE_SPM, ge=1)
+    valid_day_wear_h: float = Field(default=c.FEATURES_VALID_DAY_WEAR_H, ge=0, le=23)
+    spo2_max_hold_s: int = Field(default=c.FEATURES_SPO2_MAX_HOLD_S, ge=1)
 
     @model_validator(mode="after")
     def _ranges(self) -> FeatureSettings:
@@ -44,6 +55,10 @@ class FeatureSettings(BaseSettings):
                        (self.spo2_min_percent, self.spo2_max_percent), (self.skin_min_c, self.skin_max_c)):
             if lo >= hi:
                 raise ValueError("every plausible range needs min < max")
+        try:
+            ZoneInfo(self.default_time_zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"default_time_zone {self.default_time_zone!r} is not an IANA time zone") from None
         if self.skin_baseline_min_days > self.skin_baseline_days:
             raise ValueError("skin_baseline_min_days cannot exceed skin_baseline_days")
         return self

@@ -28,6 +28,7 @@ from clinstream.features.blocks import (
     Block,
 )
 from clinstream.features.config import FeatureSettings
+from clinstream.features.local_days import day_starts
 from clinstream.features.windows import ALL_KINDS, DAY_KINDS, WindowKind, window_start_of, window_starts
 
 I64 = npt.NDArray[np.int64]
@@ -51,33 +52,58 @@ class Partial:
 
 
 @dataclass(slots=True)
-class _Columns:
+class Columns:
+    """Samples of many blocks: block index, event time, block UTC offset, value and (zoned) local-day start."""
+
     blk: I64
     t: I64
     off: I64
     v: F64
+    lday: I64 | None = None
 
-    def select(self, mask: BOOL) -> _Columns:
-        return _Columns(self.blk[mask], self.t[mask], self.off[mask], self.v[mask])
+    def select(self, mask: BOOL) -> Columns:
+        """The rows of a mask."""
+        return Columns(self.blk[mask], self.t[mask], self.off[mask], self.v[mask],
+                       None if self.lday is None else self.lday[mask])
+
+    def take(self, order: I64) -> Columns:
+        """The rows in an order."""
+        return Columns(self.blk[order], self.t[order], self.off[order], self.v[order],
+                       None if self.lday is None else self.lday[order])
+
+    def starts(self, kind: WindowKind) -> I64:
+        """Window start of every row (LOCAL_DAY from the zone when the blocks carry one, else from the offset)."""
+        if kind is WindowKind.LOCAL_DAY and self.lday is not None:
+            return self.lday
+        return window_starts(kind, self.t, self.off)
 
     def __len__(self) -> int:
         return len(self.t)
 
 
-def _columns(blocks: Sequence[tuple[int, Block]]) -> _Columns:
+def local_day_starts(blocks: Sequence[tuple[int, Block]], times: Sequence[I64]) -> I64 | None:
+    """Zoned local-day starts of each block's instants (None unless every block carries a zone)."""
+    if not blocks or any(b.zone is None for _, b in blocks):
+        return None
+    parts = [day_starts(str(b.zone), t) for (_, b), t in zip(blocks, times, strict=True)]
+    return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+
+
+def columns(blocks: Sequence[tuple[int, Block]]) -> Columns:
+    """The samples of blocks in (block, event time) order."""
     lens = np.fromiter((len(b.t_ms) for _, b in blocks), dtype=np.int64, count=len(blocks))
     blk = np.repeat(np.fromiter((i for i, _ in blocks), dtype=np.int64, count=len(blocks)), lens)
     off = np.repeat(np.fromiter((b.offset_ms for _, b in blocks), dtype=np.int64, count=len(blocks)), lens)
     t = np.concatenate([b.t_ms for _, b in blocks]) if blocks else np.empty(0, dtype=np.int64)
     v = np.concatenate([b.values for _, b in blocks]) if blocks else np.empty(0, dtype=np.float64)
-    cols = _Columns(blk, t.astype(np.int64, copy=False), off, v.astype(np.float64, copy=False))
+    cols = Columns(blk, t.astype(np.int64, copy=False), off, v.astype(np.float64, copy=False),
+                   local_day_starts(blocks, [b.t_ms for _, b in blocks]))
     if len(t) > 1 and bool(((blk[1:] == blk[:-1]) & (t[1:] < t[:-1])).any()):
-        order = np.lexsort((t, blk))  # stable: equal instants keep their order
-        cols = _Columns(blk[order], t[order], off[order], v[order])
+        cols = cols.take(np.lexsort((t, blk)))  # stable: equal instants keep their order
     return cols
 
 
-def _runs(blk: I64, key: I64) -> I64:
+def runs(blk: I64, key: I64) -> I64:
     """Start indices of the runs of equal (blk, key) in arrays ordered by block."""
     if len(blk) == 0:
         return np.empty(0, dtype=np.int64)
@@ -91,19 +117,20 @@ def _group_ids(starts: I64, n: int) -> I64:
     return np.cumsum(marks)
 
 
-def _quantise(v: F64, scale: int) -> I64:
+def quantise(v: F64, scale: int) -> I64:
+    """Values as fixed-point integers (units of 1/scale)."""
     return np.rint(v * scale).astype(np.int64)
 
 
-def _minute_bits(cols: _Columns, mask: BOOL, kind: WindowKind, index: dict[tuple[int, int], dict[str, Any]],
+def minute_bits(cols: Columns, mask: BOOL, kind: WindowKind, index: dict[tuple[int, int], dict[str, Any]],
                  field: str) -> None:
     """OR into each group's `field` the bits of the window-relative minutes holding a selected sample."""
     sel = cols.select(mask)
     minute = sel.t // MINUTE_MS
-    starts = _runs(sel.blk, minute)
+    starts = runs(sel.blk, minute)
     if len(starts) == 0:
         return
-    ws = window_starts(kind, sel.t[starts], sel.off[starts])
+    ws = sel.starts(kind)[starts]
     for b, m, w in zip(sel.blk[starts].tolist(), minute[starts].tolist(), ws.tolist(), strict=True):
         acc = index[(b, w)]
         acc[field] |= 1 << (m - w // MINUTE_MS)
@@ -111,17 +138,17 @@ def _minute_bits(cols: _Columns, mask: BOOL, kind: WindowKind, index: dict[tuple
 
 def heart_rate(blocks: Sequence[tuple[int, Block]], s: FeatureSettings) -> list[Partial]:
     """n, sum, sum of squares, min, max (milli-bpm), wear minutes and, on day windows, the 1-bpm histogram."""
-    cols = _columns(blocks)
+    cols = columns(blocks)
     cols = cols.select(np.isfinite(cols.v) & (cols.v >= s.hr_min_bpm) & (cols.v <= s.hr_max_bpm))
     if not len(cols):
         return []
-    q = _quantise(cols.v, SCALE[cat.HEART_RATE])
+    q = quantise(cols.v, SCALE[cat.HEART_RATE])
     bins = np.clip((q + 500) // 1000, 0, (1 << _HIST_BITS) - 1)  # round half up to whole bpm
     everything = np.ones(len(cols), dtype=np.bool_)
     out: list[Partial] = []
     for kind in ALL_KINDS:
-        ws = window_starts(kind, cols.t, cols.off)
-        starts = _runs(cols.blk, ws)
+        ws = cols.starts(kind)
+        starts = runs(cols.blk, ws)
         counts = np.diff(np.append(starts, len(cols)))
         s1 = np.add.reduceat(q, starts).tolist()
         s2 = np.add.reduceat(q * q, starts).tolist()
@@ -133,7 +160,7 @@ def heart_rate(blocks: Sequence[tuple[int, Block]], s: FeatureSettings) -> list[
             acc: dict[str, Any] = {"n": int(counts[g]), "s1": s1[g], "s2": s2[g], "mn": mn[g], "mx": mx[g], "w": 0}
             index[(b, w)] = acc
             parts.append(Partial(b, cat.HEART_RATE, kind, w, acc))
-        _minute_bits(cols, everything, kind, index, "w")
+        minute_bits(cols, everything, kind, index, "w")
         if kind in DAY_KINDS:
             keys, n_in_bin = np.unique((_group_ids(starts, len(cols)) << _HIST_BITS) | bins, return_counts=True)
             for key, n in zip(keys.tolist(), n_in_bin.tolist(), strict=True):
@@ -145,18 +172,18 @@ def heart_rate(blocks: Sequence[tuple[int, Block]], s: FeatureSettings) -> list[
 
 def hrv(blocks: Sequence[tuple[int, Block]], s: FeatureSettings) -> list[Partial]:
     """NN count, sum, sum of squares (us), and successive-difference count, sum of squares and NN50 count."""
-    cols = _columns(blocks)
+    cols = columns(blocks)
     if not len(cols):
         return []
     valid = np.isfinite(cols.v) & (cols.v >= s.rr_min_ms) & (cols.v <= s.rr_max_ms)
-    q = _quantise(np.where(valid, cols.v, 0.0), SCALE[cat.HRV])
+    q = quantise(np.where(valid, cols.v, 0.0), SCALE[cat.HRV])
     nn50 = round(s.nn50_ms * SCALE[cat.HRV])
     same_block = cols.blk[1:] == cols.blk[:-1]
     diff = q[1:] - q[:-1]
     out: list[Partial] = []
     for kind in ALL_KINDS:
-        ws = window_starts(kind, cols.t, cols.off)
-        starts = _runs(cols.blk, ws)
+        ws = cols.starts(kind)
+        starts = runs(cols.blk, ws)
         pair = valid[1:] & valid[:-1] & same_block & (ws[1:] == ws[:-1])
         d2 = np.zeros(len(cols), dtype=np.int64)
         d2[1:] = np.where(pair, diff * diff, 0)
@@ -179,17 +206,17 @@ def hrv(blocks: Sequence[tuple[int, Block]], s: FeatureSettings) -> list[Partial
 
 def steps(blocks: Sequence[tuple[int, Block]], s: FeatureSettings) -> list[Partial]:
     """Step totals, plus per-minute step bins (window-relative minute -> steps) on windows longer than a minute."""
-    cols = _columns(blocks)
+    cols = columns(blocks)
     if not len(cols):
         return []
     q = cols.v.astype(np.int64)
     minute = cols.t // MINUTE_MS
-    runs = _runs(cols.blk, minute)
-    run_steps = np.add.reduceat(q, runs).tolist()
+    minute_runs = runs(cols.blk, minute)
+    run_steps = np.add.reduceat(q, minute_runs).tolist()
     out: list[Partial] = []
     for kind in ALL_KINDS:
-        ws = window_starts(kind, cols.t, cols.off)
-        starts = _runs(cols.blk, ws)
+        ws = cols.starts(kind)
+        starts = runs(cols.blk, ws)
         total = np.add.reduceat(q, starts).tolist()
         index: dict[tuple[int, int], dict[str, Any]] = {}
         for g, (b, w) in enumerate(zip(cols.blk[starts].tolist(), ws[starts].tolist(), strict=True)):
@@ -199,27 +226,37 @@ def steps(blocks: Sequence[tuple[int, Block]], s: FeatureSettings) -> list[Parti
             index[(b, w)] = acc
             out.append(Partial(b, cat.STEPS, kind, w, acc))
         if kind is not WindowKind.MINUTE:
-            for b, m, w, n in zip(cols.blk[runs].tolist(), minute[runs].tolist(), ws[runs].tolist(), run_steps,
-                                  strict=True):
-                if n:
-                    bins = index[(b, w)]["b"]
-                    rel = str(m - w // MINUTE_MS)
-                    bins[rel] = bins.get(rel, 0) + n
+            add_minute_bins(index, cols.blk[minute_runs], minute[minute_runs], ws[minute_runs], run_steps)
     return out
+
+
+def add_minute_bins(index: dict[tuple[int, int], dict[str, Any]], blk: I64, minute: I64, ws: I64,
+                    counts: list[int]) -> None:
+    """Add each (block, minute) count to the window-relative minute bin `b` of its (block, window) accumulator."""
+    for b, m, w, n in zip(blk.tolist(), minute.tolist(), ws.tolist(), counts, strict=True):
+        if n:
+            bins = index[(b, w)]["b"]
+            rel = str(m - w // MINUTE_MS)
+            bins[rel] = bins.get(rel, 0) + n
+
+
+def plausible_spo2(blocks: Sequence[tuple[int, Block]], s: FeatureSettings) -> tuple[Columns, I64]:
+    """The plausible SpO2 readings of blocks and their fixed-point values."""
+    cols = columns(blocks)
+    cols = cols.select(np.isfinite(cols.v) & (cols.v >= s.spo2_min_percent) & (cols.v <= s.spo2_max_percent))
+    return cols, quantise(cols.v, SCALE[cat.SPO2])
 
 
 def spo2(blocks: Sequence[tuple[int, Block]], s: FeatureSettings) -> list[Partial]:
     """n, sum, min (milli-%) and the minutes with a reading below the low threshold."""
-    cols = _columns(blocks)
-    cols = cols.select(np.isfinite(cols.v) & (cols.v >= s.spo2_min_percent) & (cols.v <= s.spo2_max_percent))
+    cols, q = plausible_spo2(blocks, s)
     if not len(cols):
         return []
-    q = _quantise(cols.v, SCALE[cat.SPO2])
     low = cols.v < s.spo2_low_percent
     out: list[Partial] = []
     for kind in ALL_KINDS:
-        ws = window_starts(kind, cols.t, cols.off)
-        starts = _runs(cols.blk, ws)
+        ws = cols.starts(kind)
+        starts = runs(cols.blk, ws)
         counts = np.diff(np.append(starts, len(cols))).tolist()
         s1 = np.add.reduceat(q, starts).tolist()
         mn = np.minimum.reduceat(q, starts).tolist()
@@ -228,21 +265,21 @@ def spo2(blocks: Sequence[tuple[int, Block]], s: FeatureSettings) -> list[Partia
             acc: dict[str, Any] = {"n": counts[g], "s1": s1[g], "mn": mn[g], "lo": 0}
             index[(b, w)] = acc
             out.append(Partial(b, cat.SPO2, kind, w, acc))
-        _minute_bits(cols, low, kind, index, "lo")
+        minute_bits(cols, low, kind, index, "lo")
     return out
 
 
 def skin_temperature(blocks: Sequence[tuple[int, Block]], s: FeatureSettings) -> list[Partial]:
     """n and sum (1e-4 degC) of plausible skin temperatures."""
-    cols = _columns(blocks)
+    cols = columns(blocks)
     cols = cols.select(np.isfinite(cols.v) & (cols.v >= s.skin_min_c) & (cols.v <= s.skin_max_c))
     if not len(cols):
         return []
-    q = _quantise(cols.v, SCALE[cat.SKIN_TEMPERATURE])
+    q = quantise(cols.v, SCALE[cat.SKIN_TEMPERATURE])
     out: list[Partial] = []
     for kind in ALL_KINDS:
-        ws = window_starts(kind, cols.t, cols.off)
-        starts = _runs(cols.blk, ws)
+        ws = cols.starts(kind)
+        starts = runs(cols.blk, ws)
         counts = np.diff(np.append(starts, len(cols))).tolist()
         s1 = np.add.reduceat(q, starts).tolist()
         for g, (b, w) in enumerate(zip(cols.blk[starts].tolist(), ws[starts].tolist(), strict=True)):

@@ -48,6 +48,8 @@ class FeatureProcessor:
 
     def __init__(self, site_id: str, state: MutableMapping[str, Entry], settings: FeatureSettings | None = None,
                  version: int = cat.FEATURE_VERSION, codec: Codec | None = None) -> None:
+        if version not in cat.VERSIONS:
+            raise ValueError(f"unknown feature version {version}; known: {cat.VERSIONS}")
         self.site_id = site_id
         self.settings = settings or get_feature_settings()
         self.version = version
@@ -187,8 +189,12 @@ class _Batch:
         self.result.count("erasures")
 
 
-def make_processor(settings: Settings, state: MutableMapping[str, Entry], version: int = cat.FEATURE_VERSION,
+def make_processor(settings: Settings, state: MutableMapping[str, Entry], version: int | None = None,
                    feature_settings: FeatureSettings | None = None) -> FeatureProcessor:
-    """The processor of a site over a state mapping (faust Table in the worker, a dict in tests and replay)."""
-    return FeatureProcessor(settings.site_id, state, feature_settings, version)
+    """The processor of a site over a state mapping (faust Table in the worker, a dict in tests and replay).
+
+    Without an explicit version it computes the site's configured live version (CLINSTREAM_FEATURES_VERSION).
+    """
+    fs = feature_settings or get_feature_settings()
+    return FeatureProcessor(settings.site_id, state, fs, fs.version if version is None else version)
 

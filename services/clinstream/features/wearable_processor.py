@@ -17,20 +17,25 @@ completeness raises its revision. A stored row is replaced when (revision, is_fi
 from __future__ import annotations
 
 from collections import defaultdict
+from datetime import date
 
 import numpy as np
 
 from clinstream.core.records import BatchResult, InRecord, OutRecord
-from clinstream.core.timeutil import DAY_MS
+from clinstream.core.timeutil import DAY_MS, MINUTE_MS
 from clinstream.core.topics import FEATURES
-from clinstream.features import accumulators, ranges
+from clinstream.features import accumulators, ranges, values_v2
 from clinstream.features import catalogue as cat
 from clinstream.features.blocks import Block
 from clinstream.features.context import ProcessorContext
+from clinstream.features.local_days import day_end, local_ordinal, offset_minutes
 from clinstream.features.partials import PARTIALS, SCALE, Partial
+from clinstream.features.partials_v2 import PARTIALS_V2
 from clinstream.features.state import Entry, baseline_key, parse_window_key, window_key
 from clinstream.features.windows import LENGTH_MS, WindowKind
 
+ZONED_VERSION = 2  # the first feature version with zoned local days and the research-grade definitions
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _FINALISE_ORDER = {s: i for i, s in enumerate((*[s for s in cat.WEARABLE_SETS if s != cat.HEART_RATE],
                                               cat.HEART_RATE))}
 
@@ -44,6 +49,8 @@ class WearableWindows:
         self.result = result
         self.state = proc.state
         self.settings = proc.settings
+        self.zoned = proc.version >= ZONED_VERSION  # version 2: zoned local days and the v2 definitions
+        self.partials = PARTIALS_V2 if self.zoned else PARTIALS
         self.touched: dict[str, None] = {}  # window keys to emit, in first-touch order
         self.hr_windows: dict[tuple[str, WindowKind, int], None] = {}
 
@@ -59,12 +66,16 @@ class WearableWindows:
         parts: list[list[Partial]] = [[] for _ in blocks]
         by_measurement: dict[str, list[tuple[int, Block]]] = defaultdict(list)
         for i, (_, block) in enumerate(blocks):
+            if self.zoned:
+                block.zone = block.time_zone or self.settings.default_time_zone
             by_measurement[block.measurement].append((i, block))
         for measurement, members in by_measurement.items():
-            fn = PARTIALS.get(measurement)
+            fn = self.partials.get(measurement)
             if fn is not None:
                 for part in fn(members, self.settings):
                     parts[part.block].append(part)
+        if self.zoned:
+            self._count_offset_mismatches(blocks, parts)
         wm0 = self.state.watermark(self.p)
         latest = np.array([b.max_event_ms if b.max_event_ms is not None else wm0 for _, b in blocks], dtype=np.int64)
         wm_before = np.maximum.accumulate(np.concatenate(([wm0], latest)))[:-1].tolist()
@@ -87,6 +98,15 @@ class WearableWindows:
                 self.result.count("duplicate_blocks")
         self.state.set_watermark(self.p, int(latest.max()))
 
+    @staticmethod
+    def _count_offset_mismatches(blocks: list[tuple[InRecord, Block]], parts: list[list[Partial]]) -> None:
+        """Mark LOCAL_DAY partials of blocks whose UTC offset disagrees with their zone (counted, not re-dated)."""
+        for (_, block), block_parts in zip(blocks, parts, strict=True):
+            zone_offset = offset_minutes(str(block.zone), block.start_ms)
+            for part in block_parts:
+                if part.kind is WindowKind.LOCAL_DAY:
+                    part.acc["om"] = int(block.utc_offset_min != zone_offset)
+
     def _fold(self, block: Block, part: Partial, watermark: int) -> str:
         key = window_key(self.p, block.pseudonym, part.feature_set, part.kind, part.start)
         entry = self.state.get(key)
@@ -98,6 +118,9 @@ class WearableWindows:
         if entry is None:
             entry = {"r": 0, "ca": 0, "o": block.utc_offset_min if part.kind is WindowKind.LOCAL_DAY else 0,
                      "d": {}, "a": {}}
+            if self.zoned and part.kind is WindowKind.LOCAL_DAY:
+                entry["z"] = block.zone
+                entry["o"] = offset_minutes(str(block.zone), part.start)
         accumulators.merge(part.feature_set, entry["a"], part.acc)
         ranges.add(entry["d"].setdefault(block.device, []), block.sequence)
         entry["r"] += 1
@@ -156,16 +179,26 @@ class WearableWindows:
         else:
             hr_entry = self.state.get(window_key(self.p, pseudonym, cat.HEART_RATE, kind, start))
             extra_revision = hr_entry["r"] if hr_entry else 0
-        values = accumulators.values(fs, kind, entry["a"], self.settings)
+        end = day_end(entry["z"], start) if "z" in entry else start + LENGTH_MS[kind]
+        window_minutes = (end - start) // MINUTE_MS
+        hr_acc = hr_entry["a"] if hr_entry else None
+        if self.zoned:
+            values = values_v2.values(fs, kind, entry["a"], self.settings, hr_acc, window_minutes)
+            if kind is WindowKind.LOCAL_DAY:
+                values["offset_mismatch_blocks"] = float(entry["a"].get("om", 0))
+            completeness = (accumulators.mask_of(hr_acc, "w").bit_count() / window_minutes) if hr_acc else 0.0
+        else:
+            values = accumulators.values(fs, kind, entry["a"], self.settings)
+            completeness = accumulators.completeness(hr_acc, kind)
         if final and fs == cat.SKIN_TEMPERATURE and kind is WindowKind.LOCAL_DAY:
             deviation = self._baseline_deviation(pseudonym, start, entry)
             if deviation is not None:
                 values["baseline_deviation"] = deviation
         record = {
             "site_id": self.proc.site_id, "participant_pseudonym": pseudonym, "feature_set": fs,
-            "window": kind.value, "window_start": start, "window_end": start + LENGTH_MS[kind],
+            "window": kind.value, "window_start": start, "window_end": end,
             "utc_offset_minutes": entry["o"], "version": self.proc.version, "values": values,
-            "completeness": accumulators.completeness(hr_entry["a"] if hr_entry else None, kind),
+            "completeness": completeness,
             "is_final": final, "revision": entry["r"] + extra_revision,
             "computed_at": max(entry["ca"], hr_entry["ca"] if hr_entry else 0),
         }
@@ -175,6 +208,9 @@ class WearableWindows:
     # --- skin-temperature baseline -------------------------------------------------------------------------
     @staticmethod
     def _local_day(start: int, entry: Entry) -> int:
+        """Days since 1970-01-01 of the window's local date (from its zone when it has one)."""
+        if "z" in entry:
+            return local_ordinal(entry["z"], start) - _EPOCH_ORDINAL
         return int((start + entry["o"] * 60_000) // DAY_MS)
 
     def _baseline_deviation(self, pseudonym: str, start: int, entry: Entry) -> float | None:

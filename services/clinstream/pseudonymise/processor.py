@@ -255,7 +255,7 @@ class PseudonymiseProcessor:
                 raise _Reject("unexpected schema on the raw telemetry topic")
             full = self.codec.decode(value, reader=TELEMETRY_BLOCK)
             header = {k: full[k] for k in ("block_id", "site_id", "participant_id", "device_id", "sequence",
-                                           "utc_offset_minutes")}
+                                           "utc_offset_minutes", "time_zone")}
             header["start"] = to_ms(full["start"])
             header["received_at"] = to_ms(full["received_at"])
             readings = measurement_readings(full["measurement"][1])
@@ -279,7 +279,8 @@ class PseudonymiseProcessor:
             "block_id": h["block_id"], "site_id": h["site_id"], "participant_pseudonym": pseudonym,
             "device_pseudonym": self.pseudonymiser.device(h["device_id"]),
             "key_version": self.pseudonymiser.key_version, "sequence": h["sequence"], "start": h["start"],
-            "utc_offset_minutes": h["utc_offset_minutes"], "received_at": h["received_at"],
+            "utc_offset_minutes": h["utc_offset_minutes"], "time_zone": h.get("time_zone"),
+            "received_at": h["received_at"],
         })
         out.write(blk.tail)
         return out.getvalue()
