@@ -6,7 +6,8 @@ import random
 from typing import Any
 
 import pytest
-from features_factories import HOUR, MIN, T0, assay_event, decoded, pseudonym, records_of, run, sample_event
+from biobank_helpers import latest_samples
+from features_factories import HOUR, MIN, T0, assay_event, pseudonym, records_of, run, sample_event
 
 from clinstream.core.topics import PSEUDO_BIOBANK
 from clinstream.features.biobank import sample_features, sprec
@@ -36,23 +37,17 @@ def _events() -> list[bytes]:
     ]
 
 
-def _latest(outs: Any) -> dict[str, dict[str, Any]]:
-    best: dict[str, dict[str, Any]] = {}
-    for rec, _ in decoded(outs, ".feature.sample.v1"):
-        cur = best.get(rec["sample_pseudonym"])
-        if cur is None or rec["revision"] > cur["revision"]:
-            best[rec["sample_pseudonym"]] = rec
-    return best
+_latest = latest_samples
 
 
 def test_aliquot_features_from_its_lineage() -> None:
-    outs, _ = run(records_of([(TOPIC, P1, v) for v in _events()]))
+    outs, _ = run(records_of([(TOPIC, P1, v) for v in _events()]), version=2)
     got = _latest(outs)
     a1, a2, tube = got[A1], got[A2], got[TUBE]
     assert a1["collected_at"].timestamp() * 1000 == T0  # inherited from the parent
     assert a1["collection_to_centrifugation_min"] == 90.0
     assert a1["collection_to_freezing_min"] == 120.0
-    assert a1["sprec"] == "SER-SST-A-X-N-X-X"
+    assert a1["sprec"] == "SER-SST-A-B-N-X-X"  # RT 10 min 2000 g braked = B; no post reading, no container
     assert a1["freeze_thaw_count"] == 1
     assert a1["temperature_excursions"] == 1
     assert a1["status"] == "available"
@@ -60,7 +55,7 @@ def test_aliquot_features_from_its_lineage() -> None:
     assert a1["parent_sample_pseudonym"] == TUBE and a1["sample_type"] == "SER"
     assert a1["revision"] == 7 + 3  # own events + the parent's
     assert (a2["status"], a2["freeze_thaw_count"], a2["temperature_excursions"]) == ("distributed", 0, 0)
-    assert tube["sprec"] == "BLD-SST-A-X-N-X-X" and tube["collection_to_freezing_min"] is None
+    assert tube["sprec"] == "BLD-SST-A-B-N-X-X" and tube["collection_to_freezing_min"] is None
     # the store's "available aliquots per sample type per participant" view needs only these columns
     available = {(r["participant_pseudonym"], r["sample_type"]) for r in got.values()
                  if r["parent_sample_pseudonym"] and r["status"] == "available"}
@@ -69,18 +64,18 @@ def test_aliquot_features_from_its_lineage() -> None:
 
 def test_order_and_duplicates_do_not_change_sample_features() -> None:
     events = _events()
-    want = {k: v for k, v in _latest(run(records_of([(TOPIC, P1, v) for v in events]))[0]).items()}
+    want = {k: v for k, v in _latest(run(records_of([(TOPIC, P1, v) for v in events]), version=2)[0]).items()}
     rng = random.Random(4)
     for _ in range(3):
         shuffled = events + rng.sample(events, 5)
         rng.shuffle(shuffled)
-        got = _latest(run(records_of([(TOPIC, P1, v) for v in shuffled]), batch=3)[0])
+        got = _latest(run(records_of([(TOPIC, P1, v) for v in shuffled]), batch=3, version=2)[0])
         assert got == want
 
 
 @pytest.mark.parametrize(("temps", "delay_min", "letter"), [
     ([21.0], 90, "A"), ([4.0, 5.0], 90, "B"), ([22.0], 150, "C"), ([4.0], 200, "D"), ([20.0], 300, "E"),
-    ([6.0], 400, "F"), ([24.0], 600, "G"), ([20.0], 13 * 60, "Z"), ([6.0], 9 * 60, "Z"), ([20.0, 4.0], 60, "Z"),
+    ([6.0], 400, "F"), ([24.0], 600, "G"), ([6.0], 9 * 60, "H"), ([20.0], 13 * 60, "I"), ([20.0, 4.0], 60, "Z"),
     ([37.0], 60, "Z"), ([], 60, "X"),
 ])
 def test_pre_centrifugation_letters(temps: list[float], delay_min: int, letter: str) -> None:
@@ -94,7 +89,6 @@ def test_pre_centrifugation_letters(temps: list[float], delay_min: int, letter: 
 
 
 def test_sprec_unknowns_and_non_fluids() -> None:
-    assert sprec("DNA", [], T0, []) is None
-    assert sprec("URN", [], None, []) == "URN-XXX-X-N-N-X-X"
-    assert sprec("SER", [{"ct": "tube?"}], T0, []) == "SER-ZZZ-Z-N-N-X-X"
-    assert sprec("PL2", [{"ct": "PED", "at": T0, "tc": 20.0}], T0, [T0 + MIN, T0 + 20 * MIN]).endswith("-A-X-X-X-X")
+    assert sprec("DNA", [], T0) is None
+    assert sprec("URN", [], None) == "URN-XXX-X-N-N-N-X"
+    assert sprec("SER", [{"t": "RECEIVED", "at": T0, "ct": "tube?"}], T0) == "SER-ZZZ-X-N-N-N-X"

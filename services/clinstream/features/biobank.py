@@ -1,42 +1,54 @@
 """Per-sample biobank features from a sample's events and its lineage: intervals, SPREC, freeze-thaw, status.
 
 Events are kept in compact form (`compact_event`) and always evaluated sorted by (occurred_at, event_id), so the
-result does not depend on arrival order. A sample's *lineage* is its own events plus the processing events
-(collection, receipt, centrifugation, freezing, thawing) of its ancestors that happened no later than the
-sample's first own event: an aliquot inherits its parent's collection time and pre-analytical history.
+result depends only on the set of events, not on arrival order or redeliveries.
 
-SPREC (fluid samples only: BLD, SER, PL1, PL2, URN, SAL, CSF), element by element:
+Lineage: a derived sample inherits the pre-analytical history of each ancestor only up to the moment its own
+line left that ancestor. The cut for the parent is the moment the sample was split off (its ALIQUOTED event,
+else its first own event); the cut for the grandparent is the moment the parent was split off, and so on (never
+later than a younger generation's cut). Only processing events (collection, receipt, centrifugation, freezing,
+storage, moves, thawing) are inherited. A parent's thaw after the split is therefore not the child's thaw, and
+freeze-thaw cycles, pre-centrifugation delay, centrifugation and storage all follow this cut.
 
-1. sample type: the sample's type code;
-2. primary container: the latest container code of the lineage (3 capital letters; else ZZZ), XXX if none;
-3. pre-centrifugation: the reference's letters A-G from the delay between collection and the first
-   centrifugation and the temperatures recorded on lineage events in between (RT 15-25 degC, cold 2-10 degC):
-   A RT <2 h, B cold <2 h, C RT 2-4 h, D cold 2-4 h, E RT 4-8 h, F cold 4-8 h, G RT 8-12 h; Z (other) when the
-   facts are known but outside A-G (longer delays, mixed or other temperatures, no centrifugation); X (unknown)
-   when the collection time, the centrifugation time or every temperature is missing;
-4. centrifugation: N if the lineage was never centrifuged, else X;
-5. second centrifugation: N if the lineage was centrifuged at most once, else X;
-6. post-centrifugation delay and 7. long-term storage: X.
-   Elements 4-7 need the ISBER code tables, which the project's reference does not give; the facts they would
-   encode are available as the interval columns and the events. The letters are never guessed.
+SPREC 2.0 fluid code (fluid sample types of `sprec_table.SAMPLE_TYPES` only), element by element, each letter
+looked up in the table data of `sprec_table` (Lehmann et al. 2012, Table 1):
+
+1. sample type: the sample's type;
+2. primary container: the first container code of the lineage (XXX if none, ZZZ if not in the table);
+3. pre-centrifugation: delay from collection to processing (the first centrifugation, else the first freezing or
+   storage) at the temperature class of every reading recorded in between (RT 18-28 degC or 2-10 degC); Z if the
+   readings are mixed or in neither class, or the delay has no row; X if collection, processing or every
+   reading is missing;
+4. centrifugation: the first centrifugation's letter from its recorded temperature, duration, g-force and
+   braking; N if never centrifuged;
+5. second centrifugation: the same for the second centrifugation; N if there was none;
+6. post-centrifugation: delay from the end of the last centrifugation (start + duration) to the first freezing
+   or storage after it, at the temperature class of the readings in between; N if never centrifuged, X if not yet
+   stored or no reading, Z as for element 3;
+7. long-term storage: the current storage episode (the latest FROZEN/STORED/MOVED band not followed by a thaw)
+   and the latest recorded storage container: liquid nitrogen after a (-85) to (-60) degC stage of the same
+   episode is "LN after temporary (-85) to (-60) degC"; below -135 degC counts as "programmable freezing to
+   < -135 degC" only if the freezing was recorded as programmable; X if band or container is unknown, Z if the
+   combination has no row.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from typing import Any
 
 from clinstream.core.timeutil import MINUTE_MS, to_ms
+from clinstream.features import biobank_v1
+from clinstream.features import sprec_table as tbl
 
 Event = dict[str, Any]
 
 ASSAY = "ASSAY"
-FLUID_TYPES = frozenset({"BLD", "SER", "PL1", "PL2", "URN", "SAL", "CSF"})
-_LINEAGE_TYPES = frozenset({"COLLECTED", "RECEIVED", "CENTRIFUGED", "FROZEN", "THAWED"})
-_CONTAINER_RE = re.compile(r"^[A-Z]{3}$")
-RT_C = (15.0, 25.0)
-COLD_C = (2.0, 10.0)
+FLUID_TYPES = frozenset(tbl.SAMPLE_TYPES) - {tbl.OTHER_TYPE}
+_LINEAGE_TYPES = frozenset({"COLLECTED", "RECEIVED", "CENTRIFUGED", "FROZEN", "STORED", "MOVED", "THAWED"})
+_STORAGE_START = frozenset({"FROZEN", "STORED"})
+RT_C = tbl.TEMP_RANGE_C[tbl.Temp.RT]
+COLD_C = tbl.TEMP_RANGE_C[tbl.Temp.COLD]
 # Temperature range (degC, inclusive) of each SPREC storage band; an in-storage reading outside is an excursion.
 STORAGE_BAND_C: dict[str, tuple[float, float]] = {
     "RT": RT_C,
@@ -48,10 +60,12 @@ STORAGE_BAND_C: dict[str, tuple[float, float]] = {
     "LN2_LIQUID": (-273.15, -180.0),
 }
 _HOUR_MS = 60 * MINUTE_MS
-# (upper bound of the delay in hours, RT letter, cold letter) from the reference's SPREC list.
-_PRE_CENTRIFUGATION: tuple[tuple[float, str | None, str | None], ...] = (
-    (2, "A", "B"), (4, "C", "D"), (8, "E", "F"), (12, "G", None),
-)
+_LN2_BANDS = frozenset({"LN2_VAPOUR", "LN2_LIQUID"})
+_STORAGE_TEMP_OF_BAND: dict[str, tbl.StorageTemp] = {
+    "M18_TO_35": tbl.StorageTemp.M35_TO_M18, "M60_TO_85": tbl.StorageTemp.M85_TO_M60,
+    "LN2_VAPOUR": tbl.StorageTemp.LIQUID_NITROGEN, "LN2_LIQUID": tbl.StorageTemp.LIQUID_NITROGEN,
+    "RT": tbl.StorageTemp.RT, "C2_TO_10": tbl.StorageTemp.COLD,
+}
 
 
 def compact_event(record: dict[str, Any]) -> tuple[str, Event] | None:
@@ -64,6 +78,7 @@ def compact_event(record: dict[str, Any]) -> tuple[str, Event] | None:
             "t": body["event_type"], "st": body["sample_type"], "par": body.get("parent_sample_pseudonym"),
             "ct": body.get("container"), "tc": body.get("temperature_c"), "sb": body.get("storage_band"),
             "cf": [cf["g_force"], cf["minutes"], cf["temperature_c"], bool(cf.get("braking", True))] if cf else None,
+            "sc": body.get("storage_container"), "pf": body.get("programmable_freezing"),
         })
         return body["sample_pseudonym"], base
     if name.endswith("PseudonymisedAssayResult"):
@@ -76,54 +91,131 @@ def _sorted(events: dict[str, Event]) -> list[tuple[str, Event]]:
     return sorted(events.items(), key=lambda kv: (kv[1]["at"], kv[0]))
 
 
+def parent_of(events: dict[str, Event]) -> str | None:
+    """The parent sample pseudonym of a sample's events (the latest event naming one), None for a primary sample."""
+    named = [e for _, e in _sorted(events) if e["t"] != ASSAY and e.get("par")]
+    return str(named[-1]["par"]) if named else None
+
+
+def split_at(events: dict[str, Event]) -> int | None:
+    """When a sample's line left its parent: its earliest ALIQUOTED event, else its earliest own sample event."""
+    aliquoted: list[int] = [e["at"] for e in events.values() if e["t"] == "ALIQUOTED"]
+    if aliquoted:
+        return min(aliquoted)
+    own: list[int] = [e["at"] for e in events.values() if e["t"] != ASSAY]
+    return min(own or [e["at"] for e in events.values()], default=None)
+
+
 def lineage(own: dict[str, Event], ancestors: list[dict[str, Event]]) -> list[Event]:
-    """The sample's own events plus its ancestors' processing events up to its first own event, sorted."""
-    first_own = min((e["at"] for e in own.values()), default=None)
+    """The sample's own events plus each ancestor's processing events up to its line's split, sorted.
+
+    `ancestors` runs parent first; ancestor k is cut at the split of ancestor k-1 (the sample itself for the
+    parent), and never later than the cut of a younger generation.
+    """
     merged: dict[str, Event] = dict(own)
+    cut: int | None = None
+    line = own
     for anc in ancestors:
+        split = split_at(line)
+        if split is None:
+            break
+        cut = split if cut is None else min(cut, split)
         for eid, e in anc.items():
-            if e["t"] in _LINEAGE_TYPES and (first_own is None or e["at"] <= first_own):
+            if e["t"] in _LINEAGE_TYPES and e["at"] <= cut:
                 merged.setdefault(eid, e)
+        line = anc
     return [e for _, e in _sorted(merged)]
+
+
+def _temp_class(events: list[Event], start: int, end: int) -> tbl.Temp | str:
+    """The one temperature class of the readings in [start, end), else X (none) or Z (mixed or other)."""
+    classes = {tbl.temp_class(e["tc"]) for e in events if e.get("tc") is not None and start <= e["at"] < end}
+    if not classes:
+        return tbl.UNKNOWN
+    (only,) = classes if len(classes) == 1 else (None,)
+    return only if only is not None else tbl.OTHER
+
+
+def _delay(rows: tuple[tbl.DelayRow, ...], events: list[Event], start: int, end: int) -> str:
+    if end < start:
+        return tbl.UNKNOWN
+    temp = _temp_class(events, start, end)
+    if isinstance(temp, str):
+        return temp
+    return tbl.delay_code(rows, temp, (end - start) / _HOUR_MS)
+
+
+def _spin(rows: tuple[tbl.SpinRow, ...], event: Event | None) -> str:
+    if event is None:
+        return tbl.NONE
+    cf = event.get("cf")
+    if not cf:
+        return tbl.UNKNOWN
+    g_force, minutes, celsius, braking = cf
+    return tbl.spin_code(rows, celsius, minutes, g_force, braking)
+
+
+def _first(events: list[Event], kinds: frozenset[str], after: int | None = None) -> Event | None:
+    return next((e for e in events if e["t"] in kinds and (after is None or e["at"] >= after)), None)
+
+
+def _long_term_storage(events: list[Event]) -> str:
+    band: str | None = None
+    episode: list[str] = []
+    programmable = False
+    container: str | None = None
+    for e in events:
+        if e.get("sc"):
+            container = e["sc"]
+        kind = e["t"]
+        if kind == "THAWED":
+            band, episode, programmable = None, [], False
+        elif kind in ("FROZEN", "STORED", "MOVED") and e.get("sb"):
+            band = e["sb"]
+            episode.append(band)
+            programmable = programmable or bool(e.get("pf"))
+    if band is None or container is None:
+        return tbl.UNKNOWN
+    if container == tbl.StorageContainer.OTHER.value:
+        return tbl.OTHER
+    temp = _STORAGE_TEMP_OF_BAND.get(band)
+    if band in _LN2_BANDS and "M60_TO_85" in episode[:-1]:
+        temp = tbl.StorageTemp.LN_AFTER_M85_TO_M60
+    elif band == "BELOW_M135" and programmable:
+        temp = tbl.StorageTemp.PROGRAMMABLE_BELOW_M135
+    if temp is None:
+        return tbl.OTHER
+    return tbl.storage_code(tbl.StorageContainer(container), temp)
+
+
+def sprec(sample_type: str, events: list[Event], collected: int | None) -> str | None:
+    """The derived SPREC 2.0 code of a fluid sample from its sorted lineage (None for non-fluid types)."""
+    if sample_type not in FLUID_TYPES:
+        return None
+    containers = [e["ct"] for e in events if e.get("ct")]
+    container = (tbl.UNKNOWN_TYPE if not containers else containers[0] if containers[0] in tbl.PRIMARY_CONTAINERS
+                 else tbl.OTHER_TYPE)
+    spins = [e for e in events if e["t"] == "CENTRIFUGED"]
+    processed = spins[0] if spins else _first(events, _STORAGE_START)
+    if collected is None or processed is None:
+        pre = tbl.UNKNOWN
+    else:
+        pre = _delay(tbl.PRE_CENTRIFUGATION, events, collected, processed["at"])
+    first = _spin(tbl.CENTRIFUGATION, spins[0] if spins else None)
+    second = _spin(tbl.SECOND_CENTRIFUGATION, spins[1] if len(spins) > 1 else None)
+    if not spins:
+        post = tbl.NONE
+    else:
+        last = spins[-1]
+        spun_end = last["at"] + round((last["cf"][1] if last.get("cf") else 0.0) * MINUTE_MS)
+        stored = _first(events, _STORAGE_START, after=last["at"])
+        post = tbl.UNKNOWN if stored is None else _delay(tbl.POST_CENTRIFUGATION, events, spun_end, stored["at"])
+    storage = _long_term_storage(events)
+    return f"{sample_type}-{container}-{pre}-{first}-{second}-{post}-{storage}"
 
 
 def _in(value: float, band: tuple[float, float]) -> bool:
     return band[0] <= value <= band[1]
-
-
-def _pre_centrifugation(events: list[Event], collected: int | None, spun: int | None) -> str:
-    if collected is None:
-        return "X"
-    if spun is None:
-        return "Z"
-    hours = (spun - collected) / _HOUR_MS
-    if hours < 0:
-        return "X"
-    temps = [e["tc"] for e in events if e.get("tc") is not None and collected <= e["at"] < spun]
-    if not temps:
-        return "X"
-    if all(_in(t, RT_C) for t in temps):
-        column = 1
-    elif all(_in(t, COLD_C) for t in temps):
-        column = 2
-    else:
-        return "Z"
-    for upper, *letters in _PRE_CENTRIFUGATION:
-        if hours < upper:
-            return letters[column - 1] or "Z"
-    return "Z"
-
-
-def sprec(sample_type: str, events: list[Event], collected: int | None, spins: list[int]) -> str | None:
-    """The derived SPREC code of a fluid sample (None for non-fluid types); see the module doc."""
-    if sample_type not in FLUID_TYPES:
-        return None
-    containers = [e["ct"] for e in events if e.get("ct")]
-    container = "XXX" if not containers else containers[-1] if _CONTAINER_RE.match(containers[-1]) else "ZZZ"
-    pre = _pre_centrifugation(events, collected, spins[0] if spins else None)
-    first = "N" if not spins else "X"
-    second = "N" if len(spins) < 2 else "X"
-    return f"{sample_type}-{container}-{pre}-{first}-{second}-X-X"
 
 
 def _excursions(own: list[Event]) -> int:
@@ -160,13 +252,20 @@ def _status(own: list[Event]) -> str:
     return status
 
 
-def sample_features(own_events: dict[str, Event], ancestors: list[dict[str, Event]]) -> dict[str, Any]:
-    """The SampleFeatureRecord columns derived from a sample's events and its ancestors' (parent first)."""
+LINEAGE_VERSION = 2  # the first feature version with per-ancestor cuts and the SPREC 2.0 table
+
+
+def sample_features(own_events: dict[str, Event], ancestors: list[dict[str, Event]],
+                    version: int = LINEAGE_VERSION) -> dict[str, Any]:
+    """The SampleFeatureRecord columns derived from a sample's events and its ancestors' (parent first).
+
+    Feature version 1 keeps its lineage and SPREC (`biobank_v1`), so that its rows stay reproducible.
+    """
+    v2 = version >= LINEAGE_VERSION
     own = [e for _, e in _sorted(own_events)]
-    lin = lineage(own_events, ancestors)
+    lin = lineage(own_events, ancestors) if v2 else biobank_v1.lineage(own_events, ancestors)
     sample_events = [e for e in own if e["t"] != ASSAY]
     sample_type = sample_events[-1]["st"] if sample_events else "ZZZ"
-    parents = [e["par"] for e in sample_events if e.get("par")]
     collected = next((e["at"] for e in lin if e["t"] == "COLLECTED"), None)
     spins = [e["at"] for e in lin if e["t"] == "CENTRIFUGED"]
     frozen = next((i for i, e in enumerate(lin) if e["t"] == "FROZEN"), None)
@@ -175,12 +274,12 @@ def sample_features(own_events: dict[str, Event], ancestors: list[dict[str, Even
         if e["t"] == ASSAY:
             assays[e["loinc"]] = e["val"]
     return {
-        "parent_sample_pseudonym": parents[-1] if parents else None,
+        "parent_sample_pseudonym": parent_of(own_events),
         "sample_type": sample_type,
         "collected_at": collected,
         "collection_to_centrifugation_min": _minutes(collected, spins[0] if spins else None),
         "collection_to_freezing_min": _minutes(collected, lin[frozen]["at"] if frozen is not None else None),
-        "sprec": sprec(sample_type, lin, collected, spins),
+        "sprec": sprec(sample_type, lin, collected) if v2 else biobank_v1.sprec(sample_type, lin, collected),
         "freeze_thaw_count": 0 if frozen is None else sum(1 for e in lin[frozen:] if e["t"] == "THAWED"),
         "temperature_excursions": _excursions(own),
         "status": _status(own),

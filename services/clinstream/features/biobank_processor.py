@@ -1,8 +1,8 @@
 """The biobank-sample half of the feature processor: sample events recorded per sample, lineage re-derived.
 
 Per batch and input partition, events are recorded per sample (deduplicated by event id), each sample keeps its
-children, and every touched sample and its descendants are re-derived (`biobank.sample_features`) and emitted
-once with their latest value.
+children, and every touched sample and its descendants are re-derived (`biobank.sample_features`, ancestors parent
+first, each cut where its own line was split off) and emitted once with their latest value.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 from clinstream.core.records import BatchResult, InRecord, OutRecord
 from clinstream.core.topics import SAMPLE_FEATURES
-from clinstream.features.biobank import compact_event, sample_features
+from clinstream.features.biobank import compact_event, parent_of, sample_features
 from clinstream.features.context import ProcessorContext
 from clinstream.features.state import Entry, sample_key
 
@@ -89,15 +89,15 @@ class BiobankSamples:
             return None
         ancestors: list[dict[str, Entry]] = []
         seen = {sample}
-        parent = sample_features(entry["ev"], [])["parent_sample_pseudonym"]
+        parent = parent_of(entry["ev"])
         while parent and parent not in seen and len(ancestors) < _MAX_LINEAGE_DEPTH:
             seen.add(parent)
             pentry = self.state.get(sample_key(self.p, pseudonym, parent))
             if not pentry:
                 break
             ancestors.append(pentry["ev"])
-            parent = sample_features(pentry["ev"], [])["parent_sample_pseudonym"] if pentry["ev"] else None
-        features = sample_features(entry["ev"], ancestors)
+            parent = parent_of(pentry["ev"])
+        features = sample_features(entry["ev"], ancestors, self.proc.version)
         all_events = [entry["ev"], *ancestors]
         record = {
             "site_id": self.proc.site_id, "participant_pseudonym": pseudonym, "sample_pseudonym": sample,

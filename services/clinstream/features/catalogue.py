@@ -221,7 +221,30 @@ _V2: tuple[FeatureDef, ...] = (
     FeatureDef(SLEEP, "episodes", "{episodes}", _LOCAL, "Number of merged episodes ending on that local date.",
                version=2),
 )
-_SAMPLE_V2 = tuple(replace(d, version=2) for d in _V1 if d.feature_set == SAMPLE)
+SPREC_2 = ("Lehmann S et al. 2012, Standard preanalytical coding for biospecimens: review and implementation of the "
+           "Sample PREanalytical Code (SPREC), Biopreserv Biobank 10:366-374, Table 1 (SPREC 2.0, fluids; PMC6463986)")
+_LINEAGE = ("a derived sample's lineage: its own events plus each ancestor's processing events up to the moment its "
+            "own line was split off that ancestor (ALIQUOTED, else its first own event)")
+_SAMPLE_V2_CHANGED: tuple[FeatureDef, ...] = (
+    FeatureDef(SAMPLE, "collection_to_centrifugation_min", "min", _SAMPLE_WINDOWS,
+               f"Minutes from collection to the first centrifugation of the sample's lineage ({_LINEAGE}).",
+               version=2, citation=SPREC_2, minimum_data="a collection and a centrifugation in the lineage"),
+    FeatureDef(SAMPLE, "collection_to_freezing_min", "min", _SAMPLE_WINDOWS,
+               "Minutes from collection to the first freezing of the sample's lineage (as above).", version=2,
+               minimum_data="a collection and a freezing in the lineage"),
+    FeatureDef(SAMPLE, "sprec", "", _SAMPLE_WINDOWS,
+               "SPREC 2.0 fluid code of the lineage, every element looked up in the table data of "
+               "features/sprec_table.py: type, primary container, pre-centrifugation (delay and temperature class, "
+               "RT 18-28 degC or 2-10 degC), centrifugation and second centrifugation (from recorded temperature, "
+               "duration, g-force and braking), post-centrifugation delay, long-term storage (container and band); "
+               "X = unknown, Z = other, N = none.", version=2, citation=SPREC_2,
+               minimum_data="a fluid sample type; an element lacking its facts is X"),
+    FeatureDef(SAMPLE, "freeze_thaw_count", "{cycles}", _SAMPLE_WINDOWS,
+               "THAWED events of the lineage after its first FROZEN event; an ancestor's thaw after the split "
+               "that led to the sample is not counted.", version=2),
+)
+_SAMPLE_V2 = (*_SAMPLE_V2_CHANGED, *(replace(d, version=2) for d in _V1 if d.feature_set == SAMPLE
+                                     and d.name not in {c.name for c in _SAMPLE_V2_CHANGED}))
 CATALOGUE: tuple[FeatureDef, ...] = (*_V1, *_V2, *_SAMPLE_V2)
 
 

@@ -21,6 +21,9 @@ SampleEventType = Literal["COLLECTED", "RECEIVED", "CENTRIFUGED", "ALIQUOTED", "
                           "THAWED", "SHIPPED", "DISTRIBUTED", "DISPOSED", "QC"]
 SprecSampleType = Literal["BLD", "SER", "PL1", "PL2", "URN", "SAL", "CSF", "DNA", "RNA", "ZZZ"]
 StorageBand = Literal["RT", "C2_TO_10", "M18_TO_35", "M60_TO_85", "BELOW_M135", "LN2_VAPOUR", "LN2_LIQUID"]
+StorageContainer = Literal["PP_TUBE_0_5_TO_2ML", "CRYOTUBE_1_TO_2ML", "PLASTIC_CRYO_STRAW", "STRAW",
+                           "PP_TUBE_5ML_OR_MORE", "MICROPLATE", "PARAFFIN_BLOCK", "BAG", "DRY_TECHNOLOGY_MEDIUM",
+                           "OTHER"]
 ConsentStatus = Literal["DRAFT", "PROPOSED", "ACTIVE", "REJECTED", "INACTIVE", "ENTERED_IN_ERROR"]
 
 Barcode = Annotated[str, Strict(), StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$"),
@@ -93,6 +96,9 @@ class SamplePayload(BaseModel):
     qc_passed: Annotated[bool, Strict()] | None = None
     shipment_reference: ShortText | None = None
     disposal_reason: LongText | None = None
+    storage_container: StorageContainer | None = Field(default=None, description="SPREC long-term storage container.")
+    programmable_freezing: Annotated[bool, Strict()] | None = Field(
+        default=None, description="Whether a FROZEN event used programmable (controlled-rate) freezing.")
 
     @model_validator(mode="after")
     def _consistent(self) -> SamplePayload:

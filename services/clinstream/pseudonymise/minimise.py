@@ -121,6 +121,8 @@ def _sample_event(ev: Mapping[str, Any], p: Pseudonymiser) -> tuple[str, dict[st
         "storage_band": ev.get("storage_band"),
         "freeze_thaw_count": ev.get("freeze_thaw_count"),
         "qc_passed": ev.get("qc_passed"),
+        "storage_container": ev.get("storage_container"),
+        "programmable_freezing": ev.get("programmable_freezing"),
     })
 
 
