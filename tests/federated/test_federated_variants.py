@@ -1,4 +1,4 @@
-"""FedProx and differential privacy, each in a real two-round federation: a SuperLink and one SuperNode per site
+"""FedProx and differential privacy in a real two-round federation: a SuperLink and one SuperNode per site
 over the sites' feature stores (filled in-process with synthetic cohorts, the fast source), run to completion.
 
 Run by hand inside `flock /tmp/flower.lock` (Flower's ports are shared by everyone on the machine).
@@ -54,14 +54,14 @@ def _run(sites: tuple[list[Settings], Path], name: str, config: dict[str, Any]) 
     return report
 
 
-def test_fedprox_runs_two_rounds_in_a_real_federation(sites: tuple[list[Settings], Path]) -> None:
-    report = _run(sites, "fedprox", {"strategy": "fedprox", "proximal-mu": 0.5})
+def test_fedprox_with_client_side_dp_runs_two_rounds_in_a_real_federation(
+        sites: tuple[list[Settings], Path]) -> None:
+    """One federation runs both: FedProx on the sites, inside Flower's client-side fixed-clipping DP wrapper
+    (the sites clip their updates with Flower's mod, the server adds the noise). The arithmetic of each is tested
+    exactly in test_federated_aggregation.py; here they run together through SuperLink and SuperNodes."""
+    report = _run(sites, "fedprox-dp", {"strategy": "fedprox", "proximal-mu": 0.5, "dp": "client-fixed",
+                                        "dp-noise-multiplier": 0.3, "dp-clipping-norm": 1.0})
     assert report["strategy"]["name"] == "fedprox" and report["strategy"]["proximal_mu"] == 0.5
-    assert report["privacy"]["differential_privacy"] == {"mode": "off"}
-
-
-def test_client_side_dp_runs_two_rounds_in_a_real_federation(sites: tuple[list[Settings], Path]) -> None:
-    report = _run(sites, "dp", {"dp": "client-fixed", "dp-noise-multiplier": 0.3, "dp-clipping-norm": 1.0})
     dp = report["privacy"]["differential_privacy"]
     assert dp["mode"] == "client-fixed" and dp["wrapper"] == "DifferentialPrivacyClientSideFixedClipping"
     assert dp["noise_stddev"] == pytest.approx(0.3 * 1.0 / 3)
