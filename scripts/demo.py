@@ -130,5 +130,20 @@ def main() -> None:
                   "(`clinstream stack down` stops it)")
 
 
+def run() -> int:
+    """main(), with a failure reported as one line (the failed step's own error is printed above it)."""
+    try:
+        main()
+    except subprocess.CalledProcessError as exc:
+        step = " ".join(str(arg) for arg in exc.cmd[3:]) if isinstance(exc.cmd, list) else str(exc.cmd)
+        console.print(f"[bold red]error:[/] the demo stopped: `clinstream {step}` failed (exit code "
+                      f"{exc.returncode})", highlight=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        console.print("[bold red]error:[/] the demo was interrupted", highlight=False)
+        return 130
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(run())

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import os
-import time
 import uuid
 from collections.abc import Iterator
 
 import pytest
-from faults_harness import FaultSite, free_port
+from faults_harness import FaultSite
 
 from clinstream.core.config import Settings
 from clinstream.core.db import connect_with_retry
 from clinstream.ingest.credentials import register_device, register_lims
 from clinstream.pseudonymise.keys import init_key_file
+from condition_wait import wait_until
+from ports import free_port
 
 PARTICIPANTS = 20
 
@@ -28,10 +29,7 @@ def _ensure_stack() -> None:
         start_postgres(base)
     if not kafka_is_up(base):
         start_kafka(base)
-    deadline = time.monotonic() + 60
-    while not (postgres_is_up(base) and kafka_is_up(base)):
-        assert time.monotonic() < deadline, "the local stack did not come back"
-        time.sleep(0.5)
+    wait_until(lambda: postgres_is_up(base) and kafka_is_up(base), 60, "the local stack to come back", step_s=0.5)
 
 
 @pytest.fixture(autouse=True)

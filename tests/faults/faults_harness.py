@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import socket
+import math
 import threading
 import time
 import uuid
@@ -17,6 +17,8 @@ import httpx
 from clinstream.core.config import Settings
 from clinstream.core.db import connect
 from clinstream.pipeline.processes import SitePipeline
+from condition_wait import wait_until
+from topic_read import read_records, read_values
 
 MINUTE_MS = 60_000
 READINGS_PER_BLOCK = 60  # one block = one MINUTE window of 1 Hz heart rate
@@ -28,29 +30,14 @@ def iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def port_refuses(host: str, port: int) -> bool:
-    """True when a TCP connect to host:port is refused (the service really is down)."""
-    try:
-        with socket.create_connection((host, port), timeout=1.0):
-            return False
-    except ConnectionRefusedError:
-        return True
-    except OSError:
-        return False
-
-
-def wait_until(pred: Callable[[], bool], timeout_s: float, what: str, step_s: float = 0.2) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(step_s)
+def keep_down(duration_s: float, still_down: Callable[[], bool], what: str) -> None:
+    """Hold a fault for `duration_s` (its length is part of the test's design, not a wait for something),
+    checking every half second that the service really stays down."""
+    held = threading.Event()  # never set: wait() is the half-second step
+    deadline = time.monotonic() + duration_s
+    while time.monotonic() < deadline:
+        assert still_down(), f"{what} came back before {duration_s:.0f} s"
+        held.wait(min(0.5, max(deadline - time.monotonic(), 0.0)))
 
 
 @dataclass(frozen=True)
@@ -196,50 +183,86 @@ def store_counts(settings: Settings) -> StoreCounts:
 
 def consent_states(settings: Settings) -> int:
     """Distinct keys on the site's consent-state topic."""
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
     from clinstream.core.topics import CONSENT
 
-    topic = CONSENT.name(settings.site_id)
-    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"faults-{uuid.uuid4().hex}",
-                  "enable.auto.commit": False})
-    try:
-        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
-        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1] for p in parts}
-        todo = {p for p, hi in ends.items() if hi > 0}
-        if not todo:
-            return 0
-        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in todo])
-        keys: set[bytes] = set()
-        deadline = time.monotonic() + 15
-        while todo and time.monotonic() < deadline:
-            for m in c.consume(1000, 0.5):
-                if m.error():
-                    continue
-                keys.add(m.key() or b"")
-                offset, partition = m.offset(), m.partition()
-                if offset is not None and partition is not None and offset + 1 >= ends[partition]:
-                    todo.discard(partition)
-        return len(keys)
-    finally:
-        c.close()
+    return len({key or b"" for key, _ in read_records(settings, CONSENT.name(settings.site_id), 15.0)})
 
 
 def settle_and_check(pipeline: SitePipeline, ledger: Ledger, timeout_s: float) -> StoreCounts:
-    """Wait until the store holds every ledgered reading, then check it stays exact (no late duplicate)."""
+    """Wait until the store holds every ledgered reading and every stage has committed all of its input (so no
+    batch is in flight and none can be re-delivered), then return the MINUTE heart-rate counts."""
+    from clinstream.federated.pipeline_fill import LagProbe
+
     expected = ledger.readings
     settings = pipeline.settings
-    last = store_counts(settings)
-    deadline = time.monotonic() + timeout_s
-    while last.readings < expected and time.monotonic() < deadline:
+    probe = LagProbe(settings)
+
+    def settled() -> StoreCounts | None:
         for name in pipeline.services:
             assert pipeline.alive(name), f"{name} died: {pipeline.log_text(name)[-3000:]}"
-        time.sleep(0.5)
-        last = store_counts(settings)
-    time.sleep(3.0)  # anything still in flight (a re-delivered batch) would land now
-    final = store_counts(settings)
-    assert final == last, f"store changed after reaching the ledger total: {last} -> {final}"
-    return final
+        counts = store_counts(settings)
+        return counts if counts.readings >= expected and probe.uncommitted() == 0 else None
+
+    settled_counts = wait_until(settled, timeout_s, "the store to hold the ledger and every stage to commit",
+                                step_s=0.5)
+    assert settled_counts is not None
+    return settled_counts
+
+
+WindowKey = tuple[str, str, str, datetime, int]
+
+
+def reference_windows(settings: Settings) -> tuple[set[str], dict[WindowKey, tuple[dict[str, float], float]]]:
+    """The pseudonymised blocks' ids, and the features of every set and window that the pure feature processor
+    computes from those blocks (each once, in a single clean pass): what the store must hold after any fault."""
+    from clinstream.core.avro import get_codec
+    from clinstream.core.records import InRecord
+    from clinstream.core.topics import FEATURES, PSEUDO_TELEMETRY
+    from clinstream.features.processor import FeatureProcessor
+    from clinstream.store.writer import wearable_row
+
+    codec = get_codec()
+    topic = PSEUDO_TELEMETRY.name(settings.site_id)
+    blocks: dict[str, tuple[tuple[str, int], bytes]] = {}
+    for value in read_values(settings, topic):
+        rec = _record(codec.decode(value))
+        blocks.setdefault(str(rec["block_id"]), ((str(rec["participant_pseudonym"]), int(rec["sequence"])), value))
+    ordered = sorted(blocks.values(), key=lambda item: item[0])
+    out = FeatureProcessor(settings.site_id, {}).process(
+        [InRecord(topic, 0, i, None, value, 0) for i, (_, value) in enumerate(ordered)]).out
+    latest: dict[WindowKey, tuple[int, dict[str, float], float]] = {}
+    for o in out:
+        if o.topic != FEATURES.name(settings.site_id) or o.value is None:
+            continue
+        row = wearable_row(_record(codec.decode(o.value)))
+        key: WindowKey = (row[0], row[1], str(row[2]).rsplit(".", 1)[-1], row[3], row[4])
+        if key not in latest or row[10] >= latest[key][0]:
+            latest[key] = (row[10], row[7], row[8])
+    return set(blocks), {k: (values, completeness) for k, (_, values, completeness) in latest.items()}
+
+
+def stored_windows(settings: Settings) -> dict[WindowKey, tuple[dict[str, float], float]]:
+    """Every feature set and window in the store: values and completeness."""
+    with connect(settings, autocommit=True) as conn:
+        rows = conn.execute("SELECT participant_pseudonym, feature_set, window_kind, window_start, version,"
+                            " feature_values, completeness FROM wearable_features").fetchall()
+    return {(r[0], r[1], r[2], r[3], r[4]): ({k: float(v) for k, v in r[5].items()}, float(r[6])) for r in rows}
+
+
+def window_differences(settings: Settings, ledger: Ledger) -> list[str]:
+    """Where the store differs from the clean reference (every set and window), and blocks lost in pseudonymise."""
+    block_ids, expected = reference_windows(settings)
+    problems = [f"{len(set(ledger.blocks) - block_ids)} acknowledged blocks never pseudonymised"] if (
+        set(ledger.blocks) - block_ids) else []
+    stored = stored_windows(settings)
+    problems += [f"missing window {k}" for k in sorted(set(expected) - set(stored))]
+    problems += [f"extra window {k}" for k in sorted(set(stored) - set(expected))]
+    for key in sorted(set(expected) & set(stored)):
+        (want, want_c), (got, got_c) = expected[key], stored[key]
+        if set(want) != set(got) or any(not math.isclose(want[n], got[n], rel_tol=1e-9, abs_tol=1e-9)
+                                        for n in want) or not math.isclose(want_c, got_c, rel_tol=1e-9):
+            problems.append(f"window {key}: store {got} ({got_c}) != reference {want} ({want_c})")
+    return problems
 
 
 def topic_sizes(settings: Settings) -> dict[str, int]:
@@ -259,31 +282,6 @@ def topic_sizes(settings: Settings) -> dict[str, int]:
         c.close()
 
 
-def _read_values(settings: Settings, topic: str) -> list[bytes]:
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
-    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"faults-{uuid.uuid4().hex}",
-                  "enable.auto.commit": False})
-    try:
-        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
-        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1] for p in parts}
-        todo = {p for p, hi in ends.items() if hi > 0}
-        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in todo])
-        out: list[bytes] = []
-        deadline = time.monotonic() + 30
-        while todo and time.monotonic() < deadline:
-            for m in c.consume(5000, 0.5):
-                offset, partition = m.offset(), m.partition()
-                if m.error() or offset is None or partition is None:
-                    continue
-                out.append(m.value() or b"")
-                if offset + 1 >= ends[partition]:
-                    todo.discard(partition)
-        return out
-    finally:
-        c.close()
-
-
 def diagnose(settings: Settings) -> dict[str, int]:
     """Where blocks went missing: distinct blocks on the raw and pseudo topics, MINUTE heart-rate windows emitted."""
     from clinstream.core.avro import get_codec
@@ -292,11 +290,11 @@ def diagnose(settings: Settings) -> dict[str, int]:
     codec = get_codec()
     out: dict[str, int] = {}
     for label, spec in (("raw", RAW_TELEMETRY), ("pseudo", PSEUDO_TELEMETRY), ("late", LATE_TELEMETRY)):
-        values = _read_values(settings, spec.name(settings.site_id))
+        values = read_values(settings, spec.name(settings.site_id))
         out[f"{label}_records"] = len(values)
         out[f"{label}_blocks"] = len({str(_record(codec.decode(v))["block_id"]) for v in values})
     windows: set[tuple[str, str]] = set()
-    for v in _read_values(settings, FEATURES.name(settings.site_id)):
+    for v in read_values(settings, FEATURES.name(settings.site_id)):
         rec = _record(codec.decode(v))
         if rec["feature_set"] == "heart_rate" and str(rec["window"]).endswith("MINUTE"):
             windows.add((str(rec["participant_pseudonym"]), str(rec["window_start"])))

@@ -25,15 +25,17 @@ from faults_harness import (
     Loader,
     consent_states,
     diagnose,
-    port_refuses,
+    keep_down,
     send_consent,
     settle_and_check,
-    wait_until,
+    window_differences,
 )
 
 from clinstream.core.config import Settings
 from clinstream.pipeline.processes import SitePipeline
 from clinstream.stack.common import stack_lock
+from condition_wait import wait_until
+from ports import port_refuses
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -74,6 +76,7 @@ def ingest_with_fault(site: FaultSite, fault: Callable[[SitePipeline, Loader], N
         assert len(ledger.blocks) == expected_blocks
         counts = settle_and_check(pipeline, ledger, SETTLE_S)
         sizes = diagnose(site.settings) if counts.readings != ledger.readings else {}
+        differences = window_differences(site.settings, ledger)
     lost = ledger.readings - counts.readings
     print(f"ledger={ledger.readings} readings ({len(ledger.blocks)} blocks, {ledger.reacks} re-acks), "
           f"store={counts.readings} in {counts.rows} rows, odd rows={counts.odd_rows}, statuses={loader.statuses}, "
@@ -81,6 +84,7 @@ def ingest_with_fault(site: FaultSite, fault: Callable[[SitePipeline, Loader], N
     assert lost == 0 and counts.odd_rows == 0 and counts.rows == expected_blocks, (
         f"lost={lost} (negative = counted twice), odd rows={counts.odd_rows}, rows={counts.rows}, topics={sizes}")
     assert counts.readings == expected_blocks * READINGS_PER_BLOCK
+    assert differences == [], f"{len(differences)} differences from the clean reference: {differences[:10]}"
     return ledger, fault_s
 
 
@@ -93,7 +97,8 @@ def test_sigkill_each_worker_at_random_moments(fault_site: FaultSite, seed: int)
         plan = [worker for worker in ("pseudonymise", "features", "store") for _ in range(2)]
         rng.shuffle(plan)
         for worker in plan:
-            time.sleep(rng.uniform(0.5, 2.5))
+            target = len(loader.ledger.blocks) + rng.randint(2, 25)  # a random moment, measured in ingest progress
+            wait_until(lambda t=target: len(loader.ledger.blocks) >= t, 120, f"{target} acknowledged blocks")
             pid = pipeline.pid(worker)
             code = pipeline.kill(worker, signal.SIGKILL)
             assert code == -signal.SIGKILL, f"{worker} ended with {code}"
@@ -116,8 +121,7 @@ def test_broker_restart_during_ingest(fault_site: FaultSite) -> None:
                 stop_kafka(base)
                 assert port_refuses(host, port), "the broker port still accepts connections"
                 assert not kafka_is_up(base, timeout_s=1.0)
-                time.sleep(BROKER_DOWN_S)
-                assert port_refuses(host, port)
+                keep_down(BROKER_DOWN_S, lambda: port_refuses(host, port), "the broker")
             finally:
                 start_kafka(base)
                 wait_until(lambda: kafka_is_up(base), 60, "the broker to answer again")
@@ -137,8 +141,7 @@ def test_postgres_stopped_30s_during_ingest(fault_site: FaultSite) -> None:
                 stop_postgres(base)
                 assert port_refuses("127.0.0.1", base.postgres_port), "the database port still accepts connections"
                 assert not postgres_is_up(base)
-                time.sleep(DB_STOP_S)
-                assert port_refuses("127.0.0.1", base.postgres_port), "the database came back before 30 s"
+                keep_down(DB_STOP_S, lambda: port_refuses("127.0.0.1", base.postgres_port), "the database")
             finally:
                 start_postgres(base)
                 wait_until(lambda: postgres_is_up(base), 60, "the database to answer again")

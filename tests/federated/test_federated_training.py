@@ -9,11 +9,9 @@ stopping the others.
 
 Deterministic: the cohorts are seeded, the window is a fixed historic one (a backfill), and each site's
 pseudonym key is a fixed test key, so the participants held out (a salted hash of the pseudonym) are the same
-on every run. That matters, because the federated gain is real but modest next to the spread of small
-held-out groups. Over 100 random splits of four cohorts of these sizes, the gain over the local-only mean was
-+0.026 to +0.053 ROC AUC on average, with an SD of 0.02-0.03, and 5 % of the splits showed none. The test
-uses the second of the seed triples tried (41-43, 44-46, 47-49, 50-52; fixed-split gains +0.003, +0.051,
-+0.065, +0.053): the first whose fixed split gains at least 0.02 and whose mean over splits is at least 0.03.
+on every run. This test checks what holds on any split: the run completes, every site reports per-round
+metrics, the global metrics are the sum of the sites', and the small site declines. Whether federated training
+beats local-only training is a statistical property: test_federated_gain.py measures it over 200 random splits.
 """
 
 from __future__ import annotations
@@ -39,7 +37,8 @@ from clinstream.federated.report import read_report, write_report
 pytestmark = pytest.mark.integration
 
 ROUNDS = 2
-BIG = ((26, 44), (30, 45), (34, 46))  # (participants, seed) of the sites a, b, c
+BIG = ((26, 44), (30, 45), (34, 46))  # (participants, seed) of the sites a, b, c (any seeds: nothing here
+# depends on the size of the federated gain)
 SMALL = (6, 99)
 WINDOW_END_MS = 1_769_644_800_000  # 2026-01-29T00:00:00Z: wearables from 2026-01-05, visits from 2026-01-14
 
@@ -101,7 +100,7 @@ def test_sites_were_filled_through_their_pipelines_by_the_simulators(federation:
                     f"{f.samples} CRP samples in {f.seconds:.0f} s" for f in federation.fills))
 
 
-def test_federated_training_completes_and_beats_local_only(federation: Federation) -> None:
+def test_federated_training_completes_with_metrics_of_every_site_and_round(federation: Federation) -> None:
     assert federation.status == "finished:completed"
     assert federation.processes_seen and all(federation.processes_seen.values())  # 1 SuperLink + 4 SuperNodes
     assert len(federation.processes_seen) == 5
@@ -129,9 +128,7 @@ def test_federated_training_completes_and_beats_local_only(federation: Federatio
     cfg = TaskConfig.from_run_config({"num-rounds": ROUNDS})
     baselines = comparison({s.site_id: load_as_reader(s, cfg) for s in federation.big}, cfg)
     global_auc = final["global"]["roc_auc"]
-    assert global_auc > 0.65, "held-out participants: the federated model must be clearly better than chance"
-    assert global_auc > baselines["local_mean_roc_auc"], (global_auc, baselines)
-    assert math.isfinite(baselines["pooled_roc_auc"])
+    assert 0.0 <= global_auc <= 1.0 and math.isfinite(baselines["pooled_roc_auc"])
 
     report["comparison"] = {**baselines, "federated_global_roc_auc": global_auc,
                             "federated_gain_over_local_mean": global_auc - baselines["local_mean_roc_auc"]}

@@ -19,7 +19,7 @@ from clinstream.federated.config import SiteNodeConfig, TaskConfig
 from clinstream.federated.dataset import FEATURE_NAMES, split_by_participant
 from clinstream.federated.deployment import APP_DIR, superlink_command, supernode_command, write_connection
 from clinstream.federated.model import LogisticModel, Standardiser, TrainParams, column_sums, loss, train
-from clinstream.federated.strategy import SiteAwareStrategy, SiteReply, build_strategy, global_evaluation
+from clinstream.federated.strategy import SiteReply, global_evaluation
 from clinstream.federated.synthetic import CohortSpec, generate_site
 
 labels_and_scores = st.integers(2, 80).flatmap(lambda n: st.tuples(
@@ -148,21 +148,6 @@ def test_tls_flags_replace_insecure(tmp_path: Path) -> None:
     assert "--insecure" not in node and "--root-certificates" in node and "--auth-supernode-private-key" in node
     text = write_connection(tmp_path / "home", "link.example:19192", tls).read_text()
     assert "root-certificates" in text and "insecure" not in text
-
-
-@pytest.mark.parametrize("mode,wrapper", [("off", None), ("client-fixed", "DifferentialPrivacyClientSideFixedClipping"),
-                                          ("server-fixed", "DifferentialPrivacyServerSideFixedClipping")])
-def test_dp_switch_and_its_parameters_in_the_description(mode: str, wrapper: str | None) -> None:
-    strategy, described = build_strategy(TaskConfig(dp=mode, dp_noise_multiplier=0.8, dp_clipping_norm=1.5,
-                                                    strategy="fedprox"))
-    assert isinstance(strategy, SiteAwareStrategy)
-    dp = described["differential_privacy"]
-    assert dp["mode"] == mode and described["name"] == "fedprox" and described["proximal_mu"] == 0.1
-    if wrapper is None:
-        assert dp == {"mode": "off"}
-    else:
-        assert type(strategy.inner).__name__ == wrapper
-        assert dp["noise_multiplier"] == 0.8 and dp["clipping_norm"] == 1.5 and dp["num_sampled_clients"] == 3
 
 
 def test_global_evaluation_ignores_declines_and_pools_histograms() -> None:

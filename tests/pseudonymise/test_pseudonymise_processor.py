@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import struct
 from collections import Counter
+from datetime import date
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from identifier_leaks import Identifiers, avro_string, find_leaks, zigzag_varint
 from pseudonymise_factories import (
     ACC,
     SLEEP,
@@ -22,7 +25,19 @@ from pseudonymise_factories import (
 
 from clinstream.core.avro import get_codec, subject_key
 from clinstream.core.records import BatchResult, InRecord, OutRecord
-from clinstream.core.topics import AUDIT, CONSENT, ERASURE, PSEUDO_BIOBANK, PSEUDO_TELEMETRY, Stage, dlq
+from clinstream.core.topics import (
+    AUDIT,
+    CONSENT,
+    ERASURE,
+    FEATURES,
+    LATE_TELEMETRY,
+    PSEUDO_BIOBANK,
+    PSEUDO_TELEMETRY,
+    SAMPLE_FEATURES,
+    Stage,
+    dlq,
+)
+from clinstream.features.processor import FeatureProcessor
 from clinstream.pseudonymise.consent import ConsentEntry
 from clinstream.pseudonymise.keys import KeyRing
 from clinstream.pseudonymise.processor import PseudonymiseProcessor
@@ -286,36 +301,75 @@ def test_fast_path_equals_full_reencoding(kind: str) -> None:
     assert full["measurement"][0] == (kind if kind != "hr" else "org.clinstream.telemetry.HeartRateSamples")
 
 
-def test_no_known_identifier_reaches_any_output() -> None:
+PERSON = Identifiers(
+    texts=["P-7306021", "SN-SYN-5830417", "BC-SYN-6629103", "BC-SYN-PARENT-4418207", "Testa Synthetica",
+           "Opera Torrent", "SW1A 1AA", "Freezer-7/Rack-3/Box-12/A4", "SHIP-SYN-42", "free text scope"],
+    dates=[date(1980, 5, 17)])
+FEATURE_AND_PSEUDO_TOPICS = {t.name(SITE) for t in (PSEUDO_TELEMETRY, PSEUDO_BIOBANK, CONSENT, ERASURE, AUDIT,
+                                                    LATE_TELEMETRY, FEATURES, SAMPLE_FEATURES)}
+HOUR_MS = 3_600_000
+
+
+def _uuid(n: int) -> str:
+    return f"00000000-0000-4000-8000-{n:012d}"
+
+
+def _person_records(f: Feed) -> tuple[list[InRecord], list[InRecord]]:
+    """One synthetic person's data over 80 h (and a block beyond the lateness horizon), then the withdrawal."""
+    pid, device, barcode = "P-7306021", "SN-SYN-5830417", "BC-SYN-6629103"
+    sample_kw = {"pid": pid, "barcode": barcode}
+    records = [f.event(consent(pid=pid, at=T0, event_id=_uuid(1))),
+               f.event(sample_event(**sample_kw, at=T0 + 1000, event_id=_uuid(2), parent="BC-SYN-PARENT-4418207")),
+               f.event(assay(**sample_kw, at=T0 + 2000, event_id=_uuid(3)))]
+    kinds = ["org.clinstream.telemetry.HeartRateSamples", ACC, SLEEP]
+    for i in range(0, 80, 2):
+        start = T0 + i * HOUR_MS
+        records.append(f.block(block(pid=pid, device=device, seq=i, start=start, kind=kinds[i % 3],
+                                     block_id=_uuid(100 + i), received_at=start + 9 * HOUR_MS), ts=start + 120_000))
+    records.append(f.block(block(pid=pid, device=device, seq=99, start=T0, block_id=_uuid(99)),
+                           ts=T0 + 81 * HOUR_MS))  # late beyond every window's horizon
+    withdrawal = [f.event(consent(pid=pid, action="WITHDRAW", at=T0 + 82 * HOUR_MS, event_id=_uuid(4)))]
+    return records, withdrawal
+
+
+def test_no_identifier_in_any_encoding_reaches_a_pseudonymised_or_feature_topic() -> None:
     f = Feed()
-    records = [f.event(consent(at=T0)), f.block(block()), f.event(sample_event()), f.event(assay()),
-               f.event(consent(action="WITHDRAW", at=T0 + 100))]
-    r = make().process(records)
-    known = [b"P-000123", b"SN-SYN-0001", b"BC-SYN-778899", b"BC-SYN-PARENT-1", b"Testa Synthetica",
-             b"Opera Torrent", b"Freezer-7", b"SHIP-SYN-42", b"SW1A", b"free text scope"]
-    assert {o.topic for o in r.out} <= PSEUDO_TOPICS
-    for o in r.out:
-        blob = (o.key or b"") + (o.value or b"") + b"".join(v for _, v in (o.headers or []))
-        assert not [k for k in known if k in blob]
-        # nor the Avro date of birth (days since epoch, zig-zag varint) inside a consent payload
-        assert b"1980" not in blob or o.topic == PSEUDO_BIOBANK.name(SITE)
+    pseudonymiser, features = make(), FeatureProcessor(SITE, {})
+    outputs: list[OutRecord] = []
+    for batch in _person_records(f):
+        pseudonymised = pseudonymiser.process(batch).out
+        offsets = Counter[str]()
+        feature_in = []
+        for o in pseudonymised:
+            if o.topic in features.input_topics and o.value is not None:
+                feature_in.append(InRecord(o.topic, 0, offsets[o.topic], o.key, o.value, T0 + 82 * HOUR_MS))
+                offsets[o.topic] += 1
+        outputs += pseudonymised + features.process(feature_in).out
+    # Every pseudonymised and feature topic carried records, so each one was searched.
+    assert {o.topic for o in outputs} == FEATURE_AND_PSEUDO_TOPICS
+    assert find_leaks(outputs, PERSON, CODEC) == []
+
+
+def test_the_leak_search_finds_each_encoding() -> None:
+    """The search itself: each encoding of an identifier, planted in an output, is found."""
+    days = (date(1980, 5, 17) - date(1970, 1, 1)).days
+    topic = FEATURES.name(SITE)
+    planted = {
+        "text": b"x P-7306021 y", "no separators": b"p7306021", "digits only": b"id=7306021",
+        "Avro string": avro_string("Testa Synthetica"), "Avro long": zigzag_varint(7306021) + b"\x00\x00",
+        "double": struct.pack("<d", 7306021.0), "ISO date": b"born 1980-05-17",
+        "days as Avro long in a record": CODEC.encode("org.clinstream.SubjectKey",
+                                                      {"site_id": SITE, "subject": str(days)}),
+        "date as int32": struct.pack("<i", days), "birth as timestamp-millis": zigzag_varint(days * 86_400_000),
+        "header": b"",
+    }
+    for what, value in planted.items():
+        headers = [("h", b"SN-SYN-5830417")] if what == "header" else None
+        assert find_leaks([OutRecord(topic, None, value, headers)], PERSON, CODEC), what
+    assert find_leaks([OutRecord(topic, None, b"birth_year 1980, region SW", None)], PERSON, CODEC) == []
 
 
 def test_consent_entry_round_trips_through_bytes() -> None:
     e = ConsentEntry(active=True, since_ms=5, updated_at_ms=7, event_id="e", key_version=3, scope=("DUO:0000042",))
     assert ConsentEntry.from_bytes(e.to_bytes()) == e
     assert e.allows(5) and not e.allows(4) and e.allows(0)
-
-
-def test_throughput_smoke() -> None:
-    """A generous floor so a regression to per-reading Python loops is noticed (the benchmark has figures)."""
-    import time
-
-    f = Feed()
-    recs = [f.event(consent(at=T0))] + [f.block(block(seq=i, n=300)) for i in range(300)]
-    proc = make()
-    t = time.perf_counter()
-    r = proc.process(recs)
-    elapsed = time.perf_counter() - t
-    assert r.counters["readings_forwarded"] == 300 * 300
-    assert 90_000 / elapsed > 100_000, f"{90_000 / elapsed:.0f} readings/s"

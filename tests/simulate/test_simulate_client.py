@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import socket
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import httpx
+import orjson
 import pytest
 import uvicorn
 
@@ -17,11 +20,13 @@ from clinstream.core.avro import get_codec
 from clinstream.core.config import Settings
 from clinstream.core.topics import RAW_BIOBANK, RAW_TELEMETRY
 from clinstream.ingest.app import create_app
+from clinstream.simulate import client as simulate_client
 from clinstream.simulate.client import GatewayClient, run_devices, run_lims
 from clinstream.simulate.lims import LimsOptions
 from clinstream.simulate.profiles import make_cohort
 from clinstream.simulate.provision import device_tokens, lims_token
 from clinstream.simulate.telemetry import device_blocks
+from condition_wait import wait_until
 
 HOUR = 3_600_000
 
@@ -40,10 +45,8 @@ def gateway_url(kafka_site: Settings, db_site: Settings) -> Iterator[str]:
                                            access_log=False))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive()
-        time.sleep(0.05)
+    wait_until(lambda: server.started or not thread.is_alive(), 20, "the gateway to start", step_s=0.05)
+    assert server.started
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(15)
@@ -58,10 +61,12 @@ def _topic_values(settings: Settings, topic: str) -> list[dict]:
         ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
         c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p, end in ends.items() if end > 0])
         out: list[dict] = []
-        deadline = time.monotonic() + 20
-        while len(out) < sum(ends.values()):
-            assert time.monotonic() < deadline
+
+        def all_read() -> bool:
             out.extend(get_codec().decode(m.value()) for m in c.consume(10_000, 0.5) if not m.error())
+            return len(out) >= sum(ends.values())
+
+        wait_until(all_read, 20, f"every record of {topic}", step_s=0.0)
         return out
     finally:
         c.close()
@@ -100,25 +105,61 @@ def test_simulated_devices_and_lims_deliver_through_the_gateway(gateway_url: str
     assert sorted(actions) == ["GRANT", "GRANT", "WITHDRAW"]
 
 
-@pytest.mark.integration
-def test_speedup_paces_the_devices_by_simulated_time(gateway_url: str, kafka_site: Settings) -> None:
-    cohort = make_cohort(6, 1)
-    now = int(time.time() * 1000)
-    start, end = now - 31 * 60_000, now - 60_000  # 30 simulated minutes at 900x: about 2 s
-    tokens = device_tokens(kafka_site, cohort)
+class VirtualClock:
+    """The simulator's clock, injected: time.monotonic() reads it, asyncio.sleep() advances it (no real waiting)."""
 
-    async def main() -> float:
-        client = GatewayClient(gateway_url)
-        began = time.monotonic()
+    def __init__(self) -> None:
+        self.now_s = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now_s
+
+    async def sleep(self, seconds: float) -> None:
+        self.now_s += max(seconds, 0.0)
+        await asyncio.sleep(0)
+
+
+def test_speedup_paces_the_devices_by_simulated_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At 900x, each block leaves when simulated time (start + 900 x elapsed) reaches its due time, not before,
+    and the run lasts 1/900 of the simulated span it covers, on the (virtual) clock."""
+    clock = VirtualClock()
+    monkeypatch.setattr(simulate_client, "time", SimpleNamespace(monotonic=clock.monotonic))
+    monkeypatch.setattr(simulate_client, "asyncio", SimpleNamespace(sleep=clock.sleep, Semaphore=asyncio.Semaphore,
+                                                                    gather=asyncio.gather))
+    speedup, start = 900.0, 1_767_225_600_000
+    end = start + 30 * 60_000
+    began = clock.now_s
+    sent: list[tuple[float, str]] = []  # (simulated ms when posted, block id)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        blocks = orjson.loads(gzip.decompress(request.content))["blocks"]
+        at = start + (clock.now_s - began) * 1000 * speedup
+        sent.extend((at, b["block_id"]) for b in blocks)
+        return httpx.Response(202, json={"accepted": [b["block_id"] for b in blocks], "rejected": [],
+                                         "readings_accepted": 0})
+
+    cohort = make_cohort(6, 1)
+    tokens = {p.device_id: "csd_x.y" for p in cohort}
+
+    async def main() -> None:
+        client = GatewayClient("http://gateway.invalid", transport=httpx.MockTransport(handler))
         try:
-            stats = await run_devices(client, cohort, tokens, start, end, seed=6, speedup=900.0)
-            assert stats.failed_requests == 0 and stats.accepted > 0
-            return time.monotonic() - began
+            stats = await run_devices(client, cohort, tokens, start, end, seed=6, speedup=speedup)
+            assert stats.failed_requests == 0 and stats.accepted == len(sent)
         finally:
             await client.close()
 
-    elapsed = asyncio.run(main())
-    assert 1.0 < elapsed < 6.0
+    asyncio.run(main())
+    due = {b.block["block_id"]: b.due_ms for p in cohort for b in device_blocks(p, start, end, seed=6)}
+    assert sorted(block_id for _, block_id in sent) == sorted(due)
+    in_window = [(at, due[b]) for at, b in sent if due[b] < end]  # later ones are late uploads, sent at the end
+    assert in_window and all(at >= due_ms for at, due_ms in in_window), "a block left before it was due"
+    waited_for: dict[float, int] = {}  # each post goes at the simulated moment its first block fell due
+    for at, due_ms in in_window:
+        waited_for.setdefault(at, due_ms)
+    assert all(at - due_ms < 1.0 for at, due_ms in waited_for.items())
+    last_due = max(due_ms for _, due_ms in in_window)
+    assert clock.now_s - began == pytest.approx((last_due - start) / 1000 / speedup)  # 1.98 s for 29.7 min
 
 
 def test_client_resends_after_503_honouring_retry_after() -> None:

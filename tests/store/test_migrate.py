@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from importlib import resources
+
+import psycopg
 import pytest
 
 from clinstream.core.config import Settings
-from clinstream.core.db import connect
+from clinstream.core.db import connect, timescale_license
+from clinstream.store import migrate as migrate_module
 from clinstream.store.migrate import migrate
 
 pytestmark = pytest.mark.integration
+
+_MIGRATIONS = resources.files("clinstream.store").joinpath("migrations")
+CORE = sorted(e.name for e in _MIGRATIONS.iterdir() if e.name.endswith(".sql"))
+COMMUNITY = sorted(f"community/{e.name}" for e in _MIGRATIONS.joinpath("community").iterdir()
+                   if e.name.endswith(".sql"))
 
 
 def _schema_state(settings: Settings) -> list[tuple[object, ...]]:
@@ -31,27 +41,48 @@ def test_migrate_twice_leaves_the_same_state(db_site: Settings) -> None:
     assert ("wearable_features", 1, "hypertable") in before
 
 
-def test_edition_is_detected_and_community_migrations_degrade(db_site: Settings) -> None:
-    report = migrate(db_site)
-    assert report.edition in ("apache", "timescale")
-    with connect(db_site) as conn:
-        done = {r[0] for r in conn.execute("SELECT name FROM schema_migrations").fetchall()}
-    community = {n for n in done if n.startswith("community/")}
-    if report.edition == "apache":
-        assert community == set()
-        assert report.skipped_community
+@pytest.fixture
+def fresh_site(settings: Settings) -> Iterator[Settings]:
+    """A site whose schema does not exist yet (migrate has not run); dropped afterwards."""
+    yield settings
+    with connect(settings, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{settings.db_schema}" CASCADE')
 
 
-def test_time_bucket_reads_back_a_feature_row(db_site: Settings) -> None:
-    with connect(db_site) as conn:
-        conn.execute(
-            "INSERT INTO wearable_features (participant_pseudonym, feature_set, window_kind, window_start,"
-            " window_end, version, feature_values, completeness, is_final, revision, computed_at)"
-            " VALUES ('ab12', 'heart_rate', 'MINUTE', '2026-01-05 10:07:00+00', '2026-01-05 10:08:00+00', 1,"
-            " '{\"mean\": 61.5}', 1.0, false, 1, now())")
-        row = conn.execute(
-            "SELECT time_bucket('1 hour', window_start) AS b, avg((feature_values->>'mean')::float)"
-            " FROM wearable_features GROUP BY b").fetchone()
-        conn.commit()
-    assert row is not None
-    assert str(row[0]).startswith("2026-01-05 10:00:00") and row[1] == 61.5
+def _recorded(settings: Settings) -> set[str]:
+    with connect(settings) as conn:
+        return {str(r[0]) for r in conn.execute("SELECT name FROM schema_migrations").fetchall()}
+
+
+def _edition(monkeypatch: pytest.MonkeyPatch, edition: str) -> None:
+    monkeypatch.setattr(migrate_module, "timescale_license", lambda _conn: edition)
+
+
+def test_apache_edition_applies_core_and_skips_every_community_migration(
+        fresh_site: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    _edition(monkeypatch, "apache")
+    report = migrate(fresh_site)
+    assert report.edition == "apache"
+    assert report.applied == CORE
+    assert report.skipped_community == COMMUNITY
+    assert _recorded(fresh_site) == set(CORE)
+
+
+def test_timescale_edition_runs_the_community_migrations(
+        fresh_site: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    with connect(fresh_site) as conn:
+        real = timescale_license(conn)
+    _edition(monkeypatch, "timescale")
+    if real == "timescale":
+        report = migrate(fresh_site)
+        assert report.applied == CORE + COMMUNITY and report.skipped_community == []
+        assert _recorded(fresh_site) == set(CORE + COMMUNITY)
+        return
+    # An Apache-only server refuses compression: proof that the community scripts were run, not skipped,
+    # and that the failed migration left nothing half-applied (one transaction).
+    with pytest.raises(psycopg.errors.FeatureNotSupported, match="apache"):
+        migrate(fresh_site)
+    with connect(fresh_site) as conn:
+        schema = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (fresh_site.db_schema,)).fetchone()
+    assert schema is None
+

@@ -36,6 +36,7 @@ from clinstream.core.config import Settings
 from clinstream.core.db import connect
 from clinstream.core.kafka import DurableProducer
 from clinstream.core.topics import AUDIT, ERASURE, FEATURES, SAMPLE_FEATURES, Stage, dlq
+from clinstream.stack.common import stack_lock
 from clinstream.store.worker import erasure_audit_id
 
 pytestmark = pytest.mark.integration
@@ -112,6 +113,7 @@ def test_sigkill_mid_stream_then_restart_stores_exactly_the_expected_rows(
     assert worker.stop() == 0
 
 
+@pytest.mark.faults  # stops the shared database
 def test_database_outage_loses_nothing(site: Settings, producer: DurableProducer, worker: StoreProcess) -> None:
     from clinstream.stack.postgres import start_postgres, stop_postgres
 
@@ -125,18 +127,19 @@ def test_database_outage_loses_nothing(site: Settings, producer: DurableProducer
     wait_for("the first offsets", lambda: caught_up(site), 30)
     committed_before = committed_offsets(site)
 
-    stop_postgres(site)
-    try:
-        t_down = time.monotonic()
-        for chunk in during:  # records keep arriving while the database is away
-            send(site, producer, FEATURES, chunk)
-            time.sleep(OUTAGE_S / (len(during) + 1))
-        send(site, producer, SAMPLE_FEATURES, samples)
-        wait_for("the rest of the outage", lambda: time.monotonic() - t_down >= OUTAGE_S, OUTAGE_S + 1)
-        assert worker.alive(), "the worker survives the outage"
-        assert committed_offsets(site) == committed_before, "nothing is committed while the database is down"
-    finally:
-        start_postgres(site)
+    with stack_lock(site):  # other processes' `stack up` wait until the fault is over (as in tests/faults)
+        stop_postgres(site)
+        try:
+            t_down = time.monotonic()
+            for chunk in during:  # records keep arriving while the database is away
+                send(site, producer, FEATURES, chunk)
+                time.sleep(OUTAGE_S / (len(during) + 1))
+            send(site, producer, SAMPLE_FEATURES, samples)
+            wait_for("the rest of the outage", lambda: time.monotonic() - t_down >= OUTAGE_S, OUTAGE_S + 1)
+            assert worker.alive(), "the worker survives the outage"
+            assert committed_offsets(site) == committed_before, "nothing is committed while the database is down"
+        finally:
+            start_postgres(site)
     t_up = time.monotonic()
     wait_for("catch-up after the outage", lambda: caught_up(site), 60, 0.2)
     print(f"outage {t_up - t_down:.1f} s; caught up {time.monotonic() - t_up:.2f} s after the restart")

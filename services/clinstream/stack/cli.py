@@ -14,6 +14,7 @@ from clinstream.stack.common import ServiceStatus, StackError, stack_lock
 from clinstream.stack.kafka import check_kafka_prerequisites, ensure_kafka, kafka_pid, kafka_status, stop_kafka
 from clinstream.stack.postgres import (
     check_postgres_prerequisites,
+    cluster_dir,
     ensure_postgres,
     postgres_pid,
     postgres_status,
@@ -47,8 +48,26 @@ def stack_up(settings: Settings) -> None:
     check_kafka_prerequisites(settings)
     check_postgres_prerequisites()
     with stack_lock(settings):
-        _timed("kafka", ensure_kafka, settings, kafka_pid, "started")
-        _timed("postgres", ensure_postgres, settings, postgres_pid, "started")
+        running_before = (kafka_pid(settings), postgres_pid(settings))
+        try:
+            _timed("kafka", ensure_kafka, settings, kafka_pid, "started")
+            if cluster_dir(settings) != settings.postgres_dir:
+                _out.print(f"postgres  data in {cluster_dir(settings)} (the postgres OS user cannot reach "
+                           f"{settings.postgres_dir})", highlight=False, soft_wrap=True)
+            _timed("postgres", ensure_postgres, settings, postgres_pid, "started")
+        except BaseException:
+            _stop_what_was_started(settings, running_before)
+            raise
+
+
+def _stop_what_was_started(settings: Settings, running_before: tuple[int | None, int | None]) -> None:
+    """After a failed `up`: stop each service that this `up` started, so that nothing is left half-running."""
+    for was_running, stop in zip(running_before, (stop_kafka, stop_postgres), strict=True):
+        if was_running is None:
+            try:
+                stop(settings)
+            except StackError as exc:
+                _err.print(f"[yellow]warning:[/] could not stop after the failed start: {exc}", highlight=False)
 
 
 def stack_down(settings: Settings) -> None:
