@@ -24,6 +24,7 @@ _SUBCOMMANDS: tuple[tuple[str, str, str], ...] = (
     ("replay", "clinstream.replay.cli", "Re-run a stage over a range of its input topics (versioned or in place)."),
     ("dlq", "clinstream.replay.dlq_cli", "List, inspect and re-drive dead-lettered records by stage."),
     ("lag", "clinstream.replay.lag_cli", "Consumer-group lag per partition and feature-set freshness."),
+    ("console", "clinstream.console.cli", "Serve the read-only site console (health, participants, cohort)."),
     ("federated", "clinstream.federated.cli", "Federated training with Flower: superlink, supernode, run, demo."),
 )
 
