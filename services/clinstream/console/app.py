@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -19,6 +20,7 @@ from psycopg_pool import ConnectionPool
 from clinstream.console import charts, health, store_reads
 from clinstream.console.auth import COOKIE, session_matches, session_value, token_matches
 from clinstream.console.sampler import Sampler
+from clinstream.console.snapshot import Snapshots, StoreSnapshot
 from clinstream.core.config import Settings
 
 _HERE = Path(__file__).parent
@@ -35,13 +37,15 @@ def _authorised(request: Request, token: str) -> bool:
     return header.startswith("Bearer ") and token_matches(token, header[len("Bearer "):])
 
 
-def create_app(settings: Settings, token: str, sampler: Sampler, pool: ConnectionPool[Any]) -> FastAPI:
-    """The console app over a read-only pool and a running sampler."""
+def create_app(settings: Settings, token: str, sampler: Sampler, pool: ConnectionPool[Any],
+               snapshots: Snapshots) -> FastAPI:
+    """The console app over a read-only pool, a running sampler and cohort snapshots."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         sampler.stop()
+        snapshots.stop()
         pool.close()
 
     app = FastAPI(title="clinstream console", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
@@ -96,7 +100,7 @@ def create_app(settings: Settings, token: str, sampler: Sampler, pool: Connectio
 
     @app.get("/health", response_class=HTMLResponse)
     def health_page(request: Request) -> Response:
-        return templates.TemplateResponse(request, "health.html", _health_context(settings, sampler, pool))
+        return templates.TemplateResponse(request, "health.html", _health_context(settings, sampler, _snap()))
 
     @app.get("/participant")
     def find_participant(pseudonym: str = "") -> Response:
@@ -117,11 +121,16 @@ def create_app(settings: Settings, token: str, sampler: Sampler, pool: Connectio
         return templates.TemplateResponse(request, "participant.html", {
             "pseudonym": pseudonym, "newest": newest, "figures": figures, "missing": missing, "samples": rows})
 
+    def _snap() -> StoreSnapshot:
+        snap, error = snapshots.current()
+        if snap is None:
+            raise HTTPException(503, f"feature store not read yet: {error or 'first read under way'}")
+        return snap
+
     @app.get("/cohort", response_class=HTMLResponse)
     def cohort_page(request: Request) -> Response:
-        with pool.connection() as conn:
-            people = store_reads.cohort(conn)
-            by_set = store_reads.completeness_by_set(conn)
+        snap = _snap()
+        people, by_set = snap.people, snap.by_set
         figures = {
             "completeness": charts.histogram("Mean DAY completeness per participant",
                                              [p["completeness"] for p in people], "completeness", 0.05),
@@ -131,19 +140,21 @@ def create_app(settings: Settings, token: str, sampler: Sampler, pool: Connectio
         }
         lowest = sorted(people, key=lambda p: p["completeness"])[:25]
         return templates.TemplateResponse(request, "cohort.html", {
-            "figures": figures, "participants": len(people), "lowest": lowest})
+            "figures": figures, "participants": len(people), "lowest": lowest, "as_of": _as_of(snap.at)})
 
     return app
 
 
-def _health_context(settings: Settings, sampler: Sampler, pool: ConnectionPool[Any]) -> dict[str, Any]:
+def _as_of(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _health_context(settings: Settings, sampler: Sampler, snap: StoreSnapshot) -> dict[str, Any]:
     samples = sampler.samples()
     site = settings.site_id
     last = samples[-1] if samples else None
     rows = health.lag_rows(site, samples)
-    with pool.connection() as conn:
-        fresh = store_reads.freshness(conn)
-        erasures = store_reads.erasures_by_day(conn)
+    fresh, erasures = snap.fresh, snap.erasures
     figures: dict[str, Any] = {
         "lag": charts.grouped_bars("Lag per stage and partition (records)", [f"{r.stage} p{r.partition}" for r in rows],
                                    {"lag": [r.lag for r in rows]}, "records"),
@@ -180,4 +191,4 @@ def _health_context(settings: Settings, sampler: Sampler, pool: ConnectionPool[A
         notes["erasures"] = "No erasures recorded in the store's audit table."
     return {"site": site, "rows": [asdict(r) for r in rows], "fresh": fresh, "figures": figures, "notes": notes,
             "sampled_at": last.at if last else None, "errors": last.errors if last else ("no sample yet",),
-            "samples": len(samples)}
+            "samples": len(samples), "as_of": _as_of(snap.at)}

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from clinstream.features.catalogue import HEART_RATE, HRV, SKIN_TEMPERATURE, SLEEP, SPO2, STEPS
 
 Figure = dict[str, Any]
@@ -44,11 +46,14 @@ def lines(title: str, series: Mapping[str, tuple[Sequence[Any], Sequence[Any]]],
             "layout": _layout(title, yaxis={"title": {"text": y_title}})}
 
 
-def histogram(title: str, values: Sequence[float], x_title: str, bin_size: float | None = None) -> Figure:
-    """A histogram of values (binned by plotly in the browser; fixed bin width if given)."""
-    trace: dict[str, Any] = {"type": "histogram", "x": list(values)}
-    if bin_size is not None:
-        trace["xbins"] = {"size": bin_size}
+def histogram(title: str, values: Sequence[float], x_title: str, bin_size: float, lowest: float = 0.0) -> Figure:
+    """A histogram binned on the server (a page carries the bins, not every participant's value)."""
+    top = max(values, default=lowest)
+    edges = np.arange(lowest, top + bin_size * 1.001, bin_size)
+    counts, edges = np.histogram(np.asarray(values, dtype=float), bins=edges if len(edges) > 1 else 1)
+    centres = ((edges[:-1] + edges[1:]) / 2).round(6).tolist()
+    trace: dict[str, Any] = {"type": "bar", "x": centres, "y": counts.tolist(), "width": bin_size * 0.95,
+                             "customdata": [int(c) for c in counts]}
     return {"data": [trace],
             "layout": _layout(title, xaxis={"title": {"text": x_title}}, yaxis={"title": {"text": "participants"}},
                               bargap=0.05)}

@@ -13,6 +13,7 @@ from rich.console import Console
 from clinstream.console.app import create_app
 from clinstream.console.auth import TokenError, load_token
 from clinstream.console.sampler import Sampler
+from clinstream.console.snapshot import Snapshots
 from clinstream.console.store_reads import open_pool
 from clinstream.core.config import get_settings
 from clinstream.core.constants import CONSOLE_HOST, CONSOLE_PORT
@@ -44,6 +45,9 @@ def console(
     urls = metrics_url or [f"http://{settings.gateway_host}:{settings.gateway_port}/metrics"]
     sampler = Sampler(settings, urls, sample_every)
     sampler.start()
-    web = create_app(settings, token, sampler, open_pool(settings))
+    pool = open_pool(settings)
+    snapshots = Snapshots(pool, max(sample_every, 30.0))
+    snapshots.start()
+    web = create_app(settings, token, sampler, pool, snapshots)
     err.print(f"console on http://{host}:{port}/ (site {settings.site_id})")
     uvicorn.run(web, host=host, port=port, log_level="warning")

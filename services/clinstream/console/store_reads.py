@@ -7,13 +7,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
-from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from clinstream.core.config import Settings
 from clinstream.core.constants import CONSOLE_DB_POOL_MAX, CONSOLE_STATEMENT_TIMEOUT_MS, CONSOLE_TIMELINE_DAYS
-from clinstream.features.catalogue import HEART_RATE, WEARABLE_SETS
+from clinstream.features.catalogue import HEART_RATE, SLEEP, WEARABLE_SETS
 
 # The tables and views the console may read; `assert_feature_store` refuses any other name.
 CONSOLE_TABLES = frozenset({"wearable_features", "sample_features", "active_version", "erasure_audit"})
@@ -118,32 +117,44 @@ def samples(conn: psycopg.Connection[Any], pseudonym: str) -> list[dict[str, Any
         " sample_pseudonym", (pseudonym,)).fetchall())
 
 
+_NEWEST_DAY = """
+SELECT max(window_start) AS t FROM wearable_features
+WHERE feature_set = %s AND window_kind = 'DAY' AND version = (SELECT version FROM active_version)
+"""
+
 _COHORT = """
-WITH newest AS (
-    SELECT max(window_start) AS t FROM wearable_features
-    WHERE feature_set = %(hr)s AND window_kind = 'DAY' AND version = (SELECT version FROM active_version)),
-days AS (
-    SELECT participant_pseudonym, completeness FROM wearable_features, newest
-    WHERE feature_set = %(hr)s AND window_kind = 'DAY' AND version = (SELECT version FROM active_version)
-      AND window_start > newest.t - make_interval(days => %(days)s))
 SELECT participant_pseudonym, avg(completeness) AS completeness,
        count(*) FILTER (WHERE completeness * 24 >= %(valid_h)s) AS valid_days, count(*) AS days
-FROM days GROUP BY participant_pseudonym
+FROM wearable_features
+WHERE feature_set = %(hr)s AND window_kind = 'DAY' AND version = (SELECT version FROM active_version)
+  AND window_start > %(since)s
+GROUP BY participant_pseudonym
+"""
+
+_BY_SET = """
+SELECT k.feature_set,
+       percentile_cont(ARRAY[0.1, 0.25, 0.5, 0.75, 0.9]) WITHIN GROUP (ORDER BY f.completeness) AS q
+FROM unnest(%(sets)s::text[], %(kinds)s::text[]) AS k(feature_set, window_kind)
+JOIN LATERAL (
+    SELECT completeness FROM wearable_features w
+    WHERE w.feature_set = k.feature_set AND w.window_kind = k.window_kind
+      AND w.version = (SELECT version FROM active_version) AND w.window_start > %(since)s) f ON true
+GROUP BY k.feature_set ORDER BY k.feature_set
 """
 
 
-def cohort(conn: psycopg.Connection[Any], days: int = CONSOLE_TIMELINE_DAYS) -> list[dict[str, Any]]:
-    """Per participant over the newest `days` DAY windows: mean completeness, valid (>= 10 h wear) days, days."""
-    return list(conn.execute(_COHORT, {"hr": HEART_RATE, "days": days, "valid_h": VALID_DAY_WEAR_H}).fetchall())
+def cohort_since(conn: psycopg.Connection[Any], days: int = CONSOLE_TIMELINE_DAYS) -> datetime | None:
+    """Start of the cohort views' period: `days` before the newest heart-rate DAY window (None without data)."""
+    row = conn.execute(_NEWEST_DAY, (HEART_RATE,)).fetchone()
+    return row["t"] - timedelta(days=days) if row and row["t"] else None
 
 
-def completeness_by_set(conn: psycopg.Connection[Any], days: int = CONSOLE_TIMELINE_DAYS) -> list[dict[str, Any]]:
-    """Deciles of DAY-window completeness per wearable feature set (newest `days` days)."""
-    query = sql.SQL(
-        "SELECT feature_set, percentile_cont(ARRAY[0.1, 0.25, 0.5, 0.75, 0.9]) WITHIN GROUP (ORDER BY completeness)"
-        " AS q FROM wearable_features WHERE window_kind IN ('DAY', 'LOCAL_DAY')"
-        " AND version = (SELECT version FROM active_version)"
-        " AND window_start > (SELECT max(window_start) FROM wearable_features WHERE feature_set = {hr}"
-        " AND window_kind = 'DAY') - make_interval(days => {days}) GROUP BY feature_set ORDER BY feature_set"
-    ).format(hr=sql.Literal(HEART_RATE), days=sql.Literal(days))
-    return list(conn.execute(query).fetchall())
+def cohort(conn: psycopg.Connection[Any], since: datetime) -> list[dict[str, Any]]:
+    """Per participant over the DAY windows after `since`: mean completeness, valid (>= 10 h wear) days, days."""
+    return list(conn.execute(_COHORT, {"hr": HEART_RATE, "since": since, "valid_h": VALID_DAY_WEAR_H}).fetchall())
+
+
+def completeness_by_set(conn: psycopg.Connection[Any], since: datetime) -> list[dict[str, Any]]:
+    """Quantiles (10, 25, 50, 75, 90 %) of daily completeness per wearable feature set after `since`."""
+    kinds = ["LOCAL_DAY" if s == SLEEP else "DAY" for s in WEARABLE_SETS]
+    return list(conn.execute(_BY_SET, {"sets": list(WEARABLE_SETS), "kinds": kinds, "since": since}).fetchall())

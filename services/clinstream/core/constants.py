@@ -148,5 +148,6 @@ CONSOLE_TOKEN_ENV: Final = "CLINSTREAM_CONSOLE_TOKEN"  # noqa: S105 - the name o
 CONSOLE_MIN_TOKEN_CHARS: Final = 24
 CONSOLE_DB_POOL_MAX: Final = 4
 CONSOLE_STATEMENT_TIMEOUT_MS: Final = 5_000
+CONSOLE_SNAPSHOT_TIMEOUT_MS: Final = 120_000  # the background cohort aggregates
 CONSOLE_LAG_TTL_S: Final = 5.0  # consumer-group lag is read from the broker at most this often
 CONSOLE_TIMELINE_DAYS: Final = 14  # participant timelines show this many days before the newest window
