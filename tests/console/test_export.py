@@ -95,11 +95,11 @@ def test_quality_filter_and_dictionary(cohort_site: Settings, tmp_path: Path) ->
 
 
 @pytest.mark.parametrize("table", ["device_credentials", "lims_credentials", "erasure_audit", "pg_authid"])
-def test_tables_outside_the_feature_store_are_refused(table: str, cohort_site: Settings, tmp_path: Path) -> None:
+def test_tables_outside_the_feature_store_are_refused(table: str, settings: Settings, tmp_path: Path) -> None:
     with pytest.raises(NotAFeatureTable):
         check_table(table)
     done = subprocess.run([str(CLINSTREAM), "export", "-s", HEART_RATE, "-o", str(tmp_path), "--table", table],
-                          capture_output=True, text=True, env={"CLINSTREAM_SITE_ID": cohort_site.site_id,
+                          capture_output=True, text=True, env={"CLINSTREAM_SITE_ID": settings.site_id,
                                                                "PATH": "/usr/bin:/bin"}, check=False)
     assert done.returncode == 2 and "not a feature-store table" in done.stderr
     assert not list(tmp_path.iterdir())
