@@ -20,9 +20,11 @@ _SUBCOMMANDS: tuple[tuple[str, str, str], ...] = (
     ("keys", "clinstream.pseudonymise.cli", "The site's pseudonym key ring: init, rotate, show."),
     ("worker", "clinstream.worker_cli", "Run a stream-processing worker (pseudonymise, ...)."),
     ("features", "clinstream.features.cli", "The feature catalogue."),
+    ("export", "clinstream.export.cli", "Export feature sets to Parquet or CSV with a data dictionary."),
     ("replay", "clinstream.replay.cli", "Re-run a stage over a range of its input topics (versioned or in place)."),
     ("dlq", "clinstream.replay.dlq_cli", "List, inspect and re-drive dead-lettered records by stage."),
     ("lag", "clinstream.replay.lag_cli", "Consumer-group lag per partition and feature-set freshness."),
+    ("console", "clinstream.console.cli", "Serve the read-only site console (health, participants, cohort)."),
     ("federated", "clinstream.federated.cli", "Federated training with Flower: superlink, supernode, run, demo."),
 )
 

@@ -147,3 +147,15 @@ HEADER_INGEST_RECEIVED_AT: Final = "clinstream.ingest.received-at"  # receipt of
 HEADER_INGEST_DEVICE_ID: Final = "clinstream.ingest.device-id"  # telemetry: the authenticated device (identifier)
 HEADER_INGEST_PARTICIPANT_ID: Final = "clinstream.ingest.participant-id"  # telemetry: its credential's participant
 HEADER_INGEST_LIMS_KEY: Final = "clinstream.ingest.lims-key-id"  # biobank: key id of the LIMS credential
+
+# --- Researcher exports and the site console (console) ----------------------------------------------------------
+EXPORT_BATCH_ROWS: Final = 50_000  # rows per server-side cursor fetch and per Parquet/CSV record batch
+CONSOLE_PORT: Final = 18090
+CONSOLE_HOST: Final = "127.0.0.1"  # loopback unless the operator says otherwise
+CONSOLE_TOKEN_ENV: Final = "CLINSTREAM_CONSOLE_TOKEN"  # noqa: S105 - the name of the variable, not a secret
+CONSOLE_MIN_TOKEN_CHARS: Final = 24
+CONSOLE_DB_POOL_MAX: Final = 4
+CONSOLE_STATEMENT_TIMEOUT_MS: Final = 5_000
+CONSOLE_SNAPSHOT_TIMEOUT_MS: Final = 120_000  # the background cohort aggregates
+CONSOLE_LAG_TTL_S: Final = 5.0  # consumer-group lag is read from the broker at most this often
+CONSOLE_TIMELINE_DAYS: Final = 14  # participant timelines show this many days before the newest window

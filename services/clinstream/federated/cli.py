@@ -9,8 +9,16 @@ from typing import Any
 
 import typer
 
+from clinstream.console.output import OUTPUT_OPTION, Column, OutputFormat, emit
 from clinstream.core import constants as c
 from clinstream.core.config import Settings, get_settings
+
+SUMMARY_COLUMNS = (
+    Column("model", "model", key_column=True), Column("site", "site", key_column=True),
+    Column("roc_auc", "ROC AUC", empty="(no held-out examples)", right=True),
+    Column("spread", "spread over participant splits", empty="(one run)"),
+    Column("balanced_accuracy", "balanced accuracy", empty="(not computed)", right=True),
+)
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
 
@@ -190,15 +198,22 @@ def demo(sites: str = typer.Option("site-a,site-b,site-c", help="Comma-separated
          rounds: int | None = typer.Option(None, min=1), strategy: str | None = typer.Option(None),
          dp: str | None = typer.Option(None, help="off | client-fixed | server-fixed"),
          set_: list[str] = typer.Option([], "--set", help=_SET_HELP),
-         work_dir: Path | None = typer.Option(None), timeout: float = typer.Option(c.FEDERATED_RUN_TIMEOUT_S)) -> None:
-    """Fill the sites (synthetic cohort or real pipelines), start SuperLink + one SuperNode per site, train, stop."""
+         work_dir: Path | None = typer.Option(None), timeout: float = typer.Option(c.FEDERATED_RUN_TIMEOUT_S),
+         output: OutputFormat = OUTPUT_OPTION) -> None:
+    """Fill the sites (synthetic cohort or real pipelines), start SuperLink + one SuperNode per site, train, stop.
+
+    Prints the federated model beside local-only models and a pooled reference, each over participant splits.
+    """
     from clinstream.federated.demo import demo as run_demo
+    from clinstream.federated.report import summary_rows
 
     work = _work_dir(work_dir)
     config = _run_config(rounds, strategy, dp, set_, None)
     result = run_demo([_site(s.strip()) for s in sites.split(",") if s.strip()], work, config,
                       participants=participants, days=days, seed=seed, timeout_s=timeout, source=_source(source))
     report = result.report()
-    typer.echo(json.dumps({"final": report["final"], "declines": report["declines"]}, indent=2))
+    emit(summary_rows(report), SUMMARY_COLUMNS, output, title=f"Federated run {result.run_id}: ROC AUC on held-out "
+         "participants", json_document={"final": report["final"], "declines": report["declines"],
+                                         "comparison": report.get("comparison")})
     typer.echo(f"run {result.run_id}: {result.status} in {result.seconds:.0f} s\nreport: {result.report_json}\n"
                f"chart:  {result.report_png}\nlogs:   {work / 'logs'}")

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from clinstream.core import constants as c
 from clinstream.core.config import Settings
-from clinstream.federated.config import SiteNodeConfig, report_paths
+from clinstream.core.db import connect_with_retry
+from clinstream.federated.config import SiteNodeConfig, TaskConfig, report_paths
+from clinstream.federated.dataset import FEATURE_NAMES, SiteDataset, load_site_dataset, split_by_participant
 from clinstream.federated.deployment import Deployment
 from clinstream.federated.fill import FillReport, fill_site
+from clinstream.federated.metrics import roc_auc
+from clinstream.federated.model import LogisticModel, Standardiser, TrainParams, train
 from clinstream.federated.pipeline_fill import PipelineCohort, fill_sites_via_pipeline
-from clinstream.federated.report import read_report
+from clinstream.federated.report import read_report, write_report
 from clinstream.federated.roles import ensure_reader_role, reader_url
 from clinstream.store.migrate import migrate
 
@@ -110,4 +116,75 @@ def demo(sites: Sequence[Settings], work_dir: Path, run_config: dict[str, Any], 
     json_path, png_path = report_paths(report_dir, run_id)
     if status != "finished:completed" or not json_path.exists():
         raise RuntimeError(f"run {run_id} ended as {status}; logs in {work_dir / 'logs'}")
+    report = read_report(json_path)
+    report["comparison"] = site_comparison(sites, report.get("run_config") or run_config)
+    json_path, png_path = write_report(report, report_dir)
     return DemoResult(run_id, status, json_path, png_path, time.monotonic() - t0, fills)
+
+
+COMPARISON_SPLITS = 5  # participant splits the demo's local-only and pooled references are trained on
+
+
+def _resplit(data: SiteDataset, cfg: TaskConfig, salt: str) -> SiteDataset:
+    held_out = split_by_participant(data.participants, cfg.test_fraction, salt)
+    test = np.array([p in held_out for p in data.participants], dtype=bool)
+    return SiteDataset(data.x, data.y, data.participants, test, data.feature_names)
+
+
+def _spread(values: Sequence[float]) -> dict[str, float | None]:
+    finite = [v for v in values if np.isfinite(v)]
+    if not finite:
+        return {"mean": None, "sd": None, "min": None, "max": None, "splits": 0}
+    return {"mean": float(np.mean(finite)), "sd": float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0,
+            "min": float(min(finite)), "max": float(max(finite)), "splits": len(finite)}
+
+
+def split_comparison(datasets: Mapping[str, SiteDataset], cfg: TaskConfig,
+                     splits: int = COMPARISON_SPLITS) -> dict[str, Any]:
+    """Local-only models (one per site) and a pooled reference, each over `splits` participant splits.
+
+    Same model, standardisation ('site'), gradient steps (rounds x local epochs) and test fraction as the
+    federated run; split 0 is the federated run's own split (its salt), the others re-salt it. Pooling is possible
+    only in the demo, where every site's data is on this machine.
+    """
+    steps = TrainParams(cfg.num_rounds * cfg.local_epochs, cfg.learning_rate, cfg.l2)
+    local: dict[str, list[float]] = {site: [] for site in datasets}
+    local_mean: list[float] = []
+    pooled: list[float] = []
+    for k in range(splits):
+        salt = cfg.split_salt if k == 0 else f"{cfg.split_salt}:{k}"
+        z_tr, y_tr, z_te, y_te = [], [], [], []
+        for site, data in datasets.items():
+            split = _resplit(data, cfg, salt)
+            x_train, y_train = split.part(test=False)
+            x_test, y_test = split.part(test=True)
+            std = Standardiser.fit(x_train)
+            a, b = std.transform(x_train), std.transform(x_test)
+            model = train(LogisticModel.zeros(len(data.feature_names)), a, y_train, steps)
+            local[site].append(roc_auc(y_test, model.predict_proba(b)))
+            z_tr.append(a)
+            y_tr.append(y_train)
+            z_te.append(b)
+            y_te.append(y_test)
+        local_mean.append(float(np.nanmean([local[s][-1] for s in datasets])))
+        model = train(LogisticModel.zeros(len(FEATURE_NAMES)), np.vstack(z_tr), np.concatenate(y_tr), steps)
+        pooled.append(roc_auc(np.concatenate(y_te), model.predict_proba(np.vstack(z_te))))
+    return {
+        "note": "demo only: local-only and pooled models on the same examples and model, over participant splits",
+        "splits": splits,
+        "local_roc_auc": {site: _spread(v) for site, v in local.items()},
+        "local_mean_roc_auc": _spread(local_mean)["mean"],
+        "local_mean_roc_auc_spread": _spread(local_mean),
+        "pooled_roc_auc": _spread(pooled)["mean"],
+        "pooled_roc_auc_spread": _spread(pooled),
+    }
+
+
+def site_comparison(sites: Sequence[Settings], run_config: Mapping[str, Any]) -> dict[str, Any]:
+    """`split_comparison` over the sites' stored features (read through each site's own connection)."""
+    cfg = TaskConfig.from_run_config(run_config)
+    datasets = {}
+    for s in sites:
+        with connect_with_retry(s) as conn:
+            datasets[s.site_id] = load_site_dataset(conn, cfg)
+    return split_comparison(datasets, cfg)

@@ -1,8 +1,9 @@
 """The run report: JSON with per-site and global metrics per round, the worst site, declines and DP settings, + PNG.
 
-The ServerApp writes `federated-report-<run id>.json` and `.png` into the run's report directory. The test harness
-may add a `comparison` section (local-only training per site and pooled training on the union) and re-render the
-chart with `write_report`; production runs never pool data, so they have no comparison.
+The ServerApp writes `federated-report-<run id>.json` and `.png` into the run's report directory. The demo (and
+the test harness) add a `comparison` section (local-only training per site and a pooled reference on the union,
+each over participant splits) and re-render the chart with `write_report`; production runs never pool data, so
+they have no comparison. `summary_rows` is the table `clinstream federated demo` prints.
 """
 
 from __future__ import annotations
@@ -103,6 +104,52 @@ def build_report(*, run_id: int, run_config: Mapping[str, Any], strategy: Mappin
     return dict(_clean(report))
 
 
+def _reference(ax: Any, comparison: Mapping[str, Any], key: str, color: str, label: str) -> None:
+    """A reference model's mean AUC as a dotted line, its spread over participant splits (+-1 SD) as a band."""
+    mean = comparison.get(key)
+    if mean is None:
+        return
+    spread = comparison.get(f"{key}_spread") or {}
+    sd = spread.get("sd")
+    if sd:
+        ax.axhspan(mean - sd, mean + sd, color=color, alpha=0.12)
+        label = f"{label} {mean:.3f} +- {sd:.3f} ({spread.get('splits')} splits)"
+    ax.axhline(mean, color=color, linestyle=":", label=label)
+
+
+def _fmt(value: Any) -> str | None:
+    return f"{value:.3f}" if isinstance(value, float) and math.isfinite(value) else None
+
+
+def summary_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The comparison that matters, one row per model: federated (global, per site), local-only, pooled."""
+    final = report.get("final") or {}
+    glob = final.get("global") or {}
+    rows: list[dict[str, Any]] = [{"model": "federated", "site": "all (global)", "roc_auc": _fmt(glob.get("roc_auc")),
+                                   "spread": None, "balanced_accuracy": _fmt(glob.get("balanced_accuracy"))}]
+    for site, v in sorted((final.get("sites") or {}).items()):
+        rows.append({"model": "federated", "site": site,
+                     "roc_auc": None if v.get("declined") else _fmt(v.get("roc_auc")),
+                     "spread": "declined: " + str(v.get("reason")) if v.get("declined") else None,
+                     "balanced_accuracy": _fmt(v.get("balanced_accuracy"))})
+    comparison = report.get("comparison") or {}
+    for site, spread in sorted((comparison.get("local_roc_auc") or {}).items()):
+        if isinstance(spread, Mapping):
+            rows.append(_spread_row("local-only", site, spread))
+    for key, model, site in (("local_mean_roc_auc_spread", "local-only", "mean of sites"),
+                             ("pooled_roc_auc_spread", "pooled (demo only)", "all (union)")):
+        if isinstance(comparison.get(key), Mapping):
+            rows.append(_spread_row(model, site, comparison[key]))
+    return rows
+
+
+def _spread_row(model: str, site: str, spread: Mapping[str, Any]) -> dict[str, Any]:
+    sd, lo, hi = _fmt(spread.get("sd")), _fmt(spread.get("min")), _fmt(spread.get("max"))
+    text = f"+- {sd} SD, {lo}-{hi} over {spread.get('splits')} splits" if sd else None
+    return {"model": model, "site": site, "roc_auc": _fmt(spread.get("mean")), "spread": text,
+            "balanced_accuracy": None}
+
+
 def chart(report: Mapping[str, Any], path: Path) -> None:
     """PNG: ROC AUC and balanced accuracy per round, global and per site (+ comparison lines if present)."""
     rounds = report.get("rounds", [])
@@ -119,11 +166,8 @@ def chart(report: Mapping[str, Any], path: Path) -> None:
                     label=site)
         comparison = report.get("comparison") or {}
         if key == "roc_auc" and comparison:
-            if comparison.get("local_mean_roc_auc") is not None:
-                ax.axhline(comparison["local_mean_roc_auc"], color="tab:red", linestyle=":",
-                           label="local-only (mean)")
-            if comparison.get("pooled_roc_auc") is not None:
-                ax.axhline(comparison["pooled_roc_auc"], color="tab:green", linestyle=":", label="pooled data")
+            _reference(ax, comparison, "local_mean_roc_auc", "tab:red", "local-only (mean of sites)")
+            _reference(ax, comparison, "pooled_roc_auc", "tab:green", "pooled reference (demo only)")
         ax.axhline(0.5, color="grey", linewidth=0.8)
         ax.set_ylim(0.3, 1.0)
         ax.set_xticks(xs)

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from clinstream.console.output import OUTPUT_OPTION, Column, OutputFormat, emit, resolve
 from clinstream.core.config import get_settings
 from clinstream.core.topics import Stage, dlq
 
@@ -32,48 +33,52 @@ def _stage(name: str) -> Stage:
         raise typer.Exit(2) from None
 
 
+_RECORD_COLUMNS = (
+    Column("position", "position", key_column=True), Column("reason", "reason", key_column=True),
+    Column("field_path", "field path", empty="(whole record)"),
+    Column("source", "source", empty="(hashed: raw-zone source)"), Column("replay_run", "replay run", empty="(live)"),
+    Column("redriven", "re-driven", empty="no"),
+)
+_GROUP_COLUMNS = (
+    Column("reason", "reason", key_column=True), Column("field_path", "field path", empty="(whole record)"),
+    Column("records", "records", right=True), Column("sources", "sources", right=True),
+    Column("from_replays", "from replays", right=True), Column("redriven", "re-driven", right=True),
+    Column("first_failed", "first failed", empty="(no failure time)"),
+    Column("last_failed", "last failed", empty="(no failure time)"), Column("example", "example", empty="(none)"),
+)
+
+
 @app.command("list")
 def list_(stage: str = _STAGE,
           records: bool = typer.Option(False, "--records", help="One line per dead letter instead of counts."),
-          as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+          output: OutputFormat = OUTPUT_OPTION,
+          as_json: bool = typer.Option(False, "--json", help="Same as --output json.")) -> None:
     """Dead letters of a stage grouped by reason and field path (records, distinct sources, re-driven)."""
     from clinstream.replay.dlq import read_dead_letters, summarise
     from clinstream.replay.redrive import redrive_progress, redriven_positions
 
     settings = get_settings()
     st = _stage(stage)
+    output = resolve(output, as_json)
     recs = list(read_dead_letters(settings, st))
     done = redriven_positions(redrive_progress(settings, st), recs)
+    title = f"{dlq(st).name(settings.site_id)}: {len(recs)} dead letters"
+    empty = f"No dead letters in {dlq(st).name(settings.site_id)}."
     if records:
         rows = [{"position": r.position, "reason": r.reason, "field_path": r.field_path,
                  "source": ":".join(str(x) for x in r.source) if r.source[0] != "sha256" else None,
                  "replay_run": r.replay_run, "redriven": (r.partition, r.offset) in done} for r in recs]
-        if as_json:
-            console.print_json(json.dumps(rows))
-            return
-        table = Table("position", "reason", "field path", "source", "replay run", "re-driven",
-                      title=f"{dlq(st).name(settings.site_id)}: {len(recs)} dead letters")
-        for row in rows:
-            table.add_row(*(str(row[k] or "") for k in ("position", "reason", "field_path", "source", "replay_run")),
-                          "yes" if row["redriven"] else "")
-        console.print(table)
+        shown = [{**row, "redriven": "yes" if row["redriven"] else None} for row in rows]
+        emit(shown, _RECORD_COLUMNS, output, title=title, empty=empty, json_document=rows)
         return
-    groups = summarise(recs, done)
-    if as_json:
-        console.print_json(json.dumps([{
-            "reason": g.reason, "field_path": g.field_path, "records": g.records, "sources": g.sources,
-            "from_replays": g.from_replays, "redriven": g.redriven, "example": g.example,
-            "first_failed": g.first_failed.isoformat() if g.first_failed else None,
-            "last_failed": g.last_failed.isoformat() if g.last_failed else None} for g in groups]))
-        return
-    table = Table("reason", "field path", "records", "sources", "from replays", "re-driven", "first failed",
-                  "last failed", "example", title=f"{dlq(st).name(settings.site_id)}: {len(recs)} dead letters")
-    for g in groups:
-        table.add_row(g.reason, g.field_path or "", str(g.records), str(g.sources), str(g.from_replays),
-                      str(g.redriven), g.first_failed.isoformat() if g.first_failed else "",
-                      g.last_failed.isoformat() if g.last_failed else "", g.example)
-    console.print(table)
-    console.print("show one with: clinstream dlq show --stage " + st.value + " <partition:offset>")
+    groups = [{"reason": g.reason, "field_path": g.field_path, "records": g.records, "sources": g.sources,
+               "from_replays": g.from_replays, "redriven": g.redriven, "example": g.example,
+               "first_failed": g.first_failed.isoformat() if g.first_failed else None,
+               "last_failed": g.last_failed.isoformat() if g.last_failed else None}
+              for g in summarise(recs, done)]
+    emit(groups, _GROUP_COLUMNS, output, title=title, empty=empty)
+    if output is OutputFormat.TABLE and groups:
+        console.print("show one with: clinstream dlq show --stage " + st.value + " <partition:offset>")
 
 
 @app.command("show")
