@@ -139,3 +139,10 @@ HEADER_INGEST_RECEIVED_AT: Final = "clinstream.ingest.received-at"  # receipt of
 HEADER_INGEST_DEVICE_ID: Final = "clinstream.ingest.device-id"  # telemetry: the authenticated device (identifier)
 HEADER_INGEST_PARTICIPANT_ID: Final = "clinstream.ingest.participant-id"  # telemetry: its credential's participant
 HEADER_INGEST_LIMS_KEY: Final = "clinstream.ingest.lims-key-id"  # biobank: key id of the LIMS credential
+
+# The gateway at the edge (ingest-edge; issues 12, 14, 16, 17).
+INGEST_MAX_JSON_DEPTH: Final = 32  # nesting levels of a request body (orjson.dumps stops at 254; real bodies use 5)
+INGEST_CREDENTIAL_SCHEMA_PREFIX: Final = "cred_"  # + site id with '_': the schema of device and LIMS credentials
+INGEST_CREDENTIAL_CHANNEL: Final = "clinstream_credentials"  # NOTIFY channel of credential changes (cache eviction)
+INGEST_CREDENTIAL_CACHE_TTL_S: Final = 30.0  # fallback: a cached credential is looked up again after this long
+INGEST_BROKER_LOG_EVERY_S: Final = 30.0  # while the broker is unreachable, one summary log line this often

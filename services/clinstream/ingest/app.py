@@ -16,16 +16,21 @@ from fastapi.openapi.utils import get_openapi
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from clinstream.core.avro import get_codec, subject_key
 from clinstream.core.config import Settings, get_settings
 from clinstream.core.constants import DEVICE_TOKEN_PREFIX, LIMS_TOKEN_PREFIX
+from clinstream.core.dlq import dead_letter
 from clinstream.core.kafka import BrokerUnavailable
 from clinstream.core.timeutil import from_ms, now_ms
+from clinstream.core.topics import Stage, dlq
 from clinstream.ingest import biobank_models, telemetry_models
 from clinstream.ingest.biobank_intake import BiobankIntake
 from clinstream.ingest.biobank_models import BiobankAnswer, BiobankBatch
-from clinstream.ingest.body import check_media_type, decode_and_parse, read_limited
+from clinstream.ingest.body import NestingTooDeep, check_media_type, decode_and_parse, read_limited
 from clinstream.ingest.config import IngestSettings, get_ingest_settings
 from clinstream.ingest.credentials import ParsedToken, bearer_token, parse_token
+from clinstream.ingest.delivery import deliver
+from clinstream.ingest.dlq_context import biobank_context, context_headers, telemetry_context
 from clinstream.ingest.errors import ApiError, ErrorBody, unavailable
 from clinstream.ingest.gateway_db import DatabaseUnavailable, DevicePrincipal, GatewayDb, LimsPrincipal
 from clinstream.ingest.metrics import GatewayMetrics
@@ -96,7 +101,7 @@ class Gateway:
         """Create the producer and the DB pool (neither needs its service to be up yet)."""
         self.producer = AsyncDurableProducer(self.settings, deadline_s=self.limits.deadline_s)
         self.db = GatewayDb(self.settings, max_size=self.limits.db_pool_max,
-                            timeout_s=min(self.limits.deadline_s, 5.0))
+                            timeout_s=min(self.limits.deadline_s, 5.0), cache_ttl_s=self.limits.credential_cache_ttl_s)
         await self.db.open()
         site = self.settings.site_id
         self.telemetry = TelemetryIntake(site, self.limits, self.producer, self.metrics)
@@ -180,14 +185,28 @@ class Gateway:
         except TimeoutError:
             raise ApiError(408, "request_timeout", "the body was not received in time") from None
 
-    async def body(self, request: Request, endpoint: str) -> Any:
-        """The parsed JSON body (large bodies are parsed in a worker thread)."""
+    async def dead_letter_body(self, refused: NestingTooDeep, stream: str, key: bytes | None,
+                               context: list[tuple[str, bytes]]) -> None:
+        """Put a whole refused body, its bytes as received (never re-serialised), on the ingest DLQ."""
+        assert self.producer is not None
+        message = dead_letter(get_codec(), site_id=self.settings.site_id, stage=Stage.INGEST,
+                              rejection=refused.rejection, original_value=refused.original, original_key=key,
+                              content_type="application/json", extra_headers=context)
+        await deliver(self.producer, self.metrics, stream, [],
+                      [(dlq(Stage.INGEST).name(self.settings.site_id), [message])])
+
+    async def body(self, request: Request, endpoint: str, context: list[tuple[str, bytes]]) -> Any:
+        """The parsed JSON body (large bodies are parsed in a worker thread); too deep: dead-lettered, 422."""
         raw = await self.raw_body(request)
         encoding = request.headers.get("content-encoding")
-        if len(raw) > INLINE_BODY_BYTES:
-            value, size = await asyncio.to_thread(decode_and_parse, raw, encoding, self.limits)
-        else:
-            value, size = decode_and_parse(raw, encoding, self.limits)
+        try:
+            if len(raw) > INLINE_BODY_BYTES:
+                value, size = await asyncio.to_thread(decode_and_parse, raw, encoding, self.limits)
+            else:
+                value, size = decode_and_parse(raw, encoding, self.limits)
+        except NestingTooDeep as refused:
+            await self.dead_letter_body(refused, "biobank", None, context)
+            raise
         self.metrics.body_bytes.labels(endpoint).observe(size)
         return value
 
@@ -205,7 +224,13 @@ class Gateway:
             return intake.prepare(body, device, received_ms), size
 
         # Validation and encoding are CPU work: big bodies go to a thread so the event loop keeps serving.
-        prepared, size = await asyncio.to_thread(prepare) if len(raw) > INLINE_BODY_BYTES else prepare()
+        try:
+            prepared, size = await asyncio.to_thread(prepare) if len(raw) > INLINE_BODY_BYTES else prepare()
+        except NestingTooDeep as refused:
+            context = context_headers(telemetry_context(received_ms, device.device_id, device.participant_id))
+            await self.dead_letter_body(refused, "telemetry", subject_key(self.settings.site_id,
+                                                                          device.participant_id), context)
+            raise
         self.metrics.body_bytes.labels("/v1/telemetry").observe(size)
         try:
             outcome = await intake.deliver(prepared)
@@ -226,7 +251,8 @@ class Gateway:
         assert self.biobank is not None
         received_ms = now_ms()
         lims = await self.lims(request)
-        body = await self.body(request, "/v1/biobank/events")
+        body = await self.body(request, "/v1/biobank/events",
+                               context_headers(biobank_context(received_ms, lims.key_id)))
         try:
             outcome = await self.biobank.submit(body, lims, received_ms)
         except BrokerUnavailable:
@@ -330,11 +356,13 @@ def create_app(settings: Settings | None = None, limits: IngestSettings | None =
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await gw.start()
-        watcher = asyncio.create_task(gw.watch_broker())
+        assert gw.db is not None
+        tasks = [asyncio.create_task(gw.watch_broker()), asyncio.create_task(gw.db.listen())]
         try:
             yield
         finally:
-            watcher.cancel()
+            for task in tasks:
+                task.cancel()
             await gw.stop()
 
     app = FastAPI(title="clinstream gateway", version="1", lifespan=lifespan, docs_url="/docs", redoc_url=None,

@@ -36,11 +36,16 @@ class IngestSettings(BaseSettings):
     max_events_per_request: int = Field(default=c.INGEST_MAX_EVENTS_PER_REQUEST, ge=1)
     max_body_bytes: int = Field(default=c.INGEST_MAX_BODY_BYTES, ge=1024)
     max_decoded_bytes: int = Field(default=c.INGEST_MAX_DECODED_BYTES, ge=1024)
+    max_json_depth: int = Field(default=c.INGEST_MAX_JSON_DEPTH, ge=4, le=200,
+                                description="Nesting levels of a JSON body; deeper bodies are refused (422).")
     deadline_s: float = Field(default=c.INGEST_DEADLINE_S, gt=0, le=120,
                               description="Broker acknowledgement deadline of one request; then 503.")
     retry_after_s: int = Field(default=c.INGEST_RETRY_AFTER_S, ge=1)
     broker_probe_s: float = Field(default=c.INGEST_BROKER_PROBE_S, gt=0)
     db_pool_max: int = Field(default=c.INGEST_DB_POOL_MAX, ge=1)
+    credential_cache_ttl_s: float = Field(default=c.INGEST_CREDENTIAL_CACHE_TTL_S, ge=0,
+                                          description="Fallback expiry of cached credentials (0: no caching); "
+                                                      "changes are evicted at once through LISTEN/NOTIFY.")
     max_in_flight: int = Field(default=c.INGEST_MAX_IN_FLIGHT, ge=1,
                                description="Intake requests processed at once; more are shed with 503.")
 

@@ -1,4 +1,4 @@
-"""The gateway's asynchronous database access: credential look-ups and the LIMS event-id idempotency record."""
+"""The gateway's asynchronous database access: cached credential look-ups and the LIMS event-id ledger."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from clinstream.core.config import Settings
-from clinstream.ingest.credentials import ParsedToken, matches
+from clinstream.ingest.credential_cache import CredentialCache, Row, listen_for_changes
+from clinstream.ingest.credentials import ParsedToken, credentials_schema, matches
 
 _DB_ERRORS = (psycopg.Error, PoolTimeout, OSError)
 
@@ -39,8 +40,15 @@ class LimsPrincipal:
 class GatewayDb:
     """A small connection pool over the site schema with the queries of the gateway."""
 
-    def __init__(self, settings: Settings, *, max_size: int, timeout_s: float) -> None:
+    def __init__(self, settings: Settings, *, max_size: int, timeout_s: float, cache_ttl_s: float) -> None:
         schema = settings.db_schema
+        cred = credentials_schema(schema)
+        self.database_url = settings.database_url
+        self.cache = CredentialCache(cache_ttl_s) if cache_ttl_s > 0 else None
+        self._device_query = ("SELECT secret_sha256, device_id, participant_id"
+                              f' FROM "{cred}".device_credentials WHERE key_id = %s AND revoked_at IS NULL')
+        self._lims_query = (f'SELECT secret_sha256 FROM "{cred}".lims_credentials'
+                            " WHERE key_id = %s AND revoked_at IS NULL")
 
         async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
             await conn.execute(f'SET search_path TO "{schema}", public')
@@ -77,21 +85,35 @@ class GatewayDb:
             return False
         return True
 
+    async def listen(self) -> None:
+        """Keep the credential cache coherent with the database (a task for the gateway's lifetime)."""
+        if self.cache is not None:
+            await listen_for_changes(self.database_url, self.cache)
+
+    async def _credential(self, table: str, query: str, token: ParsedToken) -> Row | None:
+        """The active credential row of a token whose secret matches (cached), else None."""
+        row = self.cache.get(table, token.key_id) if self.cache is not None else None
+        if row is None:
+            generation = self.cache.generation if self.cache is not None else 0
+            rows = await self._fetch(query, (token.key_id,))
+            row = tuple(rows[0]) if rows else ()
+            if self.cache is not None:
+                self.cache.put(table, token.key_id, row, generation)
+        if not row or not matches(row[0], token.key_id, token.secret):
+            return None
+        return row
+
     async def device(self, token: ParsedToken) -> DevicePrincipal | None:
         """The device of an active device token whose secret matches, else None."""
-        rows = await self._fetch("SELECT secret_sha256, device_id, participant_id FROM device_credentials"
-                                 " WHERE key_id = %s AND revoked_at IS NULL", (token.key_id,))
-        if not rows or not matches(rows[0][0], token.key_id, token.secret):
+        row = await self._credential("device", self._device_query, token)
+        if row is None:
             return None
-        return DevicePrincipal(token.key_id, str(rows[0][1]), str(rows[0][2]))
+        return DevicePrincipal(token.key_id, str(row[1]), str(row[2]))
 
     async def lims(self, token: ParsedToken) -> LimsPrincipal | None:
         """The LIMS of an active API key whose secret matches, else None."""
-        rows = await self._fetch("SELECT secret_sha256 FROM lims_credentials WHERE key_id = %s"
-                                 " AND revoked_at IS NULL", (token.key_id,))
-        if not rows or not matches(rows[0][0], token.key_id, token.secret):
-            return None
-        return LimsPrincipal(token.key_id)
+        row = await self._credential("lims", self._lims_query, token)
+        return None if row is None else LimsPrincipal(token.key_id)
 
     async def known_events(self, event_ids: Sequence[str]) -> dict[str, bytes]:
         """Content hashes of the events among `event_ids` that were accepted before."""
