@@ -101,7 +101,8 @@ class Gateway:
         """Create the producer and the DB pool (neither needs its service to be up yet)."""
         self.producer = AsyncDurableProducer(self.settings, deadline_s=self.limits.deadline_s)
         self.db = GatewayDb(self.settings, max_size=self.limits.db_pool_max,
-                            timeout_s=min(self.limits.deadline_s, 5.0), cache_ttl_s=self.limits.credential_cache_ttl_s)
+                            timeout_s=min(self.limits.deadline_s, 5.0), cache_ttl_s=self.limits.credential_cache_ttl_s,
+                            lookups=self.metrics.credential_lookups)
         await self.db.open()
         site = self.settings.site_id
         self.telemetry = TelemetryIntake(site, self.limits, self.producer, self.metrics)

@@ -8,6 +8,7 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
+from prometheus_client import Counter
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from clinstream.core.config import Settings
@@ -40,11 +41,13 @@ class LimsPrincipal:
 class GatewayDb:
     """A small connection pool over the site schema with the queries of the gateway."""
 
-    def __init__(self, settings: Settings, *, max_size: int, timeout_s: float, cache_ttl_s: float) -> None:
+    def __init__(self, settings: Settings, *, max_size: int, timeout_s: float, cache_ttl_s: float,
+                 lookups: Counter | None = None) -> None:
         schema = settings.db_schema
         cred = credentials_schema(schema)
         self.database_url = settings.database_url
         self.cache = CredentialCache(cache_ttl_s) if cache_ttl_s > 0 else None
+        self._lookups = lookups
         self._device_query = ("SELECT secret_sha256, device_id, participant_id"
                               f' FROM "{cred}".device_credentials WHERE key_id = %s AND revoked_at IS NULL')
         self._lims_query = (f'SELECT secret_sha256 FROM "{cred}".lims_credentials'
@@ -93,6 +96,8 @@ class GatewayDb:
     async def _credential(self, table: str, query: str, token: ParsedToken) -> Row | None:
         """The active credential row of a token whose secret matches (cached), else None."""
         row = self.cache.get(table, token.key_id) if self.cache is not None else None
+        if self._lookups is not None:
+            self._lookups.labels("database" if row is None else "cache").inc()
         if row is None:
             generation = self.cache.generation if self.cache is not None else 0
             rows = await self._fetch(query, (token.key_id,))

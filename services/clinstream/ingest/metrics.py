@@ -32,6 +32,8 @@ class GatewayMetrics:
                                      registry=r)
         self.unavailable = Counter("clinstream_gateway_unavailable_total", "503 answers by cause.", ["cause"],
                                    registry=r)
+        self.credential_lookups = Counter("clinstream_gateway_credential_lookups_total", "Credential look-ups by "
+                                          "source: the process's cache or the database.", ["source"], registry=r)
         self.broker_up = Gauge("clinstream_gateway_broker_up", "1 while the broker is reachable.", registry=r)
         self.broker_up.set(1)
 
