@@ -33,8 +33,10 @@ from clinstream.ingest.delivery import deliver
 from clinstream.ingest.dlq_context import biobank_context, context_headers, telemetry_context
 from clinstream.ingest.errors import ApiError, ErrorBody, unavailable
 from clinstream.ingest.gateway_db import DatabaseUnavailable, DevicePrincipal, GatewayDb, LimsPrincipal
+from clinstream.ingest.lims_scope import check_scope
 from clinstream.ingest.metrics import GatewayMetrics
 from clinstream.ingest.producer import AsyncDurableProducer
+from clinstream.ingest.rate_limit import TokenBuckets
 from clinstream.ingest.telemetry_intake import PreparedTelemetry, TelemetryIntake
 from clinstream.ingest.telemetry_models import RejectedItem, TelemetryAnswer, TelemetryBatch
 
@@ -95,6 +97,7 @@ class Gateway:
         self.db: GatewayDb | None = None
         self.telemetry: TelemetryIntake | None = None
         self.biobank: BiobankIntake | None = None
+        self.buckets = TokenBuckets(limits.gateway_processes)
         self.in_flight = 0
 
     async def start(self) -> None:
@@ -168,15 +171,35 @@ class Gateway:
             raise ApiError(401, "unauthenticated", "invalid credential")
         return principal
 
+    def limit(self, unit: str, key_id: str, amount: int, per_minute: int) -> None:
+        """Take from a credential's bucket: 429 + Retry-After when it is over its limit (nothing is produced)."""
+        if amount > per_minute / self.limits.gateway_processes:
+            raise ApiError(413, "over_the_per_minute_limit", f"one request may hold at most the {unit} of one "
+                           "minute's limit; send smaller batches")
+        verdict = self.buckets.take(unit, key_id, amount, per_minute)
+        self.metrics.limit_usage.labels(unit).observe(verdict.usage)
+        if not verdict.allowed:
+            self.metrics.rate_limited.labels(unit).inc()
+            raise ApiError(429, "rate_limited", f"this credential is over its limit of {per_minute} {unit} per "
+                           "minute; send the same request again after Retry-After seconds",
+                           headers={"Retry-After": str(verdict.retry_after_s)})
+
     async def device(self, request: Request) -> DevicePrincipal:
-        """The authenticated device of a request (401 if none; 503 if the credential store is away)."""
+        """The authenticated device of a request (401 if none; 503 if the credential store is away; 429)."""
         assert self.db is not None
-        return await self._principal(request, DEVICE_TOKEN_PREFIX, self.db.device)
+        device = await self._principal(request, DEVICE_TOKEN_PREFIX, self.db.device)
+        self.limit("requests", device.key_id, 1, device.max_requests_per_min or self.limits.max_requests_per_min)
+        return device
 
     async def lims(self, request: Request) -> LimsPrincipal:
-        """The authenticated LIMS of a request."""
+        """The authenticated LIMS of a request (429 over its request limit)."""
         assert self.db is not None
-        return await self._principal(request, LIMS_TOKEN_PREFIX, self.db.lims)
+        if self.limits.lims_requires_client_cert and not self.limits.client_cert_verified:
+            raise ApiError(403, "client_certificate_required", "LIMS events are accepted only through the site's "
+                           "gateway that verifies client certificates")
+        lims = await self._principal(request, LIMS_TOKEN_PREFIX, self.db.lims)
+        self.limit("requests", lims.key_id, 1, lims.max_requests_per_min or self.limits.max_requests_per_min)
+        return lims
 
     async def raw_body(self, request: Request) -> bytes:
         """The body as sent (media type and size checked), within the read timeout."""
@@ -233,6 +256,9 @@ class Gateway:
                                                                           device.participant_id), context)
             raise
         self.metrics.body_bytes.labels("/v1/telemetry").observe(size)
+        if prepared.outcome.readings:
+            self.limit("readings", device.key_id, prepared.outcome.readings,
+                       device.max_readings_per_min or self.limits.max_readings_per_min)
         try:
             outcome = await intake.deliver(prepared)
         except BrokerUnavailable:
@@ -254,8 +280,11 @@ class Gateway:
         lims = await self.lims(request)
         body = await self.body(request, "/v1/biobank/events",
                                context_headers(biobank_context(received_ms, lims.key_id)))
+        events = self.biobank.validator.envelope(body)
+        check_scope(events, lims)
+        self.limit("events", lims.key_id, len(events), lims.max_events_per_min or self.limits.max_events_per_min)
         try:
-            outcome = await self.biobank.submit(body, lims, received_ms)
+            outcome = await self.biobank.submit_events(events, lims, received_ms)
         except BrokerUnavailable:
             raise self._unavailable("broker", "the broker did not acknowledge in time; send the events again "
                                     "unchanged later") from None
@@ -301,7 +330,9 @@ async def _guarded(handler: Callable[[], Awaitable[Response]]) -> Response:
 
 _ERRORS = {
     400: "Malformed JSON or gzip.", 401: "Missing or invalid credential.", 413: "Body too large (as sent or "
-    "after gunzip).", 415: "Content-Type is not application/json, or unsupported Content-Encoding.",
+    "after gunzip), or more readings/events than one minute's limit.", 429: "The credential is over its per-minute "
+    "limit of requests, readings or events; nothing was accepted or dead-lettered. Send the same request again after "
+    "the Retry-After seconds.", 415: "Content-Type is not application/json, or unsupported Content-Encoding.",
     503: "The broker (or the credential store) did not answer within the deadline; nothing was accepted. "
     "Retry after the Retry-After seconds, unchanged.",
 }
@@ -394,7 +425,8 @@ def create_app(settings: Settings | None = None, limits: IngestSettings | None =
 
     @app.post("/v1/biobank/events", status_code=202, summary="Submit LIMS sample, assay and consent events.",
               description=biobank_models.__doc__ or "",
-              response_model=None, responses=_responses(BiobankAnswer, {}),
+              response_model=None, responses=_responses(BiobankAnswer, {
+                  403: "An event lies outside the LIMS key's scope (event type or sample-type prefix)."}),
               openapi_extra=_body_doc("BiobankBatch", "limsKey"))
     async def post_biobank(request: Request) -> Response:
         return await _guarded(lambda: gw.shed(lambda: gw.post_biobank(request)))

@@ -29,13 +29,20 @@ class DevicePrincipal:
     key_id: str
     device_id: str
     participant_id: str
+    time_zone: str | None = None  # the participant's IANA zone, stamped on every block
+    max_requests_per_min: int | None = None  # None: the site default
+    max_readings_per_min: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class LimsPrincipal:
-    """An authenticated LIMS."""
+    """An authenticated LIMS, its limits and its scope (None: unrestricted)."""
 
     key_id: str
+    max_requests_per_min: int | None = None
+    max_events_per_min: int | None = None
+    event_types: frozenset[str] | None = None  # lifecycle | assay | consent
+    sample_prefixes: tuple[str, ...] | None = None
 
 
 class GatewayDb:
@@ -48,9 +55,11 @@ class GatewayDb:
         self.database_url = settings.database_url
         self.cache = CredentialCache(cache_ttl_s) if cache_ttl_s > 0 else None
         self._lookups = lookups
-        self._device_query = ("SELECT secret_sha256, device_id, participant_id"
+        self._device_query = ("SELECT secret_sha256, device_id, participant_id, time_zone, max_requests_per_min,"
+                              " max_readings_per_min"
                               f' FROM "{cred}".device_credentials WHERE key_id = %s AND revoked_at IS NULL')
-        self._lims_query = (f'SELECT secret_sha256 FROM "{cred}".lims_credentials'
+        self._lims_query = ("SELECT secret_sha256, max_requests_per_min, max_events_per_min, event_types,"
+                            f' sample_prefixes FROM "{cred}".lims_credentials'
                             " WHERE key_id = %s AND revoked_at IS NULL")
 
         async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
@@ -113,12 +122,15 @@ class GatewayDb:
         row = await self._credential("device", self._device_query, token)
         if row is None:
             return None
-        return DevicePrincipal(token.key_id, str(row[1]), str(row[2]))
+        return DevicePrincipal(token.key_id, str(row[1]), str(row[2]), row[3], row[4], row[5])
 
     async def lims(self, token: ParsedToken) -> LimsPrincipal | None:
         """The LIMS of an active API key whose secret matches, else None."""
         row = await self._credential("lims", self._lims_query, token)
-        return None if row is None else LimsPrincipal(token.key_id)
+        if row is None:
+            return None
+        return LimsPrincipal(token.key_id, row[1], row[2], frozenset(row[3]) if row[3] is not None else None,
+                             tuple(row[4]) if row[4] is not None else None)
 
     async def known_events(self, event_ids: Sequence[str]) -> dict[str, bytes]:
         """Content hashes of the events among `event_ids` that were accepted before."""
