@@ -15,7 +15,7 @@ from clinstream.ingest.credentials import CredentialError
 
 
 def run_update(update: Callable[[psycopg.Connection[Any]], int], done: str) -> NoReturn:
-    """Commit one credential update and print `done` with its count; exit 0 if it changed a row, 1 if not, 2 on error."""
+    """Commit one credential update and print `done` with its count; exit 0 if it changed a row, 1 if not, 2 if bad."""
     with connect_with_retry(get_settings(), max_wait_s=30.0) as conn:
         try:
             count = update(conn)
