@@ -146,6 +146,3 @@ INGEST_CREDENTIAL_SCHEMA_PREFIX: Final = "cred_"  # + site id with '_': the sche
 INGEST_CREDENTIAL_CHANNEL: Final = "clinstream_credentials"  # NOTIFY channel of credential changes (cache eviction)
 INGEST_CREDENTIAL_CACHE_TTL_S: Final = 30.0  # fallback: a cached credential is looked up again after this long
 INGEST_BROKER_LOG_EVERY_S: Final = 30.0  # while the broker is unreachable, one summary log line this often
-INGEST_MAX_REQUESTS_PER_MIN: Final = 1_200  # per credential (a device batching every few seconds sends ~20)
-INGEST_MAX_READINGS_PER_MIN: Final = 600_000  # per device credential (a 50 Hz three-axis sensor sends 9,000)
-INGEST_MAX_EVENTS_PER_MIN: Final = 60_000  # per LIMS key

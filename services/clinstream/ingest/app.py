@@ -171,8 +171,10 @@ class Gateway:
             raise ApiError(401, "unauthenticated", "invalid credential")
         return principal
 
-    def limit(self, unit: str, key_id: str, amount: int, per_minute: int) -> None:
+    def limit(self, unit: str, key_id: str, amount: int, per_minute: int | None) -> None:
         """Take from a credential's bucket: 429 + Retry-After when it is over its limit (nothing is produced)."""
+        if per_minute is None:
+            return
         if amount > per_minute / self.limits.gateway_processes:
             raise ApiError(413, "over_the_per_minute_limit", f"one request may hold at most the {unit} of one "
                            "minute's limit; send smaller batches")

@@ -46,12 +46,14 @@ class IngestSettings(BaseSettings):
     credential_cache_ttl_s: float = Field(default=c.INGEST_CREDENTIAL_CACHE_TTL_S, ge=0,
                                           description="Fallback expiry of cached credentials (0: no caching); "
                                                       "changes are evicted at once through LISTEN/NOTIFY.")
-    max_requests_per_min: int = Field(default=c.INGEST_MAX_REQUESTS_PER_MIN, ge=1,
-                                      description="Requests per minute of one credential (site default).")
-    max_readings_per_min: int = Field(default=c.INGEST_MAX_READINGS_PER_MIN, ge=1,
-                                      description="Readings per minute of one device credential (site default).")
-    max_events_per_min: int = Field(default=c.INGEST_MAX_EVENTS_PER_MIN, ge=1,
-                                    description="LIMS events per minute of one API key (site default).")
+    # Per-credential limits; None (the default): no limit unless the credential has its own. A site that faces the
+    # internet sets them, e.g. 1,200 requests, 600,000 readings and 60,000 LIMS events per minute.
+    max_requests_per_min: int | None = Field(default=None, ge=1,
+                                             description="Requests per minute of one credential (site default).")
+    max_readings_per_min: int | None = Field(default=None, ge=1, description="Readings per minute of one device "
+                                             "credential (site default).")
+    max_events_per_min: int | None = Field(default=None, ge=1,
+                                           description="LIMS events per minute of one API key (site default).")
     gateway_processes: int = Field(default=1, ge=1, description="Gateway processes serving the site; each "
                                    "enforces 1/N of every per-credential limit.")
     time_zone: str | None = Field(default=None, description="The site's default participant time zone (IANA) for "
