@@ -44,7 +44,7 @@ from clinstream.store.migrate import migrate
 
 READINGS_PER_BLOCK = 60
 # Site limits of the run: far above a good device's rate (one request per interval), so only the bad ones hit them.
-LIMITS = {"CLINSTREAM_INGEST_MAX_REQUESTS_PER_MIN": "120", "CLINSTREAM_INGEST_MAX_READINGS_PER_MIN": "60000"}
+LIMITS = {"CLINSTREAM_INGEST_MAX_REQUESTS_PER_MIN": "60", "CLINSTREAM_INGEST_MAX_READINGS_PER_MIN": "60000"}
 
 
 def _block(participant: str, start_ms: int) -> bytes:

@@ -196,13 +196,18 @@ def test_two_gateway_processes_enforce_their_documented_shares(site: Settings) -
     port_a, port_b = free_port(), free_port()
     with gateway_process(site, port_a, CLINSTREAM_INGEST_GATEWAY_PROCESSES="2"), \
             gateway_process(site, port_b, CLINSTREAM_INGEST_GATEWAY_PROCESSES="2"):
-        def post(port: int) -> int:
-            return httpx.post(f"http://127.0.0.1:{port}/v1/telemetry", content=body(hr_block("P-000066")),
-                              headers=auth(token), timeout=10).status_code
+        def accepted_before_429(port: int) -> int:
+            accepted = 0
+            while httpx.post(f"http://127.0.0.1:{port}/v1/telemetry", content=body(hr_block("P-000066")),
+                             headers=auth(token), timeout=10).status_code == 202:
+                accepted += 1
+                assert accepted < 40, "never limited"
+            return accepted
 
-        a = [post(port_a) for _ in range(11)]
-        b = [post(port_b) for _ in range(11)]
-    assert a == [202] * 10 + [429] and b == [202] * 10 + [429]  # 10 + 10 = the site's 20 per minute
+        a, b = accepted_before_429(port_a), accepted_before_429(port_b)
+    # Each process allows its share, 10 (a minute's burst of 20 / 2), plus what refilled meanwhile at 10 a minute;
+    # reaching the site's whole 20 in one process would take a minute of refill.
+    assert 10 <= a < 20 and 10 <= b < 20, (a, b)
 
 
 # ---- LIMS scopes ---------------------------------------------------------------------------------------------
