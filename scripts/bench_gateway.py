@@ -32,7 +32,7 @@ import psutil
 from clinstream.core.config import Settings
 from clinstream.core.db import connect
 from clinstream.core.topic_admin import apply_topics, delete_site_topics
-from clinstream.ingest.credentials import register_device
+from clinstream.ingest.credentials import credentials_schema, register_device
 from clinstream.simulate.profiles import make_participant
 from clinstream.simulate.telemetry import batch_payloads, device_blocks, iso_ms
 from clinstream.store.migrate import migrate
@@ -52,7 +52,7 @@ class LevelResult:
     produce_ms: float = float("nan")  # mean time the gateway waited for broker acks per request
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -152,7 +152,7 @@ async def _produce_totals(client: httpx.AsyncClient) -> tuple[float, float]:
     return total, count
 
 
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -164,6 +164,14 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60.0
             pass
         time.sleep(0.2)
     raise SystemExit("the gateway did not become ready")
+
+
+def remove_site(settings: Settings) -> None:
+    """Delete a bench site's topics, feature-store schema and credential schema."""
+    delete_site_topics(settings)
+    with connect(settings, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{settings.db_schema}" CASCADE')
+        conn.execute(f'DROP SCHEMA IF EXISTS "{credentials_schema(settings.db_schema)}" CASCADE')
 
 
 def main() -> None:
@@ -184,7 +192,7 @@ def main() -> None:
     with connect(settings) as conn:
         token = register_device(conn, "BENCH-DEVICE-1", PARTICIPANT).token
         conn.commit()
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "CLINSTREAM_SITE_ID": settings.site_id, "CLINSTREAM_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
            "CLINSTREAM_DATABASE_URL": settings.database_url}
@@ -195,7 +203,7 @@ def main() -> None:
                                  "warning", "--workers", str(args.workers)], env=env, stdout=log,
                                 stderr=subprocess.STDOUT)
     try:
-        _wait_ready(url, proc)
+        wait_ready(url, proc)
         server = psutil.Process(proc.pid) if args.workers == 1 else None
         bodies = hr_bodies(64, args.blocks, args.samples) if args.payload == "hr" else sim_bodies(args.blocks)
         avg_readings = sum(n for _, n in bodies) / len(bodies)
@@ -219,9 +227,7 @@ def main() -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
         if not args.keep:
-            delete_site_topics(settings)
-            with connect(settings, autocommit=True) as conn:
-                conn.execute(f'DROP SCHEMA IF EXISTS "{settings.db_schema}" CASCADE')
+            remove_site(settings)
 
 
 if __name__ == "__main__":

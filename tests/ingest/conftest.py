@@ -14,7 +14,7 @@ from clinstream.core.config import Settings
 from clinstream.core.db import connect
 from clinstream.ingest.app import create_app
 from clinstream.ingest.config import IngestSettings
-from clinstream.ingest.credentials import register_device, register_lims
+from clinstream.ingest.credentials import credentials_schema, register_device, register_lims
 
 SMALL_LIMITS = {"max_body_bytes": 256 * 1024, "max_decoded_bytes": 1024 * 1024, "deadline_s": 5.0}
 
@@ -48,8 +48,14 @@ def ingest_site() -> Iterator[IngestSite]:
     yield IngestSite(settings, IngestSettings(**SMALL_LIMITS), dev1.token, "SIM-DEV-0001", dev2.token, lims.token)
     if not os.environ.get("CLINSTREAM_KEEP_TEST_TOPICS"):
         delete_site_topics(settings)
+    drop_site_schemas(settings)
+
+
+def drop_site_schemas(settings: Settings) -> None:
+    """Drop a test site's feature-store and credential schemas."""
     with connect(settings, autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA IF EXISTS "{settings.db_schema}" CASCADE')
+        conn.execute(f'DROP SCHEMA IF EXISTS "{credentials_schema(settings.db_schema)}" CASCADE')
 
 
 @pytest.fixture(scope="session")

@@ -177,3 +177,19 @@ def test_csv_rows_map_to_events() -> None:
                                 "centrifugation": {"g_force": 2000.0, "braking": False}}
     consent = row_to_event({"kind": "consent", "scope": "DUO:0000006; DUO:0000019"})
     assert consent["payload"]["scope"] == ["DUO:0000006", "DUO:0000019"]
+
+
+def test_token_bucket_allows_a_minutes_burst_then_refills_at_the_limit_rate() -> None:
+    from clinstream.ingest.rate_limit import TokenBuckets
+
+    now = [0.0]
+    buckets = TokenBuckets(processes=2, clock=lambda: now[0])  # each process: half of 120 per minute
+    assert all(buckets.take("requests", "k", 1, 120).allowed for _ in range(60))
+    refused = buckets.take("requests", "k", 1, 120)
+    assert not refused.allowed and refused.retry_after_s == 1 and refused.usage == 1.0
+    assert buckets.take("requests", "other", 1, 120).allowed  # buckets are per credential
+    now[0] += 1.0  # one token per second comes back (60 per minute per process)
+    assert buckets.take("requests", "k", 1, 120).allowed
+    assert not buckets.take("requests", "k", 1, 120).allowed
+    waited = buckets.take("readings", "k", 50, 60)  # 30 tokens per minute per process: 50 never fit at once
+    assert not waited.allowed

@@ -159,3 +159,10 @@ CONSOLE_STATEMENT_TIMEOUT_MS: Final = 5_000
 CONSOLE_SNAPSHOT_TIMEOUT_MS: Final = 120_000  # the background cohort aggregates
 CONSOLE_LAG_TTL_S: Final = 5.0  # consumer-group lag is read from the broker at most this often
 CONSOLE_TIMELINE_DAYS: Final = 14  # participant timelines show this many days before the newest window
+
+# The gateway at the edge (ingest-edge; issues 12, 14, 16, 17).
+INGEST_MAX_JSON_DEPTH: Final = 32  # nesting levels of a request body (orjson.dumps stops at 254; real bodies use 5)
+INGEST_CREDENTIAL_SCHEMA_PREFIX: Final = "cred_"  # + site id with '_': the schema of device and LIMS credentials
+INGEST_CREDENTIAL_CHANNEL: Final = "clinstream_credentials"  # NOTIFY channel of credential changes (cache eviction)
+INGEST_CREDENTIAL_CACHE_TTL_S: Final = 30.0  # fallback: a cached credential is looked up again after this long
+INGEST_BROKER_LOG_EVERY_S: Final = 30.0  # while the broker is unreachable, one summary log line this often

@@ -16,20 +16,27 @@ from fastapi.openapi.utils import get_openapi
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from clinstream.core.avro import get_codec, subject_key
 from clinstream.core.config import Settings, get_settings
 from clinstream.core.constants import DEVICE_TOKEN_PREFIX, LIMS_TOKEN_PREFIX
+from clinstream.core.dlq import dead_letter
 from clinstream.core.kafka import BrokerUnavailable
 from clinstream.core.timeutil import from_ms, now_ms
+from clinstream.core.topics import Stage, dlq
 from clinstream.ingest import biobank_models, telemetry_models
 from clinstream.ingest.biobank_intake import BiobankIntake
 from clinstream.ingest.biobank_models import BiobankAnswer, BiobankBatch
-from clinstream.ingest.body import check_media_type, decode_and_parse, read_limited
+from clinstream.ingest.body import NestingTooDeep, check_media_type, decode_and_parse, read_limited
 from clinstream.ingest.config import IngestSettings, get_ingest_settings
 from clinstream.ingest.credentials import ParsedToken, bearer_token, parse_token
+from clinstream.ingest.delivery import deliver
+from clinstream.ingest.dlq_context import biobank_context, context_headers, telemetry_context
 from clinstream.ingest.errors import ApiError, ErrorBody, unavailable
 from clinstream.ingest.gateway_db import DatabaseUnavailable, DevicePrincipal, GatewayDb, LimsPrincipal
+from clinstream.ingest.lims_scope import check_scope
 from clinstream.ingest.metrics import GatewayMetrics
 from clinstream.ingest.producer import AsyncDurableProducer
+from clinstream.ingest.rate_limit import TokenBuckets
 from clinstream.ingest.telemetry_intake import PreparedTelemetry, TelemetryIntake
 from clinstream.ingest.telemetry_models import RejectedItem, TelemetryAnswer, TelemetryBatch
 
@@ -90,13 +97,15 @@ class Gateway:
         self.db: GatewayDb | None = None
         self.telemetry: TelemetryIntake | None = None
         self.biobank: BiobankIntake | None = None
+        self.buckets = TokenBuckets(limits.gateway_processes)
         self.in_flight = 0
 
     async def start(self) -> None:
         """Create the producer and the DB pool (neither needs its service to be up yet)."""
         self.producer = AsyncDurableProducer(self.settings, deadline_s=self.limits.deadline_s)
         self.db = GatewayDb(self.settings, max_size=self.limits.db_pool_max,
-                            timeout_s=min(self.limits.deadline_s, 5.0))
+                            timeout_s=min(self.limits.deadline_s, 5.0), cache_ttl_s=self.limits.credential_cache_ttl_s,
+                            lookups=self.metrics.credential_lookups)
         await self.db.open()
         site = self.settings.site_id
         self.telemetry = TelemetryIntake(site, self.limits, self.producer, self.metrics)
@@ -162,15 +171,37 @@ class Gateway:
             raise ApiError(401, "unauthenticated", "invalid credential")
         return principal
 
+    def limit(self, unit: str, key_id: str, amount: int, per_minute: int | None) -> None:
+        """Take from a credential's bucket: 429 + Retry-After when it is over its limit (nothing is produced)."""
+        if per_minute is None:
+            return
+        if amount > per_minute / self.limits.gateway_processes:
+            raise ApiError(413, "over_the_per_minute_limit", f"one request may hold at most the {unit} of one "
+                           "minute's limit; send smaller batches")
+        verdict = self.buckets.take(unit, key_id, amount, per_minute)
+        self.metrics.limit_usage.labels(unit).observe(verdict.usage)
+        if not verdict.allowed:
+            self.metrics.rate_limited.labels(unit).inc()
+            raise ApiError(429, "rate_limited", f"this credential is over its limit of {per_minute} {unit} per "
+                           "minute; send the same request again after Retry-After seconds",
+                           headers={"Retry-After": str(verdict.retry_after_s)})
+
     async def device(self, request: Request) -> DevicePrincipal:
-        """The authenticated device of a request (401 if none; 503 if the credential store is away)."""
+        """The authenticated device of a request (401 if none; 503 if the credential store is away; 429)."""
         assert self.db is not None
-        return await self._principal(request, DEVICE_TOKEN_PREFIX, self.db.device)
+        device = await self._principal(request, DEVICE_TOKEN_PREFIX, self.db.device)
+        self.limit("requests", device.key_id, 1, device.max_requests_per_min or self.limits.max_requests_per_min)
+        return device
 
     async def lims(self, request: Request) -> LimsPrincipal:
-        """The authenticated LIMS of a request."""
+        """The authenticated LIMS of a request (429 over its request limit)."""
         assert self.db is not None
-        return await self._principal(request, LIMS_TOKEN_PREFIX, self.db.lims)
+        if self.limits.lims_requires_client_cert and not self.limits.client_cert_verified:
+            raise ApiError(403, "client_certificate_required", "LIMS events are accepted only through the site's "
+                           "gateway that verifies client certificates")
+        lims = await self._principal(request, LIMS_TOKEN_PREFIX, self.db.lims)
+        self.limit("requests", lims.key_id, 1, lims.max_requests_per_min or self.limits.max_requests_per_min)
+        return lims
 
     async def raw_body(self, request: Request) -> bytes:
         """The body as sent (media type and size checked), within the read timeout."""
@@ -180,14 +211,28 @@ class Gateway:
         except TimeoutError:
             raise ApiError(408, "request_timeout", "the body was not received in time") from None
 
-    async def body(self, request: Request, endpoint: str) -> Any:
-        """The parsed JSON body (large bodies are parsed in a worker thread)."""
+    async def dead_letter_body(self, refused: NestingTooDeep, stream: str, key: bytes | None,
+                               context: list[tuple[str, bytes]]) -> None:
+        """Put a whole refused body, its bytes as received (never re-serialised), on the ingest DLQ."""
+        assert self.producer is not None
+        message = dead_letter(get_codec(), site_id=self.settings.site_id, stage=Stage.INGEST,
+                              rejection=refused.rejection, original_value=refused.original, original_key=key,
+                              content_type="application/json", extra_headers=context)
+        await deliver(self.producer, self.metrics, stream, [],
+                      [(dlq(Stage.INGEST).name(self.settings.site_id), [message])])
+
+    async def body(self, request: Request, endpoint: str, context: list[tuple[str, bytes]]) -> Any:
+        """The parsed JSON body (large bodies are parsed in a worker thread); too deep: dead-lettered, 422."""
         raw = await self.raw_body(request)
         encoding = request.headers.get("content-encoding")
-        if len(raw) > INLINE_BODY_BYTES:
-            value, size = await asyncio.to_thread(decode_and_parse, raw, encoding, self.limits)
-        else:
-            value, size = decode_and_parse(raw, encoding, self.limits)
+        try:
+            if len(raw) > INLINE_BODY_BYTES:
+                value, size = await asyncio.to_thread(decode_and_parse, raw, encoding, self.limits)
+            else:
+                value, size = decode_and_parse(raw, encoding, self.limits)
+        except NestingTooDeep as refused:
+            await self.dead_letter_body(refused, "biobank", None, context)
+            raise
         self.metrics.body_bytes.labels(endpoint).observe(size)
         return value
 
@@ -205,8 +250,17 @@ class Gateway:
             return intake.prepare(body, device, received_ms), size
 
         # Validation and encoding are CPU work: big bodies go to a thread so the event loop keeps serving.
-        prepared, size = await asyncio.to_thread(prepare) if len(raw) > INLINE_BODY_BYTES else prepare()
+        try:
+            prepared, size = await asyncio.to_thread(prepare) if len(raw) > INLINE_BODY_BYTES else prepare()
+        except NestingTooDeep as refused:
+            context = context_headers(telemetry_context(received_ms, device.device_id, device.participant_id))
+            await self.dead_letter_body(refused, "telemetry", subject_key(self.settings.site_id,
+                                                                          device.participant_id), context)
+            raise
         self.metrics.body_bytes.labels("/v1/telemetry").observe(size)
+        if prepared.outcome.readings:
+            self.limit("readings", device.key_id, prepared.outcome.readings,
+                       device.max_readings_per_min or self.limits.max_readings_per_min)
         try:
             outcome = await intake.deliver(prepared)
         except BrokerUnavailable:
@@ -226,9 +280,13 @@ class Gateway:
         assert self.biobank is not None
         received_ms = now_ms()
         lims = await self.lims(request)
-        body = await self.body(request, "/v1/biobank/events")
+        body = await self.body(request, "/v1/biobank/events",
+                               context_headers(biobank_context(received_ms, lims.key_id)))
+        events = self.biobank.validator.envelope(body)
+        check_scope(events, lims)
+        self.limit("events", lims.key_id, len(events), lims.max_events_per_min or self.limits.max_events_per_min)
         try:
-            outcome = await self.biobank.submit(body, lims, received_ms)
+            outcome = await self.biobank.submit_events(events, lims, received_ms)
         except BrokerUnavailable:
             raise self._unavailable("broker", "the broker did not acknowledge in time; send the events again "
                                     "unchanged later") from None
@@ -274,7 +332,9 @@ async def _guarded(handler: Callable[[], Awaitable[Response]]) -> Response:
 
 _ERRORS = {
     400: "Malformed JSON or gzip.", 401: "Missing or invalid credential.", 413: "Body too large (as sent or "
-    "after gunzip).", 415: "Content-Type is not application/json, or unsupported Content-Encoding.",
+    "after gunzip), or more readings/events than one minute's limit.", 429: "The credential is over its per-minute "
+    "limit of requests, readings or events; nothing was accepted or dead-lettered. Send the same request again after "
+    "the Retry-After seconds.", 415: "Content-Type is not application/json, or unsupported Content-Encoding.",
     503: "The broker (or the credential store) did not answer within the deadline; nothing was accepted. "
     "Retry after the Retry-After seconds, unchanged.",
 }
@@ -330,11 +390,13 @@ def create_app(settings: Settings | None = None, limits: IngestSettings | None =
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await gw.start()
-        watcher = asyncio.create_task(gw.watch_broker())
+        assert gw.db is not None
+        tasks = [asyncio.create_task(gw.watch_broker()), asyncio.create_task(gw.db.listen())]
         try:
             yield
         finally:
-            watcher.cancel()
+            for task in tasks:
+                task.cancel()
             await gw.stop()
 
     app = FastAPI(title="clinstream gateway", version="1", lifespan=lifespan, docs_url="/docs", redoc_url=None,
@@ -365,7 +427,8 @@ def create_app(settings: Settings | None = None, limits: IngestSettings | None =
 
     @app.post("/v1/biobank/events", status_code=202, summary="Submit LIMS sample, assay and consent events.",
               description=biobank_models.__doc__ or "",
-              response_model=None, responses=_responses(BiobankAnswer, {}),
+              response_model=None, responses=_responses(BiobankAnswer, {
+                  403: "An event lies outside the LIMS key's scope (event type or sample-type prefix)."}),
               openapi_extra=_body_doc("BiobankBatch", "limsKey"))
     async def post_biobank(request: Request) -> Response:
         return await _guarded(lambda: gw.shed(lambda: gw.post_biobank(request)))

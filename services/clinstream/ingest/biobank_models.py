@@ -12,7 +12,16 @@ from datetime import date, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    StringConstraints,
+    model_validator,
+)
 
 from clinstream.core.constants import INGEST_MAX_EVENTS_PER_REQUEST, KNOWN_ASSAYS
 from clinstream.ingest.telemetry_models import Instant, ParticipantId, RejectedItem
@@ -115,6 +124,13 @@ class SamplePayload(BaseModel):
         return self
 
 
+def _coded_analyte(name: str) -> str:
+    """An analyte must be the controlled name of a coded assay (free text could carry identifiers downstream)."""
+    if name not in KNOWN_ASSAYS:
+        raise ValueError("analyte must be a coded assay: " + ", ".join(KNOWN_ASSAYS))
+    return name
+
+
 class AssayPayload(BaseModel):
     """An assay result measured on a sample, e.g. CRP (LOINC 1988-5) in mg/L."""
 
@@ -122,22 +138,22 @@ class AssayPayload(BaseModel):
 
     kind: Literal["assay"]
     sample_id: Barcode
-    analyte: Annotated[str, Strict(), StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9 ,.()+/%-]{0,47}$")]
+    analyte: Annotated[str, Strict(), AfterValidator(_coded_analyte),
+                       Field(description="Controlled name of a coded assay: " + ", ".join(
+                           f"{name} (LOINC {code})" for name, (code, _) in KNOWN_ASSAYS.items()) + ".")]
     loinc_code: Annotated[str, Strict(), BeforeValidator(_loinc), Field(description="LOINC code, e.g. 1988-5.")]
     value: Annotated[float, Strict(), Field(ge=-1e9, le=1e9)]
     unit: Ucum
 
     @model_validator(mode="after")
     def _known_assay(self) -> AssayPayload:
-        known = KNOWN_ASSAYS.get(self.analyte.upper().replace("-", "").replace(" ", ""))
-        if known is not None:
-            code, unit = known
-            if self.loinc_code != code:
-                raise ValueError(f"{self.analyte.upper()} results carry LOINC {code}")
-            if self.unit != unit:
-                raise ValueError(f"{self.analyte.upper()} results are in {unit}")
-            if not 0 <= self.value <= 1000:
-                raise ValueError(f"{self.analyte.upper()} must be within 0-1000 {unit}")
+        code, unit = KNOWN_ASSAYS[self.analyte]
+        if self.loinc_code != code:
+            raise ValueError(f"{self.analyte} results carry LOINC {code}")
+        if self.unit != unit:
+            raise ValueError(f"{self.analyte} results are in {unit}")
+        if not 0 <= self.value <= 1000:
+            raise ValueError(f"{self.analyte} must be within 0-1000 {unit}")
         return self
 
 

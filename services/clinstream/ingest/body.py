@@ -8,8 +8,10 @@ from typing import Any
 import orjson
 from starlette.requests import ClientDisconnect, Request
 
+from clinstream.core.dlq import Rejection
 from clinstream.ingest.config import IngestSettings
 from clinstream.ingest.errors import ApiError
+from clinstream.ingest.json_depth import deeper_than
 
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
 
@@ -30,6 +32,16 @@ def check_media_type(request: Request) -> None:
     coding = request.headers.get("content-encoding", "identity").strip().lower()
     if coding not in ("identity", "gzip", "x-gzip", ""):
         raise ApiError(415, "unsupported_content_encoding", "Content-Encoding must be gzip or identity")
+
+
+class NestingTooDeep(ApiError):
+    """A body nested deeper than the limit (422); `original` holds its JSON bytes as received, for the DLQ."""
+
+    def __init__(self, limit: int, original: bytes) -> None:
+        reason = f"JSON nested deeper than the limit of {limit} levels"
+        super().__init__(422, "nesting_too_deep", reason)
+        self.rejection = Rejection(reason)
+        self.original = original
 
 
 def _too_large(limit: int, what: str) -> ApiError:
@@ -99,8 +111,10 @@ def parse_json(text: bytes) -> Any:
 
 
 def decode_and_parse(raw: bytes, content_encoding: str | None, limits: IngestSettings) -> tuple[Any, int]:
-    """Gunzip (bounded) and parse: the JSON value and the decoded size in bytes."""
+    """Gunzip (bounded), check the nesting depth and parse: the JSON value and the decoded size in bytes."""
     text = decode_body(raw, content_encoding, limits)
+    if deeper_than(text, limits.max_json_depth):
+        raise NestingTooDeep(limits.max_json_depth, text)
     return parse_json(text), len(text)
 
 

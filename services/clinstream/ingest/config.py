@@ -36,11 +36,33 @@ class IngestSettings(BaseSettings):
     max_events_per_request: int = Field(default=c.INGEST_MAX_EVENTS_PER_REQUEST, ge=1)
     max_body_bytes: int = Field(default=c.INGEST_MAX_BODY_BYTES, ge=1024)
     max_decoded_bytes: int = Field(default=c.INGEST_MAX_DECODED_BYTES, ge=1024)
+    max_json_depth: int = Field(default=c.INGEST_MAX_JSON_DEPTH, ge=4, le=200,
+                                description="Nesting levels of a JSON body; deeper bodies are refused (422).")
     deadline_s: float = Field(default=c.INGEST_DEADLINE_S, gt=0, le=120,
                               description="Broker acknowledgement deadline of one request; then 503.")
     retry_after_s: int = Field(default=c.INGEST_RETRY_AFTER_S, ge=1)
     broker_probe_s: float = Field(default=c.INGEST_BROKER_PROBE_S, gt=0)
     db_pool_max: int = Field(default=c.INGEST_DB_POOL_MAX, ge=1)
+    credential_cache_ttl_s: float = Field(default=c.INGEST_CREDENTIAL_CACHE_TTL_S, ge=0,
+                                          description="Fallback expiry of cached credentials (0: no caching); "
+                                                      "changes are evicted at once through LISTEN/NOTIFY.")
+    # Per-credential limits; None (the default): no limit unless the credential has its own. A site that faces the
+    # internet sets them, e.g. 1,200 requests, 600,000 readings and 60,000 LIMS events per minute.
+    max_requests_per_min: int | None = Field(default=None, ge=1,
+                                             description="Requests per minute of one credential (site default).")
+    max_readings_per_min: int | None = Field(default=None, ge=1, description="Readings per minute of one device "
+                                             "credential (site default).")
+    max_events_per_min: int | None = Field(default=None, ge=1,
+                                           description="LIMS events per minute of one API key (site default).")
+    gateway_processes: int = Field(default=1, ge=1, description="Gateway processes serving the site; each "
+                                   "enforces 1/N of every per-credential limit.")
+    time_zone: str | None = Field(default=None, description="The site's default participant time zone (IANA) for "
+                                  "devices registered without --time-zone; none if unset.")
+    lims_requires_client_cert: bool = Field(default=False, description="LIMS events only through a gateway that "
+                                            "verifies client certificates (`clinstream gateway --client-ca`); 403 "
+                                            "elsewhere.")
+    client_cert_verified: bool = Field(default=False, description="Set by `clinstream gateway --client-ca`: the TLS "
+                                       "layer verified every client's certificate.")
     max_in_flight: int = Field(default=c.INGEST_MAX_IN_FLIGHT, ge=1,
                                description="Intake requests processed at once; more are shed with 503.")
 

@@ -32,7 +32,7 @@ async def import_csv(settings: Settings, limits: IngestSettings, path: Path,
     """
     report = ImportReport()
     producer = AsyncDurableProducer(settings, deadline_s=limits.deadline_s)
-    db = GatewayDb(settings, max_size=2, timeout_s=min(limits.deadline_s, 5.0))
+    db = GatewayDb(settings, max_size=2, timeout_s=min(limits.deadline_s, 5.0), cache_ttl_s=0)
     await db.open()
     intake = BiobankIntake(settings.site_id, limits, producer, db, GatewayMetrics())
     principal = LimsPrincipal(CSV_IMPORT_KEY)

@@ -1,4 +1,4 @@
-"""The gateway's asynchronous database access: credential look-ups and the LIMS event-id idempotency record."""
+"""The gateway's asynchronous database access: cached credential look-ups and the LIMS event-id ledger."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
+from prometheus_client import Counter
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from clinstream.core.config import Settings
-from clinstream.ingest.credentials import ParsedToken, matches
+from clinstream.ingest.credential_cache import CredentialCache, Row, listen_for_changes
+from clinstream.ingest.credentials import ParsedToken, credentials_schema, matches
 
 _DB_ERRORS = (psycopg.Error, PoolTimeout, OSError)
 
@@ -27,20 +29,38 @@ class DevicePrincipal:
     key_id: str
     device_id: str
     participant_id: str
+    time_zone: str | None = None  # the participant's IANA zone, stamped on every block
+    max_requests_per_min: int | None = None  # None: the site default
+    max_readings_per_min: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class LimsPrincipal:
-    """An authenticated LIMS."""
+    """An authenticated LIMS, its limits and its scope (None: unrestricted)."""
 
     key_id: str
+    max_requests_per_min: int | None = None
+    max_events_per_min: int | None = None
+    event_types: frozenset[str] | None = None  # lifecycle | assay | consent
+    sample_prefixes: tuple[str, ...] | None = None
 
 
 class GatewayDb:
     """A small connection pool over the site schema with the queries of the gateway."""
 
-    def __init__(self, settings: Settings, *, max_size: int, timeout_s: float) -> None:
+    def __init__(self, settings: Settings, *, max_size: int, timeout_s: float, cache_ttl_s: float,
+                 lookups: Counter | None = None) -> None:
         schema = settings.db_schema
+        cred = credentials_schema(schema)
+        self.database_url = settings.database_url
+        self.cache = CredentialCache(cache_ttl_s) if cache_ttl_s > 0 else None
+        self._lookups = lookups
+        self._device_query = ("SELECT secret_sha256, device_id, participant_id, time_zone, max_requests_per_min,"
+                              " max_readings_per_min"
+                              f' FROM "{cred}".device_credentials WHERE key_id = %s AND revoked_at IS NULL')
+        self._lims_query = ("SELECT secret_sha256, max_requests_per_min, max_events_per_min, event_types,"
+                            f' sample_prefixes FROM "{cred}".lims_credentials'
+                            " WHERE key_id = %s AND revoked_at IS NULL")
 
         async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
             await conn.execute(f'SET search_path TO "{schema}", public')
@@ -77,21 +97,40 @@ class GatewayDb:
             return False
         return True
 
+    async def listen(self) -> None:
+        """Keep the credential cache coherent with the database (a task for the gateway's lifetime)."""
+        if self.cache is not None:
+            await listen_for_changes(self.database_url, self.cache)
+
+    async def _credential(self, table: str, query: str, token: ParsedToken) -> Row | None:
+        """The active credential row of a token whose secret matches (cached), else None."""
+        row = self.cache.get(table, token.key_id) if self.cache is not None else None
+        if self._lookups is not None:
+            self._lookups.labels("database" if row is None else "cache").inc()
+        if row is None:
+            generation = self.cache.generation if self.cache is not None else 0
+            rows = await self._fetch(query, (token.key_id,))
+            row = tuple(rows[0]) if rows else ()
+            if self.cache is not None:
+                self.cache.put(table, token.key_id, row, generation)
+        if not row or not matches(row[0], token.key_id, token.secret):
+            return None
+        return row
+
     async def device(self, token: ParsedToken) -> DevicePrincipal | None:
         """The device of an active device token whose secret matches, else None."""
-        rows = await self._fetch("SELECT secret_sha256, device_id, participant_id FROM device_credentials"
-                                 " WHERE key_id = %s AND revoked_at IS NULL", (token.key_id,))
-        if not rows or not matches(rows[0][0], token.key_id, token.secret):
+        row = await self._credential("device", self._device_query, token)
+        if row is None:
             return None
-        return DevicePrincipal(token.key_id, str(rows[0][1]), str(rows[0][2]))
+        return DevicePrincipal(token.key_id, str(row[1]), str(row[2]), row[3], row[4], row[5])
 
     async def lims(self, token: ParsedToken) -> LimsPrincipal | None:
         """The LIMS of an active API key whose secret matches, else None."""
-        rows = await self._fetch("SELECT secret_sha256 FROM lims_credentials WHERE key_id = %s"
-                                 " AND revoked_at IS NULL", (token.key_id,))
-        if not rows or not matches(rows[0][0], token.key_id, token.secret):
+        row = await self._credential("lims", self._lims_query, token)
+        if row is None:
             return None
-        return LimsPrincipal(token.key_id)
+        return LimsPrincipal(token.key_id, row[1], row[2], frozenset(row[3]) if row[3] is not None else None,
+                             tuple(row[4]) if row[4] is not None else None)
 
     async def known_events(self, event_ids: Sequence[str]) -> dict[str, bytes]:
         """Content hashes of the events among `event_ids` that were accepted before."""

@@ -32,6 +32,13 @@ class GatewayMetrics:
                                      registry=r)
         self.unavailable = Counter("clinstream_gateway_unavailable_total", "503 answers by cause.", ["cause"],
                                    registry=r)
+        self.credential_lookups = Counter("clinstream_gateway_credential_lookups_total", "Credential look-ups by "
+                                          "source: the process's cache or the database.", ["source"], registry=r)
+        self.limit_usage = Histogram("clinstream_gateway_limit_usage_ratio", "How much of its per-minute bucket a "
+                                     "credential had used after a request (1: at its limit), by unit.", ["unit"],
+                                     buckets=(0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0), registry=r)
+        self.rate_limited = Counter("clinstream_gateway_rate_limited_total", "429 answers by unit.", ["unit"],
+                                    registry=r)
         self.broker_up = Gauge("clinstream_gateway_broker_up", "1 while the broker is reachable.", registry=r)
         self.broker_up.set(1)
 

@@ -21,8 +21,10 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 
 from clinstream.core.config import Settings
 from clinstream.core.kafka import BrokerUnavailable, DurableProducer, Message
+from clinstream.ingest.broker_log import BrokerLogSummary
 
 log = logging.getLogger("clinstream.ingest.producer")
+LIBRDKAFKA_LOG = logging.getLogger("clinstream.ingest.librdkafka")
 
 
 class _Transient(Exception):
@@ -41,8 +43,9 @@ class AsyncDurableProducer(DurableProducer):
         self._probe_wanted = threading.Event()
         self._fatal = False
         self.deadline_s = deadline_s
+        self.log_summary = BrokerLogSummary(LIBRDKAFKA_LOG)  # an outage's librdkafka errors: one line per interval
         cfg: dict[str, Any] = {"message.timeout.ms": max(1000, int(deadline_s * 1000)), "error_cb": self._on_error,
-                               "logger": logging.getLogger("clinstream.ingest.librdkafka")}
+                               "logger": self.log_summary}
         cfg.update(overrides)
         super().__init__(settings, **cfg)
         self._up.set()  # optimistic until a send or a probe says otherwise
@@ -66,9 +69,13 @@ class AsyncDurableProducer(DurableProducer):
         except KafkaException:
             self._up.clear()
             return False
-        self._up.set()
+        self._set_up()
         self._probe_wanted.clear()
         return True
+
+    def _set_up(self) -> None:
+        self._up.set()
+        self.log_summary.recovered()
 
     @property
     def probe_wanted(self) -> bool:
@@ -122,7 +129,7 @@ class AsyncDurableProducer(DurableProducer):
                    for err in errors):
                 raise _Transient([m for m, _ in failed], errors[0].name())
             raise BrokerUnavailable(f"broker refused the batch: {errors[0].name()}")
-        self._up.set()
+        self._set_up()
 
     async def send_async(self, topic: str, messages: Sequence[Message], timeout_s: float | None = None) -> None:
         """Produce a batch and return once the broker acknowledged every record; else BrokerUnavailable."""

@@ -71,7 +71,8 @@ class TelemetryIntake:
         outcome = TelemetryOutcome(received_ms=received_ms)
         seen: set[str] = set()
         for i, raw in enumerate(blocks):
-            result = self.validator.validate(i, raw, device_id=device.device_id, received_ms=received_ms)
+            result = self.validator.validate(i, raw, device_id=device.device_id, received_ms=received_ms,
+                                             time_zone=device.time_zone)
             if isinstance(result, AcceptedBlock) and result.block_id in seen:
                 result = RejectedBlock(i, result.block_id, Rejection(DUPLICATE_IN_REQUEST, f"blocks[{i}].block_id"),
                                        orjson.dumps(raw))

@@ -142,8 +142,9 @@ class TelemetryValidator:
                     return i
         return None
 
-    def validate(self, index: int, raw: Any, *, device_id: str, received_ms: int) -> AcceptedBlock | RejectedBlock:
-        """Validate one block; never raises for bad input."""
+    def validate(self, index: int, raw: Any, *, device_id: str, received_ms: int,
+                 time_zone: str | None = None) -> AcceptedBlock | RejectedBlock:
+        """Validate one block; never raises for bad input. `time_zone`: the participant's, from the credential."""
         prefix = f"blocks[{index}]"
         try:
             block = _BLOCK.validate_python(raw)
@@ -171,6 +172,7 @@ class TelemetryValidator:
             "utc_offset_minutes": block.utc_offset_minutes,
             "received_at": received_ms,
             "measurement": measurement,
+            "time_zone": time_zone,
         }
         return AcceptedBlock(index, str(block.block_id), block.participant_id, block.kind, readings, record)
 
