@@ -21,6 +21,13 @@ FLOWER_SERVERAPPIO_PORT: Final = 19191
 FLOWER_FLEET_PORT: Final = 19192
 FLOWER_CONTROL_PORT: Final = 19193
 FLOWER_CLIENTAPPIO_BASE_PORT: Final = 19201
+# A local Kafka cluster: node i (1-based) listens on the configured broker and controller ports + STRIDE * (i - 1).
+KAFKA_NODE_PORT_STRIDE: Final = 2
+KAFKA_MAX_LOCAL_BROKERS: Final = 9
+KAFKA_BROKER_SESSION_TIMEOUT_MS: Final = 3000  # a SIGKILLed broker of the local cluster is fenced after this
+KAFKA_BROKER_HEARTBEAT_INTERVAL_MS: Final = 500
+CLUSTER_REPLICATION_FACTOR: Final = 3  # replicas per topic on a cluster of 3 or more brokers
+CLUSTER_MIN_INSYNC_REPLICAS: Final = 2  # with 3 replicas: every write on 2 brokers, one broker may be down
 
 DEFAULT_SITE_ID: Final = "site-a"
 DEFAULT_DATABASE: Final = "clinstream"
