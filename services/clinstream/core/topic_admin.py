@@ -111,10 +111,17 @@ def records_held(settings: Settings, names: list[str], timeout_s: float = 30.0) 
 
     consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "clinstream-topics-grow",
                          "enable.auto.commit": False})
+    deadline = time.monotonic() + timeout_s
     try:
-        meta = consumer.list_topics(timeout=timeout_s).topics
-        return {n: sum(consumer.get_watermark_offsets(TopicPartition(n, p), timeout=timeout_s)[1]
-                       for p in meta[n].partitions) for n in names}
+        while True:
+            try:
+                meta = consumer.list_topics(timeout=timeout_s).topics
+                return {n: sum(consumer.get_watermark_offsets(TopicPartition(n, p), timeout=timeout_s)[1]
+                               for p in meta[n].partitions) for n in names}
+            except KafkaException as exc:  # e.g. a leader that moved: metadata is refreshed on the next try
+                if not exc.args[0].retriable() or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
     finally:
         consumer.close()
 
@@ -150,6 +157,11 @@ def grow_partitions(settings: Settings, partitions: int, timeout_s: float = 30.0
     grow = [NewPartitions(n, partitions) for n in layout]
     for fut in admin.create_partitions(grow, operation_timeout=timeout_s).values():
         fut.result(timeout_s)
+    deadline = time.monotonic() + timeout_s
+    while set(co_partitioned_topics(settings, admin, timeout_s).values()) != {partitions}:
+        if time.monotonic() > deadline:
+            raise PartitionLayoutError(f"the brokers did not show {partitions} partitions within {timeout_s:.0f} s")
+        time.sleep(0.2)  # metadata of the new partitions propagates to every broker
     return [TopicChange(n, "partitions-grown") for n in layout]
 
 
