@@ -68,6 +68,20 @@ class FaultSite:
         return f"http://{self.settings.gateway_host}:{self.settings.gateway_port}"
 
 
+def register_site(settings: Settings, participants: int) -> FaultSite:
+    """One device per participant and a LIMS key for a site whose topics and schema exist."""
+    from clinstream.core.db import connect_with_retry
+    from clinstream.ingest.credentials import register_device, register_lims
+
+    assert settings.pseudonym_key_file is not None
+    people = tuple(f"P-9{i:05d}" for i in range(1, participants + 1))
+    with connect_with_retry(settings, max_wait_s=30) as conn:
+        tokens = {p: register_device(conn, f"SIM-FLT-{i:05d}", p).token for i, p in enumerate(people, 1)}
+        lims = register_lims(conn, "faults-lims").token
+        conn.commit()
+    return FaultSite(settings, people, tokens, lims, settings.pseudonym_key_file)
+
+
 class Ledger:
     """Every block the gateway acknowledged with 202: block_id -> readings (a re-acknowledged resend counts once)."""
 
