@@ -33,7 +33,7 @@ import bench_features
 from bench_e2e import Site, drop_site, make_site
 from clinstream.core.config import Settings
 from clinstream.core.records import InRecord
-from clinstream.core.topic_admin import admin_client, changelog_prefix
+from clinstream.core.topic_admin import admin_client, changelog_prefix, group_state
 from clinstream.core.topics import PSEUDO_TELEMETRY
 from clinstream.pipeline.processes import SitePipeline
 
@@ -50,11 +50,6 @@ def group_of(settings: Settings, stage: str) -> str:
     return f"clinstream-{settings.site_id}-{stage}"
 
 
-def group_state(settings: Settings, group: str) -> tuple[int, ConsumerGroupState]:
-    description = admin_client(settings).describe_consumer_groups([group])[group].result(10)
-    return len(description.members), description.state
-
-
 def wait_for(pred: Callable[[], bool], timeout_s: float, what: str) -> float:
     """Seconds until `pred` holds (RuntimeError after `timeout_s`)."""
     t0 = time.monotonic()
@@ -69,11 +64,21 @@ def stable_with(settings: Settings, group: str, members: int) -> Callable[[], bo
     return lambda: group_state(settings, group) == (members, ConsumerGroupState.STABLE)
 
 
+STARTED: list[SitePipeline] = []  # every instance this run started: stopped at the end, whatever happens
+
+
 def instance(settings: Settings, stage: str, n: int, log_dir: Path) -> SitePipeline:
     """One more instance of a stage (its own log file)."""
     proc = SitePipeline(settings, services=(stage,), log_dir=log_dir / f"{stage}-{n}")
+    STARTED.append(proc)
     proc.start()
     return proc
+
+
+def stop_all() -> None:
+    """Stop every instance still running."""
+    while STARTED:
+        STARTED.pop().stop()
 
 
 def unstable_pause(settings: Settings, group: str, members: int, timeout_s: float) -> float:
@@ -236,6 +241,7 @@ def main() -> None:
             print("rebalance pauses (group not Stable / killed member's partitions unowned):", flush=True)
             report["rebalance"] = rebalance_pauses(site, log_dir, args.timeout)
         finally:
+            stop_all()
             drop_site(site)
     throughput = []
     for n in args.instances:
@@ -256,10 +262,8 @@ def main() -> None:
                 figures_restore["load"] = loadavg()  # type: ignore[assignment]
                 report["restore"] = figures_restore
                 print(f"  restore after SIGKILL at {args.participants} participants: {figures_restore}", flush=True)
-            else:
-                for p in procs:
-                    p.stop()
         finally:
+            stop_all()
             drop_site(site)
     report["throughput"] = throughput
     report["load_after"] = loadavg()

@@ -17,7 +17,6 @@ one. Sites on it get replication factor 3 and min ISR 2 from the settings (CLINS
 
 from __future__ import annotations
 
-import concurrent.futures
 import os
 import random
 import signal
@@ -28,7 +27,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
-from confluent_kafka import ConsumerGroupState, KafkaException, Producer
+from confluent_kafka import ConsumerGroupState, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 from faults_harness import (
     MINUTE_MS,
@@ -52,6 +51,7 @@ from clinstream.core.topic_admin import (
     apply_topics,
     changelog_prefix,
     co_partitioned_topics,
+    group_state,
     grow_partitions,
 )
 from clinstream.core.topics import PSEUDO_TELEMETRY, RAW_TELEMETRY
@@ -153,15 +153,6 @@ def sites(tmp: Path, count: int) -> Iterator[list[FaultSite]]:
         for site in made:
             with connect_with_retry(site.settings, max_wait_s=30, autocommit=True) as conn:
                 conn.execute(f'DROP SCHEMA IF EXISTS "{site.settings.db_schema}" CASCADE')
-
-
-def group_state(settings: Settings, group: str) -> tuple[int, ConsumerGroupState]:
-    """Members and state of a consumer group (UNKNOWN while the coordinator does not answer in time)."""
-    try:
-        description = admin_client(settings).describe_consumer_groups([group])[group].result(10)
-    except (KafkaException, concurrent.futures.TimeoutError):  # a busy or moving coordinator: ask again
-        return 0, ConsumerGroupState.UNKNOWN
-    return len(description.members), description.state
 
 
 def wait_for_members(settings: Settings, group: str, members: int, timeout_s: float) -> None:

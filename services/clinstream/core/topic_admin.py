@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import time
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaException
+from confluent_kafka import ConsumerGroupState, KafkaException
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -163,6 +164,16 @@ def grow_partitions(settings: Settings, partitions: int, timeout_s: float = 30.0
             raise PartitionLayoutError(f"the brokers did not show {partitions} partitions within {timeout_s:.0f} s")
         time.sleep(0.2)  # metadata of the new partitions propagates to every broker
     return [TopicChange(n, "partitions-grown") for n in layout]
+
+
+def group_state(settings: Settings, group: str, timeout_s: float = 10.0) -> tuple[int, ConsumerGroupState]:
+    """Members and state of a consumer group; (0, UNKNOWN) while its coordinator does not answer in time."""
+    admin = admin_client(settings)  # referenced until the answer is in: a collected client drops its requests
+    try:
+        description = admin.describe_consumer_groups([group])[group].result(timeout_s)
+    except (KafkaException, concurrent.futures.TimeoutError):  # a busy or moving coordinator: ask again later
+        return 0, ConsumerGroupState.UNKNOWN
+    return len(description.members), description.state
 
 
 def _wait_until_visible(admin: AdminClient, names: list[str], timeout_s: float) -> None:
