@@ -82,7 +82,10 @@ def stop_all() -> None:
 
 
 def unstable_pause(settings: Settings, group: str, members: int, timeout_s: float) -> float:
-    """Seconds the group spends outside Stable until it is Stable with `members` (from its first unstable poll)."""
+    """Seconds the group spends outside Stable until it is Stable with `members` (from its first unstable poll).
+
+    A rebalance shorter than one describe round trip (POLL_S plus the admin request) is not seen and reads 0.0.
+    """
     t0 = time.monotonic()
     left: float | None = None
     while True:
@@ -90,8 +93,8 @@ def unstable_pause(settings: Settings, group: str, members: int, timeout_s: floa
         now = time.monotonic()
         if state != ConsumerGroupState.STABLE and left is None:
             left = now
-        if (count, state) == (members, ConsumerGroupState.STABLE) and (left is not None or count == members):
-            return now - (left if left is not None else now)
+        if (count, state) == (members, ConsumerGroupState.STABLE):
+            return now - left if left is not None else 0.0  # 0.0: over between two polls (poll time = resolution)
         if now - t0 > timeout_s:
             raise RuntimeError(f"{group} not stable with {members} members within {timeout_s:.0f} s")
         time.sleep(POLL_S)

@@ -182,8 +182,13 @@ def send_consent(site: FaultSite, occurred_ms: int) -> None:
                "participant_id": p, "occurred_at": iso(occurred_ms), "recorded_at": iso(occurred_ms),
                "payload": {"kind": "consent", "action": "GRANT", "status": "ACTIVE", "scope": ["DUO:0000042"]}}
               for p in site.participants]
-    resp = httpx.post(f"{site.url}/v1/biobank/events", json={"events": events},
-                      headers={"Authorization": f"Bearer {site.lims_token}"}, timeout=30.0)
+    deadline = time.monotonic() + BLOCK_DEADLINE_S
+    while True:  # a 503 (broker slow to acknowledge) asks for the same events again, as the Loader does
+        resp = httpx.post(f"{site.url}/v1/biobank/events", json={"events": events},
+                          headers={"Authorization": f"Bearer {site.lims_token}"}, timeout=30.0)
+        if resp.status_code != 503 or time.monotonic() > deadline:
+            break
+        time.sleep(RETRY_S)
     assert resp.status_code == 202, resp.text
     assert len(resp.json()["accepted"]) == len(events), resp.text
 
