@@ -6,7 +6,7 @@ import concurrent.futures
 import time
 from dataclasses import dataclass
 
-from confluent_kafka import ConsumerGroupState, KafkaException
+from confluent_kafka import ConsumerGroupState, KafkaError, KafkaException
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -26,6 +26,11 @@ class TopicChange:
 
     name: str
     action: str  # created | configs-updated | partitions-grown | unchanged
+
+
+# Errors of a watermark read while a partition's leader moves (a broker restarted): the next try finds the new one.
+_LEADER_MOVED = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                           KafkaError.UNKNOWN_TOPIC_OR_PART})
 
 
 class PartitionLayoutError(RuntimeError):
@@ -120,7 +125,8 @@ def records_held(settings: Settings, names: list[str], timeout_s: float = 30.0) 
                 return {n: sum(consumer.get_watermark_offsets(TopicPartition(n, p), timeout=timeout_s)[1]
                                for p in meta[n].partitions) for n in names}
             except KafkaException as exc:  # e.g. a leader that moved: metadata is refreshed on the next try
-                if not exc.args[0].retriable() or time.monotonic() > deadline:
+                moved = exc.args[0].code() in _LEADER_MOVED or exc.args[0].retriable()
+                if not moved or time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
     finally:
