@@ -7,11 +7,10 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from faults_harness import FaultSite
+from faults_harness import FaultSite, register_site
 
 from clinstream.core.config import Settings
 from clinstream.core.db import connect_with_retry
-from clinstream.ingest.credentials import register_device, register_lims
 from clinstream.pseudonymise.keys import init_key_file
 from condition_wait import wait_until
 from ports import free_port
@@ -68,13 +67,8 @@ def fault_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultSite]:
                         data_dir=tmp / "data")
     apply_topics(settings)
     migrate(settings)
-    participants = tuple(f"P-9{i:05d}" for i in range(1, PARTICIPANTS + 1))
-    with connect_with_retry(settings, max_wait_s=30) as conn:
-        tokens = {p: register_device(conn, f"SIM-FLT-{i:05d}", p).token for i, p in enumerate(participants, 1)}
-        lims = register_lims(conn, "faults-lims").token
-        conn.commit()
     try:
-        yield FaultSite(settings, participants, tokens, lims, key_file)
+        yield register_site(settings, PARTICIPANTS)
     finally:
         _ensure_stack()
         if not os.environ.get("CLINSTREAM_KEEP_TEST_TOPICS"):

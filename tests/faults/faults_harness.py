@@ -55,6 +55,20 @@ class FaultSite:
         return f"http://{self.settings.gateway_host}:{self.settings.gateway_port}"
 
 
+def register_site(settings: Settings, participants: int) -> FaultSite:
+    """One device per participant and a LIMS key for a site whose topics and schema exist."""
+    from clinstream.core.db import connect_with_retry
+    from clinstream.ingest.credentials import register_device, register_lims
+
+    assert settings.pseudonym_key_file is not None
+    people = tuple(f"P-9{i:05d}" for i in range(1, participants + 1))
+    with connect_with_retry(settings, max_wait_s=30) as conn:
+        tokens = {p: register_device(conn, f"SIM-FLT-{i:05d}", p).token for i, p in enumerate(people, 1)}
+        lims = register_lims(conn, "faults-lims").token
+        conn.commit()
+    return FaultSite(settings, people, tokens, lims, settings.pseudonym_key_file)
+
+
 class Ledger:
     """Every block the gateway acknowledged with 202: block_id -> readings (a re-acknowledged resend counts once)."""
 
@@ -155,8 +169,13 @@ def send_consent(site: FaultSite, occurred_ms: int) -> None:
                "participant_id": p, "occurred_at": iso(occurred_ms), "recorded_at": iso(occurred_ms),
                "payload": {"kind": "consent", "action": "GRANT", "status": "ACTIVE", "scope": ["DUO:0000042"]}}
               for p in site.participants]
-    resp = httpx.post(f"{site.url}/v1/biobank/events", json={"events": events},
-                      headers={"Authorization": f"Bearer {site.lims_token}"}, timeout=30.0)
+    deadline = time.monotonic() + BLOCK_DEADLINE_S
+    while True:  # a 503 (broker slow to acknowledge) asks for the same events again, as the Loader does
+        resp = httpx.post(f"{site.url}/v1/biobank/events", json={"events": events},
+                          headers={"Authorization": f"Bearer {site.lims_token}"}, timeout=30.0)
+        if resp.status_code != 503 or time.monotonic() > deadline:
+            break
+        time.sleep(RETRY_S)
     assert resp.status_code == 202, resp.text
     assert len(resp.json()["accepted"]) == len(events), resp.text
 

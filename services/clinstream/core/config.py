@@ -6,7 +6,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from clinstream.core import constants as c
@@ -36,7 +36,13 @@ class Settings(BaseSettings):
     cache_dir: Path = Field(default=Path.home() / ".cache" / "clinstream",
                             description="Downloads and builds outside the repo (Kafka jars, TimescaleDB source).")
     topic_partitions: int = Field(default=4, ge=1, le=256)
-    replication_factor: int = Field(default=1, ge=1, le=5)
+    kafka_brokers: int = Field(default=1, ge=1, le=c.KAFKA_MAX_LOCAL_BROKERS,
+                               description="Brokers in the site's Kafka cluster; the local stack starts this many.")
+    replication_factor: int = Field(default=1, ge=1, le=5,
+                                    description="Replicas per topic; default 3 on a cluster of 3+, else the brokers.")
+    min_insync_replicas: int = Field(default=1, ge=1, le=5,
+                                     description="Replicas that must hold a record before acks=all returns; "
+                                                 "default 2 with 3+ replicas, else 1.")
     pseudonym_key_file: Path | None = Field(default=None, description="File holding the site's pseudonym key ring.")
     pseudonym_key: SecretStr | None = Field(default=None, description="Pseudonym secret, if not given as a file.")
     produce_timeout_s: float = Field(default=10.0, gt=0, description="Deadline for broker acknowledgement.")
@@ -47,6 +53,21 @@ class Settings(BaseSettings):
         if not _SITE_RE.match(value):
             raise ValueError("site_id must be lower-case letters, digits and '-', starting with a letter (max 31)")
         return value
+
+    @model_validator(mode="after")
+    def _replication_defaults(self) -> Settings:
+        """Derive unset replication settings from the cluster size, then check that they fit together."""
+        if "replication_factor" not in self.model_fields_set:
+            self.replication_factor = min(self.kafka_brokers, c.CLUSTER_REPLICATION_FACTOR)
+        if "min_insync_replicas" not in self.model_fields_set:
+            self.min_insync_replicas = default_min_insync_replicas(self.replication_factor)
+        if self.replication_factor > self.kafka_brokers:
+            raise ValueError(f"replication_factor {self.replication_factor} exceeds kafka_brokers "
+                             f"{self.kafka_brokers}: a topic cannot have more replicas than the cluster has brokers")
+        if self.min_insync_replicas > self.replication_factor:
+            raise ValueError(f"min_insync_replicas {self.min_insync_replicas} exceeds replication_factor "
+                             f"{self.replication_factor}: every acks=all write would fail")
+        return self
 
     @property
     def db_schema(self) -> str:
@@ -67,6 +88,11 @@ class Settings(BaseSettings):
     def state_dir(self) -> Path:
         """Directory for worker state (faust tables) of this site."""
         return self.data_dir.resolve() / "state" / self.site_id
+
+
+def default_min_insync_replicas(replication_factor: int) -> int:
+    """Min ISR that survives one replica down while still writing every record twice: 2 with 3+ replicas, else 1."""
+    return max(1, min(c.CLUSTER_MIN_INSYNC_REPLICAS, replication_factor - 1))
 
 
 @lru_cache(maxsize=1)

@@ -21,6 +21,18 @@ FLOWER_SERVERAPPIO_PORT: Final = 19191
 FLOWER_FLEET_PORT: Final = 19192
 FLOWER_CONTROL_PORT: Final = 19193
 FLOWER_CLIENTAPPIO_BASE_PORT: Final = 19201
+# A local Kafka cluster: node i (1-based) listens on the configured broker and controller ports + STRIDE * (i - 1).
+KAFKA_NODE_PORT_STRIDE: Final = 2
+KAFKA_MAX_LOCAL_BROKERS: Final = 9
+KAFKA_BROKER_SESSION_TIMEOUT_MS: Final = 6000  # a SIGKILLed broker of the local cluster is fenced after this
+KAFKA_BROKER_HEARTBEAT_INTERVAL_MS: Final = 1000
+# Raft timeouts of the local cluster's quorum, above Kafka's 2 s / 1 s so a starved JVM on a busy dev box does
+# not trigger an election storm.
+KAFKA_QUORUM_FETCH_TIMEOUT_MS: Final = 10_000
+KAFKA_QUORUM_ELECTION_TIMEOUT_MS: Final = 5_000
+KAFKA_CLUSTER_START_TIMEOUT_S: Final = 180.0
+CLUSTER_REPLICATION_FACTOR: Final = 3  # replicas per topic on a cluster of 3 or more brokers
+CLUSTER_MIN_INSYNC_REPLICAS: Final = 2  # with 3 replicas: every write on 2 brokers, one broker may be down
 
 DEFAULT_SITE_ID: Final = "site-a"
 DEFAULT_DATABASE: Final = "clinstream"

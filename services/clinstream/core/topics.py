@@ -87,12 +87,12 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
 )
 
 
-def topic_configs(spec: TopicSpec) -> dict[str, str]:
-    """Broker-side configs of a topic."""
+def topic_configs(spec: TopicSpec, min_insync_replicas: int = 1) -> dict[str, str]:
+    """Broker-side configs of a topic; `min_insync_replicas` comes from the settings (1 on a single broker)."""
     cfg = {
         "cleanup.policy": "compact" if spec.compacted else "delete",
         "retention.ms": str(spec.retention_ms),
-        "min.insync.replicas": "1",
+        "min.insync.replicas": str(min_insync_replicas),
     }
     if spec.compacted:
         cfg["min.cleanable.dirty.ratio"] = "0.1"

@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from clinstream.core import constants as c
 from clinstream.core.config import Settings, get_settings
 from clinstream.stack.common import ServiceStatus, StackError, stack_lock
-from clinstream.stack.kafka import check_kafka_prerequisites, ensure_kafka, kafka_pid, kafka_status, stop_kafka
+from clinstream.stack.kafka import (
+    check_kafka_prerequisites,
+    cluster_bootstrap,
+    ensure_kafka,
+    kafka_pid,
+    kafka_status,
+    local_brokers,
+    stop_kafka,
+)
 from clinstream.stack.postgres import (
     check_postgres_prerequisites,
     cluster_dir,
@@ -43,14 +53,16 @@ def _timed(label: str, action: Callable[[Settings], None], settings: Settings,
     _out.print(f"{label:<9} {state:<24} {time.monotonic() - started:5.1f} s", highlight=False)
 
 
-def stack_up(settings: Settings) -> None:
+def stack_up(settings: Settings, brokers: int | None = None) -> None:
     """Start whatever is not running (prerequisites are checked before anything starts)."""
     check_kafka_prerequisites(settings)
     check_postgres_prerequisites()
     with stack_lock(settings):
+        count = local_brokers(settings, brokers)
+        label = "kafka" if count == 1 else f"kafka x{count}"
         running_before = (kafka_pid(settings), postgres_pid(settings))
         try:
-            _timed("kafka", ensure_kafka, settings, kafka_pid, "started")
+            _timed(label, lambda s: ensure_kafka(s, count), settings, kafka_pid, "started")
             if cluster_dir(settings) != settings.postgres_dir:
                 _out.print(f"postgres  data in {cluster_dir(settings)} (the postgres OS user cannot reach "
                            f"{settings.postgres_dir})", highlight=False, soft_wrap=True)
@@ -58,6 +70,9 @@ def stack_up(settings: Settings) -> None:
         except BaseException:
             _stop_what_was_started(settings, running_before)
             raise
+    if count != settings.kafka_brokers:
+        _out.print(f"clients of this {count}-broker Kafka need: CLINSTREAM_KAFKA_BROKERS={count} "
+                   f"CLINSTREAM_KAFKA_BOOTSTRAP={cluster_bootstrap(settings, count)}", highlight=False)
 
 
 def _stop_what_was_started(settings: Settings, running_before: tuple[int | None, int | None]) -> None:
@@ -79,21 +94,24 @@ def stack_down(settings: Settings) -> None:
 
 def stack_status(settings: Settings) -> list[ServiceStatus]:
     """The status of each service."""
-    return [kafka_status(settings), postgres_status(settings)]
+    return [*kafka_status(settings), postgres_status(settings)]
 
 
 @app.command()
-def up() -> None:
+def up(brokers: Annotated[int | None, typer.Option(
+        "--brokers", min=1, max=c.KAFKA_MAX_LOCAL_BROKERS,
+        help="Kafka nodes (KRaft, broker+controller each) on loopback ports derived from the configured ones; "
+             "default CLINSTREAM_KAFKA_BROKERS, or what the data dir already holds.")] = None) -> None:
     """Start the local Kafka and PostgreSQL + TimescaleDB (installs nothing; see scripts/bootstrap)."""
     try:
-        stack_up(get_settings())
+        stack_up(get_settings(), brokers)
     except StackError as exc:
         raise _fail(exc) from None
 
 
 @app.command()
 def down() -> None:
-    """Stop the local Kafka (SIGTERM) and PostgreSQL (fast shutdown); their data stays."""
+    """Stop the local Kafka (every node, SIGTERM) and PostgreSQL (fast shutdown); their data stays."""
     try:
         stack_down(get_settings())
     except StackError as exc:

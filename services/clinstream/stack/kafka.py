@@ -1,4 +1,4 @@
-"""The local Kafka: one KRaft node (broker and controller in one JVM) run from the jars scripts/bootstrap caches."""
+"""The local Kafka: one KRaft node, or a cluster of them (broker and controller in each JVM), from the cached jars."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import socket
 import subprocess
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,42 +60,114 @@ def broker_address(settings: Settings) -> tuple[str, int]:
     return split_host_port(settings.kafka_bootstrap, c.KAFKA_BROKER_PORT)
 
 
-def _pid_file(settings: Settings) -> Path:
-    return settings.kafka_dir / "kafka.pid"
+@dataclass(frozen=True)
+class KafkaNode:
+    """One node of the local Kafka (broker and controller in one JVM), its loopback ports and directory."""
+
+    node_id: int
+    host: str
+    port: int
+    controller_port: int
+    directory: Path
+
+    @property
+    def address(self) -> str:
+        """host:port of the broker listener."""
+        return f"{self.host}:{self.port}"
 
 
-def _log_file(settings: Settings) -> Path:
-    return settings.kafka_dir / "logs" / "server.log"
+def _bootstrap_entries(settings: Settings) -> list[tuple[str, int]]:
+    return [split_host_port(entry, c.KAFKA_BROKER_PORT) for entry in settings.kafka_bootstrap.split(",")
+            if entry.strip()]
 
 
-def _out_file(settings: Settings) -> Path:
-    return settings.kafka_dir / "kafka.out"
+def kafka_nodes(settings: Settings, brokers: int) -> list[KafkaNode]:
+    """The nodes of a local Kafka of `brokers` nodes.
+
+    One node keeps the historical layout (the configured ports, `<data>/kafka`). A cluster takes its broker
+    addresses from CLINSTREAM_KAFKA_BOOTSTRAP when that lists one per node, else node i listens on the first
+    bootstrap port + STRIDE * (i - 1); controller ports follow CLINSTREAM_KAFKA_CONTROLLER_PORT the same way.
+    """
+    entries = _bootstrap_entries(settings)
+    host, port = entries[0]
+    stride = c.KAFKA_NODE_PORT_STRIDE
+    if brokers == 1:
+        return [KafkaNode(1, host, port, settings.kafka_controller_port, settings.kafka_dir)]
+    if len(entries) != brokers:
+        entries = [(host, port + stride * i) for i in range(brokers)]
+    nodes = [KafkaNode(i + 1, h, p, settings.kafka_controller_port + stride * i, settings.kafka_dir / f"node-{i + 1}")
+             for i, (h, p) in enumerate(entries)]
+    ports = [n.port for n in nodes] + [n.controller_port for n in nodes]
+    if len(set(ports)) != len(ports) or max(ports) > 65535:
+        raise StackError(f"the {brokers} Kafka nodes' ports {sorted(ports)} collide or exceed 65535: choose "
+                         "CLINSTREAM_KAFKA_BOOTSTRAP and CLINSTREAM_KAFKA_CONTROLLER_PORT further apart")
+    return nodes
 
 
-def _marker(settings: Settings) -> str:
-    """A string in the command line of this data dir's broker, and in no other process's."""
-    return str(settings.kafka_dir / "server.properties")
+def cluster_bootstrap(settings: Settings, brokers: int) -> str:
+    """The CLINSTREAM_KAFKA_BOOTSTRAP value that names every node of a local Kafka of `brokers` nodes."""
+    return ",".join(node.address for node in kafka_nodes(settings, brokers))
+
+
+def _layout_file(settings: Settings) -> Path:
+    return settings.kafka_dir / "layout"
+
+
+def recorded_brokers(settings: Settings) -> int | None:
+    """How many nodes the Kafka formatted in this data dir has (None: none formatted yet)."""
+    try:
+        return int(_layout_file(settings).read_text(encoding="ascii").strip())
+    except (OSError, ValueError):
+        pass
+    return 1 if (settings.kafka_dir / "data" / "meta.properties").is_file() else None
+
+
+def local_brokers(settings: Settings, requested: int | None = None) -> int:
+    """The node count to act on: what this data dir holds; StackError if a request asks for another count."""
+    if requested is None and "kafka_brokers" in settings.model_fields_set:
+        requested = settings.kafka_brokers
+    recorded = recorded_brokers(settings)
+    if recorded is not None and requested is not None and requested != recorded:
+        raise StackError(f"{settings.kafka_dir} holds a {recorded}-broker Kafka, not {requested}: "
+                         "`clinstream stack down`, then remove that directory or choose another CLINSTREAM_DATA_DIR")
+    return recorded or requested or 1
+
+
+def _pid_file(node: KafkaNode) -> Path:
+    return node.directory / "kafka.pid"
+
+
+def _log_file(node: KafkaNode) -> Path:
+    return node.directory / "logs" / "server.log"
+
+
+def _out_file(node: KafkaNode) -> Path:
+    return node.directory / "kafka.out"
+
+
+def _marker(node: KafkaNode) -> str:
+    """A string in the command line of this node's JVM, and in no other process's."""
+    return str(node.directory / "server.properties")
+
+
+def node_pid(node: KafkaNode) -> int | None:
+    """Pid of a node if it runs, else None."""
+    pid = read_pid(_pid_file(node))
+    return pid if process_alive(pid, marker=_marker(node)) else None
 
 
 def kafka_pid(settings: Settings) -> int | None:
-    """Pid of this data dir's broker if it runs, else None."""
-    pid = read_pid(_pid_file(settings))
-    return pid if process_alive(pid, marker=_marker(settings)) else None
+    """Pid of this data dir's first node if it runs, else None."""
+    return node_pid(kafka_nodes(settings, local_brokers(settings))[0])
 
 
-def kafka_is_up(settings: Settings, timeout_s: float = 3.0) -> bool:
-    """True when the broker answers a metadata request."""
-    host, port = broker_address(settings)
-    try:
-        with socket.create_connection((host, port), timeout=1.0):
-            pass
-    except OSError:
-        return False
+def _answers(bootstrap: str, timeout_s: float) -> int:
+    """Brokers in the metadata the given bootstrap servers return (0: no answer)."""
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
     config: dict[str, Any] = {
-        "bootstrap.servers": f"{host}:{port}",
+        "bootstrap.servers": bootstrap,
         "socket.connection.setup.timeout.ms": 2000,
         "log.connection.close": False,
         "logger": logging.getLogger("clinstream.stack.rdkafka"),  # librdkafka's own log, not stderr
@@ -102,8 +176,27 @@ def kafka_is_up(settings: Settings, timeout_s: float = 3.0) -> bool:
     try:
         metadata = admin.list_topics(timeout=timeout_s)
     except KafkaException:
+        return 0
+    return len(metadata.brokers)
+
+
+def _port_answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
         return False
-    return bool(metadata.brokers)
+
+
+def kafka_is_up(settings: Settings, timeout_s: float = 3.0) -> bool:
+    """True when the broker answers a metadata request."""
+    host, port = broker_address(settings)
+    return _port_answers(host, port) and _answers(f"{host}:{port}", timeout_s) > 0
+
+
+def node_is_up(node: KafkaNode, brokers: int, timeout_s: float = 3.0) -> bool:
+    """True when the node itself answers a metadata request that lists all `brokers` nodes."""
+    return _port_answers(node.host, node.port) and _answers(node.address, timeout_s) >= brokers
 
 
 def _java() -> str:
@@ -125,40 +218,47 @@ def check_kafka_prerequisites(settings: Settings) -> str:
     return java
 
 
-def _check_ports_free(settings: Settings) -> None:
-    host, port = broker_address(settings)
-    wanted = (("Kafka broker", port, "CLINSTREAM_KAFKA_BOOTSTRAP"),
-              ("Kafka controller", settings.kafka_controller_port, "CLINSTREAM_KAFKA_CONTROLLER_PORT"))
+def _check_ports_free(node: KafkaNode) -> None:
+    wanted = (("Kafka broker", node.port, "CLINSTREAM_KAFKA_BOOTSTRAP"),
+              ("Kafka controller", node.controller_port, "CLINSTREAM_KAFKA_CONTROLLER_PORT"))
     for what, p, env in wanted:
-        if port_in_use(host, p):
-            raise StackError(f"port {host}:{p} for the {what} is already in use by another process: "
-                             f"stop that process or choose another port with {env}")
+        if port_in_use(node.host, p):
+            raise StackError(f"port {node.host}:{p} for the {what} of node {node.node_id} is already in use by "
+                             f"another process: stop that process or choose another port with {env}")
 
 
-def server_properties(settings: Settings) -> str:
-    """server.properties of a single combined broker+controller node, tuned for a dev box."""
-    host, port = broker_address(settings)
-    cport = settings.kafka_controller_port
+def _replication_props(settings: Settings, brokers: int) -> dict[str, str]:
+    """Replication of topics the broker creates itself (internal topics, faust's changelogs) and their min ISR."""
+    rf = str(min(settings.replication_factor, brokers))
+    isr = str(min(settings.min_insync_replicas, brokers))
+    return {
+        "default.replication.factor": rf,
+        "min.insync.replicas": isr,
+        "offsets.topic.replication.factor": rf,
+        "transaction.state.log.replication.factor": rf,
+        "transaction.state.log.min.isr": isr,
+        "share.coordinator.state.topic.replication.factor": rf,
+        "share.coordinator.state.topic.min.isr": isr,
+    }
+
+
+def server_properties(settings: Settings, node: KafkaNode | None = None, nodes: list[KafkaNode] | None = None) -> str:
+    """server.properties of one combined broker+controller node, tuned for a dev box."""
+    nodes = nodes or kafka_nodes(settings, 1)
+    node = node or nodes[0]
     props = {
         "process.roles": "broker,controller",
-        "node.id": "1",
-        "controller.quorum.bootstrap.servers": f"{host}:{cport}",
-        "listeners": f"PLAINTEXT://{host}:{port},CONTROLLER://{host}:{cport}",
-        "advertised.listeners": f"PLAINTEXT://{host}:{port},CONTROLLER://{host}:{cport}",
+        "node.id": str(node.node_id),
+        "listeners": f"PLAINTEXT://{node.address},CONTROLLER://{node.host}:{node.controller_port}",
+        "advertised.listeners": f"PLAINTEXT://{node.address},CONTROLLER://{node.host}:{node.controller_port}",
         "inter.broker.listener.name": "PLAINTEXT",
         "controller.listener.names": "CONTROLLER",
         "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-        "log.dirs": str(settings.kafka_dir / "data"),
+        "log.dirs": str(node.directory / "data"),
         "num.partitions": str(settings.topic_partitions),
-        "default.replication.factor": "1",
-        "min.insync.replicas": "1",
-        "offsets.topic.replication.factor": "1",
+        **_replication_props(settings, len(nodes)),
         "offsets.topic.num.partitions": "8",
-        "transaction.state.log.replication.factor": "1",
-        "transaction.state.log.min.isr": "1",
         "transaction.state.log.num.partitions": "8",
-        "share.coordinator.state.topic.replication.factor": "1",
-        "share.coordinator.state.topic.min.isr": "1",
         "group.initial.rebalance.delay.ms": "0",
         "auto.create.topics.enable": "false",
         "delete.topic.enable": "true",
@@ -168,6 +268,15 @@ def server_properties(settings: Settings) -> str:
         "log.retention.hours": "168",
         "log.segment.bytes": str(256 * 1024 * 1024),
     }
+    if len(nodes) == 1:  # a standalone (single-voter, dynamic) quorum, as formatted before clusters existed
+        props["controller.quorum.bootstrap.servers"] = f"{node.host}:{node.controller_port}"
+    else:  # a static quorum of every node; a dead broker is fenced (its partitions move) after the session timeout
+        props["controller.quorum.voters"] = ",".join(f"{n.node_id}@{n.host}:{n.controller_port}" for n in nodes)
+        props["broker.session.timeout.ms"] = str(c.KAFKA_BROKER_SESSION_TIMEOUT_MS)
+        props["broker.heartbeat.interval.ms"] = str(c.KAFKA_BROKER_HEARTBEAT_INTERVAL_MS)
+        props["unclean.leader.election.enable"] = "false"
+        props["controller.quorum.fetch.timeout.ms"] = str(c.KAFKA_QUORUM_FETCH_TIMEOUT_MS)
+        props["controller.quorum.election.timeout.ms"] = str(c.KAFKA_QUORUM_ELECTION_TIMEOUT_MS)
     lines = ["# Generated by `clinstream stack up` on every start; edit clinstream/stack/kafka.py instead."]
     lines += [f"{key}={value}" for key, value in props.items()]
     return "\n".join(lines) + "\n"
@@ -200,11 +309,11 @@ logger.request.level = WARN
 """
 
 
-def _write_config(settings: Settings) -> None:
-    kdir = settings.kafka_dir
-    (kdir / "logs").mkdir(parents=True, exist_ok=True)
-    (kdir / "server.properties").write_text(server_properties(settings), encoding="utf-8")
-    (kdir / "log4j2.properties").write_text(_LOG4J2.format(logs=kdir / "logs"), encoding="utf-8")
+def _write_config(settings: Settings, node: KafkaNode, nodes: list[KafkaNode]) -> None:
+    ndir = node.directory
+    (ndir / "logs").mkdir(parents=True, exist_ok=True)
+    (ndir / "server.properties").write_text(server_properties(settings, node, nodes), encoding="utf-8")
+    (ndir / "log4j2.properties").write_text(_LOG4J2.format(logs=ndir / "logs"), encoding="utf-8")
 
 
 def _new_cluster_id() -> str:
@@ -215,87 +324,122 @@ def _new_cluster_id() -> str:
             return text
 
 
-def _jvm_command(settings: Settings, java: str, main_class: str, *args: str,
+def _jvm_command(settings: Settings, node: KafkaNode, java: str, main_class: str, *args: str,
                  heap: tuple[str, ...] = JVM_HEAP) -> list[str]:
-    kdir = settings.kafka_dir
+    ndir = node.directory
     return [java, *heap, *JVM_FLAGS,
-            f"-Dlog4j2.configurationFile={kdir / 'log4j2.properties'}", f"-Dkafka.logs.dir={kdir / 'logs'}",
+            f"-Dlog4j2.configurationFile={ndir / 'log4j2.properties'}", f"-Dkafka.logs.dir={ndir / 'logs'}",
             "-cp", str(kafka_libs(settings) / "*"), main_class, *args]
 
 
-def _format_storage(settings: Settings, java: str) -> None:
-    """Format the log dir once, as a standalone (single-voter, dynamic) KRaft quorum."""
-    kdir = settings.kafka_dir
-    if (kdir / "data" / "meta.properties").is_file():
-        return
-    id_file = kdir / "cluster.id"
+def _cluster_id(settings: Settings) -> str:
+    """The data dir's cluster id, made on first use: every node of the cluster is formatted with it."""
+    id_file = settings.kafka_dir / "cluster.id"
     if not id_file.is_file():
         id_file.write_text(_new_cluster_id() + "\n", encoding="ascii")
-    cluster_id = id_file.read_text(encoding="ascii").strip()
-    cmd = _jvm_command(settings, java, STORAGE_TOOL_CLASS, "format", "--standalone", "--ignore-formatted",
-                       "--config", str(kdir / "server.properties"), "--cluster-id", cluster_id,
+    return id_file.read_text(encoding="ascii").strip()
+
+
+def _format_storage(settings: Settings, java: str, node: KafkaNode, brokers: int) -> None:
+    """Format a node's log dir once: standalone quorum for one node, the static voters of a cluster otherwise."""
+    if (node.directory / "data" / "meta.properties").is_file():
+        return
+    cluster_id = _cluster_id(settings)
+    quorum = ("--standalone",) if brokers == 1 else ()
+    cmd = _jvm_command(settings, node, java, STORAGE_TOOL_CLASS, "format", *quorum, "--ignore-formatted",
+                       "--config", str(node.directory / "server.properties"), "--cluster-id", cluster_id,
                        heap=("-Xmx256m",))
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     if result.returncode != 0:
         lines = (result.stderr or result.stdout).strip().splitlines() or ["no output"]
-        raise StackError(f"formatting Kafka storage in {kdir / 'data'} failed: {lines[-1]}")
+        raise StackError(f"formatting Kafka storage in {node.directory / 'data'} failed: {lines[-1]}")
+    _layout_file(settings).write_text(f"{brokers}\n", encoding="ascii")
 
 
-def _wait_until_up(settings: Settings, pid: int, timeout_s: float) -> None:
+def _wait_until_up(node: KafkaNode, brokers: int, pid: int, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if not process_alive(pid, marker=_marker(settings)):
-            raise StackError(f"Kafka exited during start-up: see {_log_file(settings)} and {_out_file(settings)}")
-        if kafka_is_up(settings, timeout_s=2.0):
+        if not process_alive(pid, marker=_marker(node)):
+            raise StackError(f"Kafka node {node.node_id} exited during start-up: see {_log_file(node)} "
+                             f"and {_out_file(node)}")
+        if node_is_up(node, brokers, timeout_s=2.0):
             return
         time.sleep(0.3)
-    raise StackError(f"Kafka (pid {pid}) did not answer within {timeout_s:.0f} s: see {_log_file(settings)}, "
-                     "then `clinstream stack down` and `up`")
+    raise StackError(f"Kafka node {node.node_id} (pid {pid}) did not answer within {timeout_s:.0f} s: see "
+                     f"{_log_file(node)}, then `clinstream stack down` and `up`")
 
 
-def start_kafka(settings: Settings, timeout_s: float = START_TIMEOUT_S) -> None:
-    """Start the broker if it does not run, and wait until it answers a metadata request."""
+def _launch(settings: Settings, java: str, node: KafkaNode, nodes: list[KafkaNode]) -> int:
+    """Start one node's JVM (config written, storage formatted on first use); its pid."""
+    _check_ports_free(node)
+    node.directory.mkdir(parents=True, exist_ok=True)
+    _write_config(settings, node, nodes)
+    _format_storage(settings, java, node, len(nodes))
+    cmd = _jvm_command(settings, node, java, MAIN_CLASS, str(node.directory / "server.properties"))
+    with _out_file(node).open("ab") as out:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                cwd=node.directory, start_new_session=True, close_fds=True)
+    _pid_file(node).write_text(f"{proc.pid}\n", encoding="ascii")
+    log.info("Kafka node %d starting (pid %s)", node.node_id, proc.pid)
+    return proc.pid
+
+
+def start_kafka(settings: Settings, timeout_s: float | None = None, brokers: int | None = None) -> None:
+    """Start every node that does not run (all at once: a quorum needs a majority), and wait until each answers."""
     with stack_lock(settings):
         java = check_kafka_prerequisites(settings)
-        pid = kafka_pid(settings)
-        if pid is not None:
-            _wait_until_up(settings, pid, timeout_s)
-            return
-        _check_ports_free(settings)
         settings.kafka_dir.mkdir(parents=True, exist_ok=True)
-        _write_config(settings)
-        _format_storage(settings, java)
-        cmd = _jvm_command(settings, java, MAIN_CLASS, str(settings.kafka_dir / "server.properties"))
-        with _out_file(settings).open("ab") as out:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    cwd=settings.kafka_dir, start_new_session=True, close_fds=True)
-        _pid_file(settings).write_text(f"{proc.pid}\n", encoding="ascii")
-        log.info("Kafka starting (pid %s)", proc.pid)
-        _wait_until_up(settings, proc.pid, timeout_s)
+        nodes = kafka_nodes(settings, local_brokers(settings, brokers))
+        _cluster_id(settings)  # before the nodes are formatted in parallel
+        with ThreadPoolExecutor(len(nodes)) as pool:  # formatting is a JVM per node: in parallel
+            pids = dict(zip([n.node_id for n in nodes],
+                            pool.map(lambda n: node_pid(n) or _launch(settings, java, n, nodes), nodes), strict=True))
+        if timeout_s is None:
+            timeout_s = START_TIMEOUT_S if len(nodes) == 1 else c.KAFKA_CLUSTER_START_TIMEOUT_S
+        deadline = time.monotonic() + timeout_s
+        for node in nodes:
+            _wait_until_up(node, len(nodes), pids[node.node_id], max(deadline - time.monotonic(), 1.0))
+
+
+def stop_node(node: KafkaNode, timeout_s: float = STOP_TIMEOUT_S) -> None:
+    """Stop one node: SIGTERM (controlled shutdown), wait, SIGKILL after `timeout_s`. No-op if it does not run."""
+    pid = node_pid(node)
+    if pid is not None:
+        killed = terminate(pid, marker=_marker(node), timeout_s=timeout_s)
+        if killed:
+            log.warning("Kafka node %d (pid %s) ignored SIGTERM for %.0f s and was killed", node.node_id, pid,
+                        timeout_s)
+    _pid_file(node).unlink(missing_ok=True)
 
 
 def stop_kafka(settings: Settings, timeout_s: float = STOP_TIMEOUT_S) -> None:
-    """Stop the broker: SIGTERM (controlled shutdown), wait, SIGKILL after `timeout_s`. No-op if it does not run."""
+    """Stop every node of this data dir at once (one by one, the last would wait for a lost quorum)."""
     with stack_lock(settings):
-        pid = kafka_pid(settings)
-        if pid is not None:
-            killed = terminate(pid, marker=_marker(settings), timeout_s=timeout_s)
-            if killed:
-                log.warning("Kafka (pid %s) ignored SIGTERM for %.0f s and was killed", pid, timeout_s)
-        _pid_file(settings).unlink(missing_ok=True)
+        nodes = kafka_nodes(settings, local_brokers(settings))
+        with ThreadPoolExecutor(len(nodes)) as pool:
+            list(pool.map(lambda n: stop_node(n, timeout_s), nodes))
 
 
-def ensure_kafka(settings: Settings) -> None:
+def ensure_kafka(settings: Settings, brokers: int | None = None) -> None:
     """Kafka runs and answers; started (and formatted on first use) if needed. Idempotent."""
-    start_kafka(settings)
+    start_kafka(settings, brokers=brokers)
 
 
-def kafka_status(settings: Settings) -> ServiceStatus:
-    """Pid and liveness of the broker, for `stack status`."""
-    host, port = broker_address(settings)
-    pid = kafka_pid(settings)
-    answers = kafka_is_up(settings)
-    detail = f"Kafka {c.KAFKA_VERSION} KRaft; controller :{settings.kafka_controller_port}"
-    if answers and pid is None:
-        detail = "answering, but not started from this data dir"
-    return ServiceStatus("kafka", f"{host}:{port}", pid, answers, detail)
+def kafka_status(settings: Settings) -> list[ServiceStatus]:
+    """Pid and liveness of each node, for `stack status`."""
+    try:
+        brokers = local_brokers(settings)
+    except StackError as exc:
+        return [ServiceStatus("kafka", settings.kafka_bootstrap, None, False, str(exc))]
+    rows = []
+    for node in kafka_nodes(settings, brokers):
+        pid = node_pid(node)
+        answers = node_is_up(node, 1)
+        name = "kafka" if brokers == 1 else f"kafka-{node.node_id}"
+        detail = f"Kafka {c.KAFKA_VERSION} KRaft; controller :{node.controller_port}"
+        if brokers > 1:
+            detail += f"; node {node.node_id} of {brokers}"
+        if answers and pid is None:
+            detail = "answering, but not started from this data dir"
+        rows.append(ServiceStatus(name, node.address, pid, answers, detail))
+    return rows
