@@ -139,3 +139,11 @@ HEADER_INGEST_RECEIVED_AT: Final = "clinstream.ingest.received-at"  # receipt of
 HEADER_INGEST_DEVICE_ID: Final = "clinstream.ingest.device-id"  # telemetry: the authenticated device (identifier)
 HEADER_INGEST_PARTICIPANT_ID: Final = "clinstream.ingest.participant-id"  # telemetry: its credential's participant
 HEADER_INGEST_LIMS_KEY: Final = "clinstream.ingest.lims-key-id"  # biobank: key id of the LIMS credential
+
+# Crash points of the stream host (fault tests only): enabled by these environment variables, never by settings.
+CRASH_POINT_ENV: Final = "CLINSTREAM_CRASH_POINT"  # the checkpoint step after which the worker dies
+CRASH_WHEN_ENV: Final = "CLINSTREAM_CRASH_WHEN"  # only in a batch whose result counts this (e.g. "withdrawals")
+CRASH_TIMES_ENV: Final = "CLINSTREAM_CRASH_TIMES"  # how many times per data dir (default 1)
+EXIT_CRASH_POINT: Final = 71  # exit status of a worker stopped at a crash point
+EXIT_PRODUCE_FAILED: Final = 70  # exit status of a worker whose batch could not be made durable
+HOST_SEEK_EVERY_S: Final = 1.0  # a partition with an offset gap is sought back at most this often

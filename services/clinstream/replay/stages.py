@@ -22,6 +22,7 @@ import orjson
 from clinstream.core.avro import get_codec, subject_key
 from clinstream.core.config import Settings
 from clinstream.core.records import BatchResult, InRecord
+from clinstream.core.stream_host import changelog_topic
 from clinstream.core.topics import ERASURE, PSEUDO_BIOBANK, PSEUDO_TELEMETRY, RAW_BIOBANK, RAW_TELEMETRY, Stage
 from clinstream.features.config import FeatureSettings
 from clinstream.features.processor import FeatureProcessor
@@ -118,10 +119,10 @@ class FeaturesStage:
 
 
 def consent_changelog_topic(settings: Settings) -> str:
-    """The pseudonymise worker's consent-table changelog (faust names it <app id>-<table>-changelog)."""
-    from clinstream.pseudonymise.worker import CONSENT_TABLE, app_id
+    """The pseudonymise worker's consent-table changelog, named by the stream host."""
+    from clinstream.pseudonymise.worker import CONSENT_TABLE, STAGE
 
-    return f"{app_id(settings)}-{CONSENT_TABLE}-changelog"
+    return changelog_topic(settings, STAGE, CONSENT_TABLE)
 
 
 class PseudonymiseStage:
