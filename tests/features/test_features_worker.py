@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from features_factories import (
@@ -22,8 +23,10 @@ from clinstream.core.avro import subject_key
 from clinstream.core.config import Settings
 from clinstream.core.offset_ledger import contiguous_run
 from clinstream.core.records import InRecord, OutRecord
+from clinstream.core.stream_host import ChangelogOrder, TableState
 from clinstream.core.topics import FEATURES, PSEUDO_TELEMETRY
 from clinstream.features.processor import FeatureProcessor
+from clinstream.features.worker import FeatureTableState, changelog_order
 
 pytestmark = pytest.mark.integration
 
@@ -94,6 +97,51 @@ def test_a_range_dropped_by_faust_and_redelivered_later_is_lost_unless_admitted_
     deliveries = _redelivery_after_a_dropped_range(records, range(len(records) // 3, len(records) // 2))
     assert finals(_host(deliveries, admit=False)) != want  # what the faust host did: contributions lost
     assert finals(_host(deliveries, admit=True)) == want  # the stream host admits gap-free runs only
+
+
+def _finals_or_conflict(outs: list[OutRecord]) -> object:
+    try:
+        return finals(outs)
+    except AssertionError:
+        return "two different final records for one window"
+
+
+def _cuts_that_change_the_result(order: ChangelogOrder | None) -> list[int]:
+    """Crash after a durable prefix of one big batch's changelog (its outputs durable, its offsets not), then
+    redeliver from the committed offset: the prefix lengths after which the finals differ from a clean run."""
+    data = generate(n_participants=2, hours=4, seed=21)
+    clock = clock_block(max(b.record["received_at"] for b in data.blocks))
+    records = in_records([*data.blocks, clock])
+    want = finals(run(records, batch=len(records))[0])
+    first, crashed = records[:len(records) // 6], records[len(records) // 6:len(records) * 5 // 6]
+    host = TableState(SimpleNamespace(data={}), order)
+    proc = FeatureProcessor("site-t", FeatureTableState(host))
+    outs = proc.process(first).out
+    host.take_pending()
+    committed = dict(host._table.data)
+    outs += proc.process(crashed).out
+    pending = host.take_pending()
+    cuts = sorted({*range(0, len(pending), max(len(pending) // 5, 1)), *range(len(pending) - 2, len(pending) + 1)})
+    changed = []
+    for cut in cuts:
+        durable = dict(committed)
+        for key, value, _partition in pending[:cut]:
+            if value is None:
+                durable.pop(key, None)
+            else:
+                durable[key] = value
+        again = FeatureProcessor("site-t", FeatureTableState(TableState(SimpleNamespace(data=durable), order)))
+        if _finals_or_conflict(outs + again.process(records[len(first):]).out) != want:
+            changed.append(cut)
+    return changed
+
+
+def test_any_durable_prefix_of_a_batch_changelog_gives_the_uninterrupted_finals() -> None:
+    """The second cause of the SIGKILL test's failures ("two different final records for one window"): with the
+    deletions of finalised windows before the watermark, a prefix holding a deletion but not the watermark let a
+    redelivered block re-create the window; the features changelog order (entries, watermark, deletions) is safe."""
+    assert _cuts_that_change_the_result(None) != []  # write order: entries and deletions, watermark last
+    assert _cuts_that_change_the_result(changelog_order) == []
 
 
 def test_worker_matches_the_pure_processor(kafka_site: Settings, worker: FeaturesWorker) -> None:

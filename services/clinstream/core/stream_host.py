@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -51,11 +51,19 @@ log = logging.getLogger("clinstream.core.stream_host")
 Pending = tuple[bytes, bytes | None, int]  # changelog key, value (None deletes), partition
 
 
-class TableState:
-    """Raw bytes state over a faust Table's store; each write is queued for the changelog partition given."""
+ChangelogOrder = Callable[[bytes, bytes | None], int]  # rank of a changelog record within a batch (stable)
 
-    def __init__(self, table: Any) -> None:
+
+class TableState:
+    """Raw bytes state over a faust Table's store; each write is queued for the changelog partition given.
+
+    A crash can leave any prefix of a batch's changelog records durable (per partition). A stage whose state is
+    only safe under some prefixes gives an `order`: the batch's records are produced sorted by it (stably).
+    """
+
+    def __init__(self, table: Any, order: ChangelogOrder | None = None) -> None:
         self._table = table
+        self._order = order
         self.pending: list[Pending] = []
 
     def get(self, key: bytes) -> bytes | None:
@@ -84,8 +92,11 @@ class TableState:
         return len(self._table.data)
 
     def take_pending(self) -> list[Pending]:
-        """The queued changelog records, in write order; the queue is emptied."""
+        """The queued changelog records in production order (write order, stably sorted by the stage's order)."""
         pending, self.pending = self.pending, []
+        if self._order is not None:
+            order = self._order
+            pending.sort(key=lambda rec: order(rec[0], rec[1]))
         return pending
 
 
@@ -98,6 +109,7 @@ class StageTraits:
     table_help: str
     batch_max: int  # records per batch
     batch_within_s: float  # max wait to fill a batch
+    changelog_order: ChangelogOrder | None = None
 
 
 class HostedStage(Protocol):
@@ -165,7 +177,7 @@ class StreamHost:
         raw: Any = faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
         self.table = self.app.Table(traits.table_name, default=None, partitions=settings.topic_partitions,
                                     key_type=bytes, value_type=bytes, schema=raw, help=traits.table_help)
-        self.state = TableState(self.table)
+        self.state = TableState(self.table, traits.changelog_order)
         stage.bind(self.state)
         topics = tuple(stage.input_topics)
         source = self.app.topic(*topics, key_type=bytes, value_type=bytes, key_serializer="raw",

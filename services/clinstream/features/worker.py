@@ -31,7 +31,7 @@ from clinstream.core.stream_host import app_id as host_app_id
 from clinstream.core.stream_host import run as host_run
 from clinstream.core.topics import Stage
 from clinstream.features.processor import FeatureProcessor, make_processor
-from clinstream.features.state import Entry, partition_of
+from clinstream.features.state import WM_PREFIX, Entry, partition_of
 
 STAGE = Stage.FEATURES.value
 STATE_TABLE = "feature-state"
@@ -58,6 +58,20 @@ def loads(raw: bytes) -> Entry:
     if raw[:1] == _BIG_JSON:
         return json.loads(raw[1:])  # type: ignore[no-any-return]
     return orjson.loads(raw)  # type: ignore[no-any-return]
+
+
+def changelog_order(key: bytes, value: bytes | None) -> int:
+    """Entries first, then the partition watermark, then deletions (finalised windows, erased entries).
+
+    Any durable prefix is then safe to redeliver over: without the watermark, no window of the batch has been
+    deleted yet, so a redelivered block finds its window and is a duplicate; a deletion is durable only after the
+    watermark that made its window final (a redelivered block of it is late, its final already delivered). With
+    deletions before the watermark, a redelivered block re-created a finalised window from scratch, and a second,
+    different final record of that window followed.
+    """
+    if value is None:
+        return 2
+    return 1 if key.startswith(WM_PREFIX.encode()) else 0
 
 
 class FeatureTableState(MutableMapping[str, Entry]):
@@ -97,7 +111,7 @@ class FeaturesStage:
     """The features stage as the host sees it."""
 
     traits = StageTraits(STAGE, STATE_TABLE, "Window accumulators, sample events, watermarks (pseudonymised keys "
-                         "only).", FEATURES_BATCH_MAX, FEATURES_BATCH_WITHIN_S)
+                         "only).", FEATURES_BATCH_MAX, FEATURES_BATCH_WITHIN_S, changelog_order)
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
