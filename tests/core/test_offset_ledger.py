@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clinstream.core.offset_ledger import Frontier, offsets_of
+from clinstream.core.offset_ledger import Frontier, contiguous_run, offsets_of
 from clinstream.core.records import InRecord
 
 
@@ -46,3 +46,14 @@ def test_frontier_is_the_first_unprocessed_offset(start: int, batches: list[list
 def test_offsets_of_groups_by_topic_partition() -> None:
     recs = [InRecord("a", 0, 5, None, b"", 0), InRecord("a", 1, 2, None, b"", 0), InRecord("a", 0, 6, None, b"", 0)]
     assert offsets_of(recs) == {("a", 0): [5, 6], ("a", 1): [2]}
+
+
+@given(st.lists(st.integers(0, 40), max_size=60), st.integers(0, 20))
+def test_admitted_records_continue_the_frontier_without_a_gap(offsets: list[int], start: int) -> None:
+    """Whatever faust delivers (drops, duplicates, any order), a partition is processed only in offset order."""
+    records = [InRecord("t", 0, o, None, b"") for o in offsets]
+    run, gap = contiguous_run(records, start)
+    assert [r.offset for r in run] == list(range(start, start + len(run)))
+    following = start + len(run)
+    assert gap == any(o > following for o in offsets)
+    assert following not in offsets

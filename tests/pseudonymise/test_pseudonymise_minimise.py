@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from pseudonymise_factories import assay, block, consent, sample_event
+from pseudonymise_factories import T0, Feed, assay, block, consent, encode_block, sample_event
 
 from clinstream.core.avro import get_codec
-from clinstream.core.topics import ALL_TOPICS, Zone
+from clinstream.core.topics import ALL_TOPICS, PSEUDO_TELEMETRY, Zone
 from clinstream.pseudonymise.keys import KeyRing
 from clinstream.pseudonymise.minimise import (
     MinimisationError,
@@ -19,11 +19,12 @@ from clinstream.pseudonymise.minimise import (
     generalise_birth_date,
     generalise_role,
     minimise_biobank_event,
-    minimise_block,
 )
+from clinstream.pseudonymise.processor import PseudonymiseProcessor
 from clinstream.pseudonymise.pseudonyms import Pseudonymiser
 
-P = Pseudonymiser(KeyRing(1, {1: bytes(32)}))
+RING = KeyRing(1, {1: bytes(32)})
+P = Pseudonymiser(RING)
 IDENTIFYING_FIELDS = {
     "participant_id", "device_id", "sample_id", "parent_sample_id", "participant_name", "operator_name",
     "comment", "birth_date", "postcode", "storage_location", "shipment_reference", "disposal_reason", "name",
@@ -96,13 +97,21 @@ def test_biobank_events_lose_every_identifier() -> None:
     assert generalised["scope"] == ["DUO:0000042"]
 
 
-def test_blocks_keep_measurements_and_replace_identifiers() -> None:
+@pytest.mark.parametrize("verify", [True, False])
+def test_blocks_keep_measurements_and_replace_identifiers(verify: bool) -> None:
+    """Production's own path (the processor's header rewrite around the untouched measurement bytes)."""
     raw = block()
-    out = minimise_block(raw, P)
-    assert out["measurement"] == raw["measurement"]
+    feed = Feed()
+    proc = PseudonymiseProcessor("site-a", RING, {})
+    proc.verify_measurements = verify
+    result = proc.process([feed.event(consent(at=T0 - 1000)), feed.block(raw)])
+    [value] = [o.value for o in result.out if o.topic == PSEUDO_TELEMETRY.name("site-a")]
+    out = get_codec().decode(value, reader="org.clinstream.telemetry.PseudonymisedTelemetryBlock")
+    assert out["measurement"] == get_codec().decode(encode_block(raw))["measurement"]
     assert out["participant_pseudonym"] == P.participant("P-000123")
     assert out["device_pseudonym"] == P.device("SN-SYN-0001")
-    get_codec().encode("org.clinstream.telemetry.PseudonymisedTelemetryBlock", out)
+    assert (str(out["block_id"]), out["sequence"], out["key_version"]) == (raw["block_id"], raw["sequence"], 1)
+    assert b"P-000123" not in value and b"SN-SYN-0001" not in value
 
 
 def test_assay_with_text_in_a_code_field_is_invalid() -> None:

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 from pseudonymise_factories import T0, Feed, block, consent
 
 from clinstream.core.records import InRecord
+from clinstream.core.stream_host import TableState
 from clinstream.pseudonymise.consent import ConsentEntry
 from clinstream.pseudonymise.keys import KeyRing
 from clinstream.pseudonymise.processor import PseudonymiseProcessor, order_for_processing
@@ -15,18 +16,20 @@ from clinstream.pseudonymise.worker import ConsentTableState, process_by_partiti
 
 def test_table_writes_are_queued_for_the_partition_being_processed() -> None:
     table = SimpleNamespace(data={})
-    state = ConsentTableState(table)
+    host_state = TableState(table)
+    state = ConsentTableState(host_state)
     entry = ConsentEntry(active=True, since_ms=1, updated_at_ms=2, event_id="e", key_version=1)
     state.partition = 3
     state["abc"] = entry
     assert state["abc"] == entry and state.get("zzz") is None and list(state) == ["abc"] and len(state) == 1
     assert table.data == {b"abc": entry.to_bytes()}
-    assert state.pending == [(b"abc", entry.to_bytes(), 3)]
+    assert host_state.pending == [(b"abc", entry.to_bytes(), 3)]
 
 
 def test_each_partition_is_processed_separately_with_its_own_changelog_partition() -> None:
     table = SimpleNamespace(data={})
-    state = ConsentTableState(table)
+    host_state = TableState(table)
+    state = ConsentTableState(host_state)
     proc = PseudonymiseProcessor("site-a", KeyRing(1, {1: b"k" * 32}), state)
     f0, f2 = Feed(partition=0), Feed(partition=2)
     recs = [f2.event(consent(pid="P-2", at=T0)), f0.event(consent(pid="P-0", at=T0)), f2.block(block(pid="P-2")),
@@ -34,7 +37,7 @@ def test_each_partition_is_processed_separately_with_its_own_changelog_partition
     results = process_by_partition(proc, state, recs)
     assert [p for p, _ in results] == [0, 2]
     assert all(r.counters["forwarded_telemetry"] == 1 for _, r in results)
-    assert sorted(p for _, _, p in state.pending) == [0, 2]
+    assert sorted(p for _, _, p in host_state.pending) == [0, 2]
 
 
 def test_topics_of_one_partition_are_merged_by_timestamp_keeping_offset_order() -> None:

@@ -21,6 +21,7 @@ from clinstream.core.constants import (
     HEADER_INGEST_RECEIVED_AT,
     HEADER_REDRIVEN_FROM,
 )
+from clinstream.core.dead_letters import DeadLetterRecord
 from clinstream.core.dlq import Rejection, dead_letter
 from clinstream.core.kafka import Message
 from clinstream.core.topics import RAW_BIOBANK, RAW_TELEMETRY, Stage
@@ -45,7 +46,7 @@ from clinstream.ingest.redrive import (
     make_redriver,
 )
 from clinstream.ingest.telemetry_intake import DUPLICATE_IN_REQUEST, TelemetryIntake
-from clinstream.replay.dlq import DeadLetterRecord, decode_envelope, safe_view
+from clinstream.replay.dlq import decode_envelope, safe_view
 from clinstream.replay.redrive import redriver_for
 
 RECEIVED = 1_767_225_600_000  # 2026-01-01T00:00:00Z

@@ -244,3 +244,26 @@ def test_lag_lists_live_and_replay_groups_and_freshness(site: Site) -> None:
     if 2 in site.replayed:
         assert "replay" in kinds.values()
         assert ("heart_rate", 2) in fresh and fresh[("heart_rate", 2)]["active"] is False
+
+
+def test_a_replay_honours_every_erasure_requested_until_now_through_the_processor(kafka_site: Settings) -> None:
+    """The erasure topic is read at the start; the processor's own erasure purges and tombstones the participant."""
+    from features_factories import decoded, erasure, in_records
+
+    from clinstream.core.avro import subject_key
+    from clinstream.core.topics import ERASURE
+    from clinstream.replay.stages import FeaturesStage
+
+    site = kafka_site.site_id
+    data = generate(n_participants=2, hours=2, seed=5, site_id=site)
+    erased, kept = data.participants
+    produce(kafka_site, ERASURE.name(site), [(subject_key(site, erased), erasure(erased, site_id=site))])
+    stage = FeaturesStage(kafka_site, version=2)
+    stage.prepare(None)
+    records = [r for who in data.participants for r in in_records(
+        [b for b in data.blocks if b.participant == who], site_id=site,
+        partition=partition_of_key(subject_key(site, who), kafka_site.topic_partitions))]  # as the producer placed it
+    result = stage.process(records)
+    who = {rec["participant_pseudonym"] for rec, _ in decoded(result.out)}
+    assert who == {kept}
+    assert result.counters["erased_blocks_dropped"] == sum(b.participant == erased for b in data.blocks)

@@ -178,3 +178,11 @@ INGEST_CREDENTIAL_SCHEMA_PREFIX: Final = "cred_"  # + site id with '_': the sche
 INGEST_CREDENTIAL_CHANNEL: Final = "clinstream_credentials"  # NOTIFY channel of credential changes (cache eviction)
 INGEST_CREDENTIAL_CACHE_TTL_S: Final = 30.0  # fallback: a cached credential is looked up again after this long
 INGEST_BROKER_LOG_EVERY_S: Final = 30.0  # while the broker is unreachable, one summary log line this often
+
+# Crash points of the stream host (fault tests only): enabled by these environment variables, never by settings.
+CRASH_POINT_ENV: Final = "CLINSTREAM_CRASH_POINT"  # the checkpoint step after which the worker dies
+CRASH_WHEN_ENV: Final = "CLINSTREAM_CRASH_WHEN"  # only in a batch whose result counts this (e.g. "withdrawals")
+CRASH_TIMES_ENV: Final = "CLINSTREAM_CRASH_TIMES"  # how many times per data dir (default 1)
+EXIT_CRASH_POINT: Final = 71  # exit status of a worker stopped at a crash point
+EXIT_PRODUCE_FAILED: Final = 70  # exit status of a worker whose batch could not be made durable
+HOST_SEEK_EVERY_S: Final = 1.0  # a partition with an offset gap is sought back at most this often

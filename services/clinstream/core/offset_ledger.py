@@ -13,9 +13,14 @@ worker host reports each batch here once its outputs are durable:
   over offsets that were processed, in any order and with any duplicates (`Frontier`, pure logic);
 * `commit()` sends the advanced frontiers through faust's consumer (the group member), so an offset is never
   committed before every earlier offset's output was durably produced;
+* `admit()` lets through, per partition, only the contiguous run of offsets that starts exactly at the frontier:
+  offsets below it were already made durable (dropped), and a record beyond a gap is never processed ahead of
+  the records before it; the partition is sought back to the frontier at once. faust drops fetched records
+  (stale generation after a rebalance, flow control suspended) while delivering later ones of the same
+  partition; processing those first let later event times advance the features watermark, so that the
+  skipped blocks, redelivered only after `stall_s`, were judged late and lost from their windows;
 * `watch()` (a timer) finds partitions whose frontier has not moved for `stall_s` while records wait beyond it,
-  and seeks them back to the frontier: whatever faust skipped is delivered again (duplicates are harmless,
-  every stage is idempotent).
+  and seeks them back to the frontier: whatever faust skipped is delivered again.
 
 A rebalance forgets every frontier; they are read again from the broker when next needed.
 """
@@ -27,16 +32,49 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from clinstream.core.config import Settings
-from clinstream.core.constants import LEDGER_STALL_S
+from clinstream.core.constants import HOST_SEEK_EVERY_S, LEDGER_STALL_S
 
 log = logging.getLogger("clinstream.core.offset_ledger")
 
 Key = tuple[str, int]  # (topic, partition)
+
+
+class Positioned(Protocol):
+    """A record with its source position."""
+
+    @property
+    def topic(self) -> str:
+        """Source topic."""
+
+    @property
+    def partition(self) -> int:
+        """Source partition."""
+
+    @property
+    def offset(self) -> int:
+        """Offset in the source partition."""
+
+
+R = TypeVar("R", bound=Positioned)
+
+
+def contiguous_run(records: Sequence[R], next_offset: int) -> tuple[list[R], bool]:
+    """The records (by offset, one per offset) that continue exactly from `next_offset`; and whether a gap cut it."""
+    run: list[R] = []
+    expected = next_offset
+    for rec in sorted(records, key=lambda r: r.offset):
+        if rec.offset < expected:
+            continue  # processed already (or a duplicate within the batch)
+        if rec.offset > expected:
+            return run, True
+        run.append(rec)
+        expected += 1
+    return run, False
 
 
 @dataclass
@@ -81,6 +119,7 @@ class OffsetLedger:
         self._frontiers: dict[Key, Frontier] = {}
         self._pending: dict[Key, set[int]] = {}  # processed before the partition's frontier could be read
         self._dirty: set[Key] = set()
+        self._rewind: dict[Key, float] = {}  # partitions to seek back to their frontier, with the last seek time
         self._lookup = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": group_id,
                                  "enable.auto.commit": False, "client.id": f"{group_id}-offset-lookup"})
         app.on_partitions_assigned.connect(self._forget)
@@ -90,6 +129,7 @@ class OffsetLedger:
         self._frontiers.clear()
         self._pending.clear()
         self._dirty.clear()
+        self._rewind.clear()
 
     def _assigned(self) -> set[Key]:
         return {(tp.topic, tp.partition) for tp in self._app.consumer.assignment() if tp.topic in self._topics}
@@ -124,6 +164,40 @@ class OffsetLedger:
             if frontier.add(self._pending.pop(key, ())):
                 self._dirty.add(key)
         return {k: high for k, (_s, high) in starts.items()}
+
+    async def admit(self, records: Sequence[R]) -> list[R]:
+        """The records that may be processed now, in their given order: per partition, the gap-free run from the
+        frontier. Partitions cut by a gap (or whose frontier cannot be read yet) are sought back to the frontier."""
+        by_key: dict[Key, list[R]] = {}
+        for rec in records:
+            by_key.setdefault((rec.topic, rec.partition), []).append(rec)
+        assigned = self._assigned()
+        await self._ensure(k for k in by_key if k in assigned)
+        admitted: set[int] = set()
+        for key, recs in by_key.items():
+            frontier = self._frontiers.get(key)
+            if frontier is None:  # not ours any more, or the broker is away: nothing of it is processed now
+                if key in assigned:
+                    self._rewind.setdefault(key, 0.0)
+                continue
+            run, gap = contiguous_run(recs, frontier.next_offset)
+            admitted.update(id(r) for r in run)
+            if gap:
+                await self._seek_back(key, frontier.next_offset + len(run))
+        return [r for r in records if id(r) in admitted]
+
+    async def _seek_back(self, key: Key, offset: int) -> None:
+        from faust.types import TP
+
+        now = time.monotonic()
+        if now - self._rewind.get(key, 0.0) < HOST_SEEK_EVERY_S:
+            return
+        self._rewind[key] = now
+        log.info("partition %s/%d: offset gap after %d; seeking back", key[0], key[1], offset)
+        try:
+            await self._app.consumer.seek(TP(*key), offset)
+        except Exception as exc:  # e.g. revoked meanwhile: the watch tries again
+            log.warning("seek of %s/%d failed (%s); the watch tries again", key[0], key[1], type(exc).__name__)
 
     async def processed(self, offsets: dict[Key, list[int]]) -> None:
         """Record a batch whose outputs are durable: offsets per (topic, partition)."""
@@ -168,11 +242,12 @@ class OffsetLedger:
             frontier = self._frontiers.get(key)
             if frontier is None or frontier.next_offset >= highs.get(key, 0):
                 continue
-            if now - frontier.moved_at < self._stall_s:
+            if now - frontier.moved_at < self._stall_s and self._rewind.get(key) != 0.0:
                 continue
             log.warning("partition %s/%d: no progress for %.0f s at offset %d (end %d); seeking back",
                         key[0], key[1], now - frontier.moved_at, frontier.next_offset, highs[key])
             frontier.moved_at = now
+            self._rewind[key] = now
             try:
                 await self._app.consumer.seek(TP(*key), frontier.next_offset)
             except Exception as exc:  # e.g. revoked meanwhile: a watchdog never stops the worker

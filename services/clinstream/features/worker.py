@@ -1,49 +1,40 @@
-"""`clinstream worker features`: a faust-streaming host around `FeatureProcessor`.
+"""`clinstream worker features`: `FeatureProcessor` as a stage of the core stream host.
 
-One agent reads PSEUDO_TELEMETRY, PSEUDO_BIOBANK and ERASURE (same partition count, all keyed by the participant
-pseudonym, so a participant's blocks, events and erasure arrive in the same partition number). Batches come from
-`take_events`; the processor handles each partition's records in offset order.
+The host (`clinstream.core.stream_host`) reads PSEUDO_TELEMETRY, PSEUDO_BIOBANK and ERASURE (same partition
+count, all keyed by the participant pseudonym, so a participant's blocks, events and erasure arrive in the same
+partition number), admits each partition's records in gap-free offset order and makes every batch durable in
+the host's one order: outputs, then state, then input offsets. After a crash, redelivered blocks are recognised
+per window entry (device, sequence) and change nothing.
 
-State lives in a faust Table (memory store, rebuilt from its changelog topic on start and after a rebalance).
-`FeatureTableState` exposes it as the processor's mapping of JSON-able dicts; each write sets the local value and
-queues a changelog record for the partition named in the state key (the participant's input partition), because
-faust's own `table[k] = v` would use the "current event", which is unset inside a batch.
-
-Per batch, in this order: every output record is produced and its broker acknowledgement awaited; then every
-changelog record (window/sample entries first, the partition watermarks last) is produced and awaited; only then
-are the batch's input offsets handed to the `OffsetLedger`, which commits them (faust does not track these topics:
-its acknowledgement book goes wrong across rebalances; see `clinstream.core.offset_ledger`). So a durable state
-change implies durable outputs, and a durable watermark implies durable entries: after a crash, the redelivered
-blocks are recognised per window entry (device, sequence) and change nothing. A produce failure ends the process
-(exit 70) so that a supervisor restarts it from the committed offsets.
+`FeatureTableState` is the processor's mapping of JSON-able dicts over the host's table; each key names the
+participant's input partition (`features.state.partition_of`), which is the changelog partition it is written
+to. The state's `flush` writes window/sample entries first and the partition watermarks last, so a durable
+watermark implies durable entries.
 
 Log lines carry counts and partitions only: never keys, values or pseudonyms.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import os
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator, MutableMapping, Sequence
 from typing import Any
 
-import faust
 import orjson
 
 from clinstream.core.config import Settings
-from clinstream.core.constants import FEATURES_BATCH_MAX, FEATURES_BATCH_WITHIN_S, LEDGER_WATCH_S
-from clinstream.core.logging import configure_logging
-from clinstream.core.offset_ledger import OffsetLedger, offsets_of
-from clinstream.core.records import from_faust_event as to_in_record
+from clinstream.core.constants import FEATURES_BATCH_MAX, FEATURES_BATCH_WITHIN_S
+from clinstream.core.records import BatchResult, InRecord
+from clinstream.core.stream_host import StageTraits, TableState
+from clinstream.core.stream_host import app_id as host_app_id
+from clinstream.core.stream_host import run as host_run
 from clinstream.core.topics import Stage
 from clinstream.features.processor import FeatureProcessor, make_processor
-from clinstream.features.state import Entry, partition_of
+from clinstream.features.state import WM_PREFIX, Entry, partition_of
 
 STAGE = Stage.FEATURES.value
 STATE_TABLE = "feature-state"
-EXIT_PRODUCE_FAILED = 70
 _BIG_JSON = b"J"  # prefix of values written by the stdlib (integers beyond 64 bits)
 
 log = logging.getLogger("clinstream.features.worker")
@@ -51,7 +42,7 @@ log = logging.getLogger("clinstream.features.worker")
 
 def app_id(settings: Settings) -> str:
     """Faust app id and consumer group of this stage."""
-    return f"clinstream-{settings.site_id}-{STAGE}"
+    return host_app_id(settings, STAGE)
 
 
 def dumps(entry: Entry) -> bytes:
@@ -69,127 +60,91 @@ def loads(raw: bytes) -> Entry:
     return orjson.loads(raw)  # type: ignore[no-any-return]
 
 
-class FeatureTableState(MutableMapping[str, Entry]):
-    """The processor's state mapping over a faust Table, with explicit changelog partitions and write order."""
+def changelog_order(key: bytes, value: bytes | None) -> int:
+    """Entries first, then the partition watermark, then deletions (finalised windows, erased entries).
 
-    def __init__(self, table: Any) -> None:
+    Any durable prefix is then safe to redeliver over: without the watermark, no window of the batch has been
+    deleted yet, so a redelivered block finds its window and is a duplicate; a deletion is durable only after the
+    watermark that made its window final (a redelivered block of it is late, its final already delivered). With
+    deletions before the watermark, a redelivered block re-created a finalised window from scratch, and a second,
+    different final record of that window followed.
+    """
+    if value is None:
+        return 2
+    return 1 if key.startswith(WM_PREFIX.encode()) else 0
+
+
+class FeatureTableState(MutableMapping[str, Entry]):
+    """The processor's state mapping over the host's table; each key goes to its participant's partition."""
+
+    def __init__(self, table: TableState) -> None:
         self._table = table
-        self.pending: list[tuple[bytes, bytes | None, int]] = []
 
     def __getitem__(self, key: str) -> Entry:
-        return loads(self._table.data[key.encode()])
+        raw = self._table.get(key.encode())
+        if raw is None:
+            raise KeyError(key)
+        return loads(raw)
 
     def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
         """Fast path of `Mapping.get` without the KeyError round trip."""
-        raw = self._table.data.get(key.encode())
+        raw = self._table.get(key.encode())
         return default if raw is None else loads(raw)
 
     def __setitem__(self, key: str, entry: Entry) -> None:
-        raw = dumps(entry)
-        k = key.encode()
-        self._table.data[k] = raw
-        self.pending.append((k, raw, partition_of(key)))
+        self._table.put(key.encode(), dumps(entry), partition_of(key))
 
     def __delitem__(self, key: str) -> None:
-        k = key.encode()
-        del self._table.data[k]
-        self.pending.append((k, None, partition_of(key)))
+        self._table.delete(key.encode(), partition_of(key))
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and key.encode() in self._table.data
+        return isinstance(key, str) and key.encode() in self._table
 
     def __iter__(self) -> Iterator[str]:
-        return (k.decode() for k in list(self._table.data.keys()))
+        return (k.decode() for k in self._table.snapshot_keys())
 
     def __len__(self) -> int:
-        return len(self._table.data)
+        return len(self._table)
 
 
-def build_app(settings: Settings) -> tuple[faust.App, FeatureProcessor]:
-    """The faust app of the features stage for one site, and its processor."""
-    state_dir = settings.state_dir / STAGE
-    state_dir.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
-        app_id(settings),
-        broker=f"kafka://{settings.kafka_bootstrap}",
-        store="memory://",
-        datadir=str(state_dir),
-        topic_partitions=settings.topic_partitions,
-        topic_replication_factor=settings.replication_factor,
-        topic_disable_leader=True,
-        table_standby_replicas=0,
-        web_enabled=False,
-        producer_acks=-1,
-        broker_commit_interval=1.0,
-        broker_session_timeout=10.0,  # a SIGKILLed member leaves the group quickly
-        broker_heartbeat_interval=2.0,
-        consumer_auto_offset_reset="earliest",
-        key_serializer="raw",
-        value_serializer="raw",
-    )
-    table = app.Table(STATE_TABLE, default=None, partitions=settings.topic_partitions,
-                      key_type=bytes, value_type=bytes,
-                      schema=faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw",
-                                          value_serializer="raw"),
-                      help="Window accumulators, sample events, watermarks (pseudonymised keys only).")
-    state = FeatureTableState(table)
-    processor = make_processor(settings, state)
-    source = app.topic(*processor.input_topics, key_type=bytes, value_type=bytes, key_serializer="raw",
-                       value_serializer="raw", acks=False)  # offsets are committed by the ledger, not by faust
-    ledger = OffsetLedger(app, settings, app_id(settings), processor.input_topics)
+class FeaturesStage:
+    """The features stage as the host sees it."""
 
-    def reset_index(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
-        processor.reset_index()
+    traits = StageTraits(STAGE, STATE_TABLE, "Window accumulators, sample events, watermarks (pseudonymised keys "
+                         "only).", FEATURES_BATCH_MAX, FEATURES_BATCH_WITHIN_S, changelog_order)
 
-    app.on_partitions_assigned.connect(reset_index)
-    app.on_partitions_revoked.connect(reset_index)
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.processor: FeatureProcessor | None = None
+        self._topics = make_processor(settings, {}).input_topics
 
-    async def handle(events: list[Any]) -> None:
-        state.pending.clear()
-        records = [to_in_record(e) for e in events]
-        result = processor.process(records)
-        producer = app.producer
-        futures: list[Any] = []
-        for out in result.out:
-            futures.append(await producer.send(out.topic, out.key, out.value, None, None,
-                                               list(out.headers) if out.headers else None))
-        await asyncio.gather(*futures)  # outputs durable (acks=all) before any state change
-        changelog = table.changelog_topic.get_topic_name()
-        futures = [await producer.send(changelog, key, value, partition, None, None)
-                   for key, value, partition in state.pending]
-        state.pending.clear()
-        await asyncio.gather(*futures)  # state durable before the input offsets may move
-        await ledger.processed(offsets_of(records))
-        await ledger.commit()
+    @property
+    def input_topics(self) -> Sequence[str]:
+        """PSEUDO_TELEMETRY, PSEUDO_BIOBANK and ERASURE of the site."""
+        return self._topics
+
+    def bind(self, state: TableState) -> None:
+        """Build the processor over the host's table."""
+        self.processor = make_processor(self.settings, FeatureTableState(state))
+
+    def _proc(self) -> FeatureProcessor:
+        assert self.processor is not None, "bind() first"
+        return self.processor
+
+    def process(self, records: Sequence[InRecord]) -> BatchResult:
+        """One batch through the processor."""
+        return self._proc().process(records)
+
+    def on_assignment_changed(self) -> None:
+        """The deadline index is rebuilt from the keys on next use."""
+        self._proc().reset_index()
+
+    def report(self, result: BatchResult) -> None:
+        """Log batches with dead letters, late blocks or erasures (counts only)."""
         if result.counters.get("dlq") or result.counters.get("late_blocks") or result.counters.get("erasures"):
             log.info("batch: %s", {k: v for k, v in sorted(result.counters.items())})
-
-    @app.agent(source, name=f"{STAGE}-pseudo")
-    async def features(stream: Any) -> None:
-        async for events in stream.take_events(FEATURES_BATCH_MAX, within=FEATURES_BATCH_WITHIN_S):
-            try:
-                await handle(list(events))
-            except Exception as exc:  # produce failed: restart from committed offsets, never skip a batch
-                log.critical("batch of %d records failed (%s); exiting so that it is re-processed",
-                             len(events), type(exc).__name__)
-                logging.shutdown()
-                os._exit(EXIT_PRODUCE_FAILED)
-
-    @app.timer(LEDGER_WATCH_S)  # type: ignore[untyped-decorator]
-    async def watch_offsets() -> None:
-        await ledger.watch()
-
-    @app.task  # type: ignore[untyped-decorator]
-    async def announce() -> None:
-        log.info("features worker for site %s started; group %s", settings.site_id, app_id(settings))
-
-    return app, processor
 
 
 def run(settings: Settings) -> None:
     """Run the worker until SIGTERM/SIGINT."""
-    configure_logging(STAGE)
-    app, _ = build_app(settings)
-    worker = faust.Worker(app, loglevel=logging.getLogger().level, quiet=True, override_logging=False,
-                          redirect_stdouts=False)
-    worker.execute_from_commandline()
+    host_run(settings, FeaturesStage(settings))

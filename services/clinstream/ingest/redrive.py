@@ -32,6 +32,7 @@ import psycopg
 from clinstream.core.avro import get_codec, subject_key
 from clinstream.core.config import Settings
 from clinstream.core.db import connect
+from clinstream.core.dead_letters import DeadLetterRecord, Verdict, redriven_header
 from clinstream.core.dlq import Rejection
 from clinstream.core.topics import RAW_BIOBANK, RAW_TELEMETRY
 from clinstream.ingest.biobank_intake import EVENT_ID_CONFLICT
@@ -41,8 +42,6 @@ from clinstream.ingest.csv_import import row_to_event
 from clinstream.ingest.dlq_context import TELEMETRY, IngestContext, read_context
 from clinstream.ingest.telemetry_intake import DUPLICATE_IN_REQUEST
 from clinstream.ingest.telemetry_validate import RejectedBlock, TelemetryValidator
-from clinstream.replay.dlq import DeadLetterRecord
-from clinstream.replay.redrive import Verdict, redriven_header
 
 log = logging.getLogger("clinstream.ingest")
 

@@ -101,11 +101,6 @@ class SitePipeline:
             proc.popen.kill()
             return proc.popen.wait(timeout_s)
 
-    def restart(self, name: str, sig: int = signal.SIGKILL) -> None:
-        """Kill a service with a signal, then start it again."""
-        self.kill(name, sig)
-        self.start(name)
-
     def stop(self, timeout_s: float = 20.0) -> None:
         """Stop every service (SIGTERM, then SIGKILL) in reverse data-flow order."""
         for name in reversed(list(self.procs)):

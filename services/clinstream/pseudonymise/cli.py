@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -36,30 +37,29 @@ def _print(ring: KeyRing) -> None:
         typer.echo(f"{marker} version {version}  fingerprint {ring.fingerprint(version)}")
 
 
-@app.command("init")
-def init(file: Path | None = _FILE_OPTION) -> None:
-    """Create a new key-ring file (mode 0600) with one random version-1 key."""
+def _change(file: Path | None, change: Callable[[Path], KeyRing], done: Callable[[Path, KeyRing], str]) -> None:
+    """Apply a change to the key-ring file; print what happened and the versions, or the error (exit 1)."""
     path = _key_file(file)
     try:
-        ring = init_key_file(path)
+        ring = change(path)
     except KeyRingError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(f"created {path}")
+    typer.echo(done(path, ring))
     _print(ring)
+
+
+@app.command("init")
+def init(file: Path | None = _FILE_OPTION) -> None:
+    """Create a new key-ring file (mode 0600) with one random version-1 key."""
+    _change(file, init_key_file, lambda path, _ring: f"created {path}")
 
 
 @app.command("rotate")
 def rotate(file: Path | None = _FILE_OPTION) -> None:
     """Add a new random key version and make it active; running workers pick it up within seconds."""
-    path = _key_file(file)
-    try:
-        ring = rotate_key_file(path)
-    except KeyRingError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
-    typer.echo(f"rotated {path}: version {ring.active} is active; older versions are kept for erasure")
-    _print(ring)
+    _change(file, rotate_key_file, lambda path, ring: f"rotated {path}: version {ring.active} is active; "
+                                                      "older versions are kept for erasure")
 
 
 @app.command("show")

@@ -87,25 +87,6 @@ def duo_scope(scope: list[str] | tuple[str, ...]) -> list[str]:
     return sorted({code for code in scope if _DUO_RE.match(code)})
 
 
-def minimise_block(raw: Mapping[str, Any], p: Pseudonymiser,
-                   participant_pseudonym: str | None = None) -> dict[str, Any]:
-    """A raw TelemetryBlock (with or without `measurement`) as a PseudonymisedTelemetryBlock record."""
-    out = {
-        "block_id": raw["block_id"],
-        "site_id": raw["site_id"],
-        "participant_pseudonym": participant_pseudonym or p.participant(raw["participant_id"]),
-        "device_pseudonym": p.device(raw["device_id"]),
-        "key_version": p.key_version,
-        "sequence": raw["sequence"],
-        "start": raw["start"],
-        "utc_offset_minutes": raw["utc_offset_minutes"],
-        "received_at": raw["received_at"],
-    }
-    if "measurement" in raw:
-        out["measurement"] = raw["measurement"]
-    return out
-
-
 def _sample_event(ev: Mapping[str, Any], p: Pseudonymiser) -> tuple[str, dict[str, Any]]:
     parent = ev.get("parent_sample_id")
     return (P_SAMPLE_EVENT, {

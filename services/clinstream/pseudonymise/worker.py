@@ -1,48 +1,33 @@
-"""`clinstream worker pseudonymise`: a faust-streaming host around `PseudonymiseProcessor`.
+"""`clinstream worker pseudonymise`: `PseudonymiseProcessor` as a stage of the core stream host.
 
-One agent reads both raw topics (same partition count, both keyed by the raw participant key), so a
-participant's consent events and data arrive in the same partition number and see one consent table.
-Per batch (`take_events`), records are grouped by partition; each topic-partition keeps its offset order and
-the two topics are merged by record timestamp (`order_for_processing`).
+The host (`clinstream.core.stream_host`) reads both raw topics (same partition count, both keyed by the raw
+participant key), so a participant's consent events and data arrive in the same partition number and see one
+consent table. Per batch, records are grouped by partition; each topic-partition keeps its offset order and the
+two topics are merged by record timestamp (`order_for_processing`).
 
-Consent state lives in a faust Table (memory store, rebuilt from its changelog topic on start). The table is
-written through `ConsentTableState`, which sets the local value and queues the changelog record with the partition
-of the input record being processed, so a participant's state always sits in the changelog partition co-partitioned
-with that participant's raw records (faust's own `table[k] = v` would use the "current event", which is unset
-inside a `take_events` batch). Every output and changelog record is sent with the faust producer and its broker
-acknowledgement awaited before the batch's input offsets are handed to the `OffsetLedger`, which commits them
-itself (faust's own acknowledgement book goes wrong across the rebalances that follow a SIGKILL; see
-`clinstream.core.offset_ledger`), so offsets are never committed ahead of durable output (faust's
-`producer.flush()` can return with records still in its buffer, so it is not relied upon). A failure to produce
-ends the process (exit 70) so that a supervisor restarts it from the committed offsets; nothing is acknowledged out
-of order.
+Consent state is written through `ConsentTableState` with the partition of the input records being processed,
+so a participant's state sits in the changelog partition co-partitioned with that participant's raw records.
+The host makes each batch durable in its one order: outputs (pseudonymised records, erasure requests, audit
+records) first, then the consent changelog, then the input offsets. So a withdrawal whose consent state is
+durable has its ErasureRequest durable too: redelivery after a crash never meets an already-inactive state
+without the erasure having been emitted.
 
 Log lines carry counts, partitions and key versions only: never keys, values, pseudonyms or secrets.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator, MutableMapping, Sequence
 from typing import Any
 
-import faust
-
 from clinstream.core.config import Settings
-from clinstream.core.constants import (
-    LEDGER_WATCH_S,
-    PSEUDONYMISE_BATCH_MAX,
-    PSEUDONYMISE_BATCH_WITHIN_S,
-    WORKER_HEARTBEAT_S,
-    WORKER_REBALANCE_TIMEOUT_S,
-    WORKER_SESSION_TIMEOUT_S,
-)
+from clinstream.core.constants import PSEUDONYMISE_BATCH_MAX, PSEUDONYMISE_BATCH_WITHIN_S
 from clinstream.core.logging import configure_logging
-from clinstream.core.offset_ledger import OffsetLedger, offsets_of
 from clinstream.core.records import BatchResult, InRecord
-from clinstream.core.records import from_faust_event as to_in_record
+from clinstream.core.stream_host import StageTraits, TableState
+from clinstream.core.stream_host import app_id as host_app_id
+from clinstream.core.stream_host import run as host_run
 from clinstream.core.topics import RAW_BIOBANK, RAW_TELEMETRY, Stage
 from clinstream.pseudonymise.consent import ConsentEntry
 from clinstream.pseudonymise.keys import KeyRingError, KeyRingSource
@@ -51,152 +36,111 @@ from clinstream.pseudonymise.processor import PseudonymiseProcessor, order_for_p
 
 STAGE = Stage.PSEUDONYMISE.value
 CONSENT_TABLE = "consent"
-EXIT_PRODUCE_FAILED = 70
 
 log = logging.getLogger("clinstream.pseudonymise.worker")
 
 
 def app_id(settings: Settings) -> str:
     """Faust app id and consumer group of this stage."""
-    return f"clinstream-{settings.site_id}-{STAGE}"
+    return host_app_id(settings, STAGE)
 
 
 class ConsentTableState(MutableMapping[str, ConsentEntry]):
-    """The processor's consent mapping over a faust Table, with explicit changelog partitions."""
+    """The processor's consent mapping over the host's table; writes go to the partition being processed."""
 
-    def __init__(self, table: Any) -> None:
+    def __init__(self, table: TableState) -> None:
         self._table = table
         self.partition = 0
-        self.pending: list[tuple[bytes, bytes | None, int]] = []
 
     def __getitem__(self, key: str) -> ConsentEntry:
-        return ConsentEntry.from_bytes(self._table.data[key.encode()])
+        raw = self._table.get(key.encode())
+        if raw is None:
+            raise KeyError(key)
+        return ConsentEntry.from_bytes(raw)
 
     def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
         """Fast path of `Mapping.get` without the KeyError round trip."""
-        raw = self._table.data.get(key.encode())
+        raw = self._table.get(key.encode())
         return default if raw is None else ConsentEntry.from_bytes(raw)
 
     def __setitem__(self, key: str, entry: ConsentEntry) -> None:
-        raw = entry.to_bytes()
-        self._table.data[key.encode()] = raw
-        self.pending.append((key.encode(), raw, self.partition))
+        self._table.put(key.encode(), entry.to_bytes(), self.partition)
 
     def __delitem__(self, key: str) -> None:
-        del self._table.data[key.encode()]
-        self.pending.append((key.encode(), None, self.partition))
+        self._table.delete(key.encode(), self.partition)
 
     def __iter__(self) -> Iterator[str]:
-        return (k.decode() for k in list(self._table.data.keys()))
+        return (k.decode() for k in self._table.snapshot_keys())
 
     def __len__(self) -> int:
-        return len(self._table.data)
+        return len(self._table)
 
 
 def process_by_partition(processor: PseudonymiseProcessor, state: ConsentTableState,
-                         records: list[InRecord]) -> list[tuple[int, BatchResult]]:
+                         records: Sequence[InRecord]) -> list[tuple[int, BatchResult]]:
     """Run the processor once per partition (offset order per topic), pointing table writes at that partition."""
     results: list[tuple[int, BatchResult]] = []
-    for partition, ordered in order_for_processing(records).items():
+    for partition, ordered in order_for_processing(list(records)).items():
         state.partition = partition
         results.append((partition, processor.process(ordered)))
     return results
 
 
-def build_app(settings: Settings) -> faust.App:
-    """The faust app of the pseudonymise stage for one site."""
-    key_source = KeyRingSource(settings)
-    state_dir = settings.state_dir / STAGE
-    state_dir.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
-        app_id(settings),
-        broker=f"kafka://{settings.kafka_bootstrap}",
-        store="memory://",
-        datadir=str(state_dir),
-        topic_partitions=settings.topic_partitions,
-        topic_replication_factor=settings.replication_factor,
-        topic_disable_leader=True,
-        table_standby_replicas=0,
-        web_enabled=False,
-        producer_acks=-1,
-        broker_commit_interval=1.0,
-        broker_session_timeout=WORKER_SESSION_TIMEOUT_S,
-        broker_heartbeat_interval=WORKER_HEARTBEAT_S,
-        broker_rebalance_timeout=WORKER_REBALANCE_TIMEOUT_S,
-        consumer_auto_offset_reset="earliest",
-        key_serializer="raw",
-        value_serializer="raw",
-    )
-    table = app.Table(CONSENT_TABLE, default=None, partitions=settings.topic_partitions,
-                      key_type=bytes, value_type=bytes,
-                      schema=faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw",
-                                          value_serializer="raw"),
-                      help="Consent state per participant pseudonym (no identifiers).")
-    state = ConsentTableState(table)
-    processor = PseudonymiseProcessor(settings.site_id, key_source.current(), state)
-    inputs = (RAW_TELEMETRY.name(settings.site_id), RAW_BIOBANK.name(settings.site_id))
-    source = app.topic(*inputs, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
-                       acks=False)  # offsets are committed by the ledger, not by faust
-    ledger = OffsetLedger(app, settings, app_id(settings), inputs)
+class PseudonymiseStage:
+    """The pseudonymise stage as the host sees it."""
 
-    async def handle(events: list[Any]) -> None:
-        ring = key_source.current()
-        if ring.active != processor.key_ring.active or ring.versions != processor.key_ring.versions:
+    traits = StageTraits(STAGE, CONSENT_TABLE, "Consent state per participant pseudonym (no identifiers).",
+                         PSEUDONYMISE_BATCH_MAX, PSEUDONYMISE_BATCH_WITHIN_S)
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.key_source = KeyRingSource(settings)
+        self.processor: PseudonymiseProcessor | None = None
+        self.state: ConsentTableState | None = None
+        self._ring = self.key_source.current()  # fails early (exit 2) on a missing or bad key ring
+
+    @property
+    def input_topics(self) -> Sequence[str]:
+        """RAW_TELEMETRY and RAW_BIOBANK of the site."""
+        return RAW_TELEMETRY.name(self.settings.site_id), RAW_BIOBANK.name(self.settings.site_id)
+
+    def bind(self, state: TableState) -> None:
+        """Build the processor over the host's table."""
+        self.state = ConsentTableState(state)
+        self.processor = PseudonymiseProcessor(self.settings.site_id, self._ring, self.state)
+        log.info("pseudonymise key version %d", self._ring.active)
+
+    def process(self, records: Sequence[InRecord]) -> BatchResult:
+        """One batch, partition by partition, with the current key ring; the partitions' results merged."""
+        assert self.processor is not None and self.state is not None, "bind() first"
+        ring = self.key_source.current()
+        if ring.active != self.processor.key_ring.active or ring.versions != self.processor.key_ring.versions:
             log.info("using key version %d for new output", ring.active)
-        processor.set_key_ring(ring)
-        state.pending.clear()
-        records = [to_in_record(e) for e in events]
-        results = process_by_partition(processor, state, records)
-        producer = app.producer
-        futures: list[Any] = []
-        changelog = table.changelog_topic.get_topic_name()
-        for key, value, partition in state.pending:
-            futures.append(await producer.send(changelog, key, value, partition, None, None))
-        state.pending.clear()
-        for _partition, result in results:
-            for out in result.out:
-                futures.append(await producer.send(out.topic, out.key, out.value, None, None,
-                                                   list(out.headers) if out.headers else None))
-        await asyncio.gather(*futures)  # every record acknowledged (acks=all) before the offsets may move
-        await ledger.processed(offsets_of(records))
-        await ledger.commit()
-        for partition, result in results:
-            observe(settings.site_id, result.counters)
+        self.processor.set_key_ring(ring)
+        merged = BatchResult()
+        for partition, result in process_by_partition(self.processor, self.state, records):
+            merged.out.extend(result.out)
+            for name, n in result.counters.items():
+                merged.count(name, n)
             dropped = {k: v for k, v in result.counters.items() if k.startswith("dropped")}
             if dropped:
                 log.warning("partition %d: records not forwarded: %s", partition, dropped)
+        return merged
 
-    @app.agent(source, name=f"{STAGE}-raw")
-    async def pseudonymise(stream: Any) -> None:
-        async for events in stream.take_events(PSEUDONYMISE_BATCH_MAX, within=PSEUDONYMISE_BATCH_WITHIN_S):
-            try:
-                await handle(list(events))
-            except Exception as exc:  # produce failed: restart from committed offsets, never skip a batch
-                log.critical("batch of %d records failed (%s); exiting so that it is re-processed",
-                             len(events), type(exc).__name__)
-                logging.shutdown()
-                os._exit(EXIT_PRODUCE_FAILED)
+    def on_assignment_changed(self) -> None:
+        """Nothing is indexed in memory."""
 
-    @app.timer(LEDGER_WATCH_S)  # type: ignore[untyped-decorator]
-    async def watch_offsets() -> None:
-        await ledger.watch()
-
-    @app.task  # type: ignore[untyped-decorator]
-    async def announce() -> None:
-        log.info("pseudonymise worker for site %s started; key version %d; group %s",
-                 settings.site_id, processor.key_ring.active, app_id(settings))
-
-    return app
+    def report(self, result: BatchResult) -> None:
+        """Count the batch in the stage's metrics."""
+        observe(self.settings.site_id, result.counters)
 
 
 def run(settings: Settings) -> None:
     """Run the worker until SIGTERM/SIGINT."""
-    configure_logging(STAGE)
     try:
-        app = build_app(settings)
+        stage = PseudonymiseStage(settings)
     except KeyRingError as exc:
+        configure_logging(STAGE)
         log.critical("cannot start: %s", exc)
         raise SystemExit(2) from None
-    worker = faust.Worker(app, loglevel=logging.getLogger().level, quiet=True, override_logging=False,
-                          redirect_stdouts=False)
-    worker.execute_from_commandline()
+    host_run(settings, stage)

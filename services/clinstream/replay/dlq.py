@@ -18,64 +18,10 @@ from typing import Any
 
 from clinstream.core.avro import Codec, DecodeError, get_codec
 from clinstream.core.config import Settings
-from clinstream.core.constants import HEADER_REPLAY_RUN
+from clinstream.core.dead_letters import DeadLetterRecord
 from clinstream.core.timeutil import from_ms
 from clinstream.core.topics import DLQ_SCHEMA, Stage, Zone, dlq
 from clinstream.replay.kafka_io import read_to_end
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetterRecord:
-    """One record of a DLQ topic with its decoded envelope (None if the envelope itself is unreadable)."""
-
-    partition: int
-    offset: int
-    timestamp_ms: int
-    headers: tuple[tuple[str, bytes], ...]
-    envelope: dict[str, Any] | None
-    raw: bytes
-
-    @property
-    def position(self) -> str:
-        """`partition:offset` in the DLQ topic."""
-        return f"{self.partition}:{self.offset}"
-
-    @property
-    def reason(self) -> str:
-        """The stage's reason (or why the envelope cannot be read)."""
-        return str(self.envelope["reason"]) if self.envelope else "unreadable dead-letter envelope"
-
-    @property
-    def field_path(self) -> str | None:
-        """Path of the offending field, if known."""
-        return self.envelope.get("field_path") if self.envelope else None
-
-    @property
-    def original_value(self) -> bytes:
-        """The rejected record's bytes."""
-        return bytes(self.envelope["original_value"]) if self.envelope else b""
-
-    @property
-    def original_key(self) -> bytes | None:
-        """The rejected record's key bytes."""
-        key = self.envelope.get("original_key") if self.envelope else None
-        return bytes(key) if key is not None else None
-
-    @property
-    def source(self) -> tuple[Any, ...]:
-        """Identity of the rejected source record: topic coordinates, else a digest of its bytes."""
-        env = self.envelope or {}
-        if env.get("source_topic") is not None and env.get("source_offset") is not None:
-            return (env["source_topic"], env.get("source_partition"), env["source_offset"])
-        return ("sha256", hashlib.sha256(self.original_value).hexdigest())
-
-    @property
-    def replay_run(self) -> str | None:
-        """Run id of the replay that wrote this dead letter, if one did."""
-        for name, value in self.headers:
-            if name == HEADER_REPLAY_RUN:
-                return value.decode(errors="replace")
-        return None
 
 
 def _header(header: Any) -> tuple[str, bytes]:

@@ -22,10 +22,10 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from clinstream.core.config import Settings
 from clinstream.core.constants import REPLAY_BATCH_MAX, REPLAY_CHECKPOINT_EVERY_S, REPLAY_IDLE_CHECKS, REPLAY_POLL_S
-from clinstream.core.records import InRecord
+from clinstream.core.records import InRecord, from_kafka_message
 from clinstream.replay import checkpoint as ckpt
 from clinstream.replay.checkpoint import Checkpoint
-from clinstream.replay.kafka_io import to_in_record, tool_consumer
+from clinstream.replay.kafka_io import tool_consumer
 from clinstream.replay.plan import PartitionRange, ReplayPlan
 from clinstream.replay.sink import ReplaySink
 from clinstream.replay.stages import ReplayStage
@@ -99,7 +99,7 @@ class ReplayEngine:
                     if offset >= rng.end:
                         self._finish(consumer, active, rng)
                         continue
-                    records.append(to_in_record(msg))
+                    records.append(from_kafka_message(msg))
                     nxt[tp] = offset + 1
                     if nxt[tp] >= rng.end:
                         self._finish(consumer, active, rng)

@@ -13,7 +13,6 @@ from confluent_kafka import Message as KafkaMessage
 from clinstream.core.config import Settings
 from clinstream.core.constants import REPLAY_POLL_S
 from clinstream.core.kafka import make_consumer
-from clinstream.core.records import InRecord
 
 _METADATA_TIMEOUT_S = 10.0
 
@@ -47,13 +46,6 @@ def watermarks(consumer: Consumer, topic: str, partition: int, timeout_s: float 
 def partition_of_key(key: bytes, n_partitions: int) -> int:
     """The partition the murmur2 partitioner (Java clients, faust, our producers) gives a key."""
     return int(murmur2(key) & 0x7FFFFFFF) % n_partitions
-
-
-def to_in_record(msg: KafkaMessage) -> InRecord:
-    """A consumed message as the processors' envelope."""
-    ts_type, ts = msg.timestamp()
-    return InRecord(topic=msg.topic() or "", partition=msg.partition() or 0, offset=msg.offset() or 0,
-                    key=msg.key(), value=msg.value() or b"", timestamp_ms=ts if ts_type and ts > 0 else 0)
 
 
 def read_to_end(settings: Settings, topic: str, group_id: str, *, starts: dict[int, int] | None = None,

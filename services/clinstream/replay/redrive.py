@@ -10,8 +10,9 @@ records), processes them; a processor run outside the worker on a scratch state 
 verdict is the stage's own check, so deploy the fix to the live worker before re-driving. For ingest, whose
 input was an HTTP request, the re-driver validates and encodes like the gateway (current CLINSTREAM_INGEST_*
 settings, the device and receipt instant recorded on the dead letter) and produces to the raw topic; the ingest
-package plugs in by providing `clinstream.ingest.redrive.make_redriver(settings) -> Redriver` (or by calling
-`register_redriver`). Re-driven records carry a `clinstream.redriven-from` header. A verdict may also say
+package provides `clinstream.ingest.redrive.make_redriver(settings) -> Redriver` over the interface in
+`clinstream.core.dead_letters` (other stages call `register_redriver`). Re-driven records carry a
+`clinstream.redriven-from` header. A verdict may also say
 that the stream already holds the record (`duplicate`: nothing is sent, the dead letter counts as done). A
 re-driver may have a `delivered()` method, called once the records of the verdicts judged since its last call
 were acknowledged (before the progress commit), and a `close()` method, called at the end of the run.
@@ -30,13 +31,14 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from confluent_kafka import TopicPartition
 
 from clinstream.core.avro import Codec, get_codec
 from clinstream.core.config import Settings
-from clinstream.core.constants import HEADER_REDRIVEN_FROM, REDRIVE_BATCH_MAX, REDRIVE_METADATA_MAX_CHARS
+from clinstream.core.constants import REDRIVE_BATCH_MAX, REDRIVE_METADATA_MAX_CHARS
+from clinstream.core.dead_letters import DeadLetterRecord, Redriver, Verdict, redriven_header
 from clinstream.core.dlq import Rejection
 from clinstream.core.kafka import DurableProducer, Message
 from clinstream.core.records import InRecord
@@ -51,35 +53,11 @@ from clinstream.core.topics import (
     Stage,
     dlq,
 )
-from clinstream.replay.dlq import DeadLetterRecord, decode_envelope, read_dead_letters
+from clinstream.replay.dlq import decode_envelope, read_dead_letters
 from clinstream.replay.kafka_io import partitions, tool_consumer, watermarks
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """A dead letter judged by the current logic: records to hand back, or why it still fails."""
-
-    messages: list[tuple[str, Message]] = field(default_factory=list)  # (topic, message)
-    rejection: Rejection | None = None
-    duplicate: bool = False  # passes, and the stream already holds it: nothing to send
-
-    @property
-    def ok(self) -> bool:
-        """Whether the record passes now."""
-        return self.rejection is None
-
-
-class Redriver(Protocol):
-    """A stage's re-drive logic."""
-
-    def judge(self, rec: DeadLetterRecord) -> Verdict:
-        """Re-run the record's original bytes through the stage's current logic."""
-        ...
-
 
 RedriverFactory = Callable[[Settings], Redriver]
 _REGISTRY: dict[Stage, RedriverFactory] = {}
-_PLUGIN_MODULES = {Stage.INGEST: "clinstream.ingest.redrive"}
 
 
 def register_redriver(stage: Stage, factory: RedriverFactory) -> None:
@@ -88,24 +66,14 @@ def register_redriver(stage: Stage, factory: RedriverFactory) -> None:
 
 
 def redriver_for(settings: Settings, stage: Stage) -> Redriver:
-    """The stage's re-driver; a stage package may provide it as `<module>.make_redriver(settings)`."""
-    if stage not in _REGISTRY and stage in _PLUGIN_MODULES:
-        import importlib
+    """The stage's re-driver (ingest's comes from its own package; others are registered)."""
+    if stage not in _REGISTRY and stage is Stage.INGEST:
+        from clinstream.ingest.redrive import make_redriver
 
-        try:
-            module = importlib.import_module(_PLUGIN_MODULES[stage])
-        except ModuleNotFoundError:
-            raise LookupError(f"the {stage.value} stage provides no re-driver yet "
-                              f"({_PLUGIN_MODULES[stage]}.make_redriver)") from None
-        register_redriver(stage, module.make_redriver)
+        register_redriver(stage, make_redriver)
     if stage not in _REGISTRY:
         raise LookupError(f"no re-driver for stage {stage.value}")
     return _REGISTRY[stage](settings)
-
-
-def redriven_header(rec: DeadLetterRecord) -> tuple[str, bytes]:
-    """The header that marks a re-driven record with the dead letter it comes from."""
-    return (HEADER_REDRIVEN_FROM, f"{rec.envelope.get('stage') if rec.envelope else ''}:{rec.position}".encode())
 
 
 def reinjection(rec: DeadLetterRecord, topic: str) -> list[tuple[str, Message]]:

@@ -19,13 +19,14 @@ from typing import Any, Protocol
 
 import orjson
 
-from clinstream.core.avro import get_codec, subject_key
+from clinstream.core.avro import subject_key
 from clinstream.core.config import Settings
-from clinstream.core.records import BatchResult, InRecord
+from clinstream.core.records import BatchResult, InRecord, from_kafka_message
+from clinstream.core.stream_host import changelog_topic
 from clinstream.core.topics import ERASURE, PSEUDO_BIOBANK, PSEUDO_TELEMETRY, RAW_BIOBANK, RAW_TELEMETRY, Stage
 from clinstream.features.config import FeatureSettings
 from clinstream.features.processor import FeatureProcessor
-from clinstream.features.state import Entry, pseudonym_of, tombstone_key
+from clinstream.features.state import Entry
 from clinstream.replay.kafka_io import read_to_end
 
 
@@ -82,25 +83,12 @@ class FeaturesStage:
         return PSEUDO_TELEMETRY.name(site), PSEUDO_BIOBANK.name(site)
 
     def prepare(self, saved_state: Any) -> None:
-        """Fresh or restored state, then the tombstones of every erasure requested until now."""
+        """Fresh or restored state, then every erasure requested until now, honoured by the processor itself."""
         self.state = dict(saved_state or {})
-        erased: dict[str, int] = {}
-        codec = get_codec()
-        topic = ERASURE.name(self.settings.site_id)
-        for msg in read_to_end(self.settings, topic, reader_group(self.settings)):
-            value = msg.value()
-            if not value:
-                continue
-            try:
-                request = codec.decode(value)
-                erased[str(request["participant_pseudonym"])] = msg.partition() or 0
-            except (ValueError, KeyError):
-                continue  # the features worker dead-letters it; nothing to honour here
-        for key in [k for k in self.state if pseudonym_of(k) in erased and not k.startswith("x/")]:
-            del self.state[key]
-        for pseudonym, p in erased.items():
-            self.state[tombstone_key(p, pseudonym)] = {"erased": True}
         self.processor = FeatureProcessor(self.settings.site_id, self.state, self.feature_settings, self.version)
+        topic = ERASURE.name(self.settings.site_id)
+        erasures = [from_kafka_message(m) for m in read_to_end(self.settings, topic, reader_group(self.settings))]
+        self.processor.process([r for r in erasures if r.value])  # purge + tombstone; bad ones: the worker's DLQ
 
     def process(self, records: Sequence[InRecord]) -> BatchResult:
         """Filter by participant key, then run the processor."""
@@ -118,10 +106,10 @@ class FeaturesStage:
 
 
 def consent_changelog_topic(settings: Settings) -> str:
-    """The pseudonymise worker's consent-table changelog (faust names it <app id>-<table>-changelog)."""
-    from clinstream.pseudonymise.worker import CONSENT_TABLE, app_id
+    """The pseudonymise worker's consent-table changelog, named by the stream host."""
+    from clinstream.pseudonymise.worker import CONSENT_TABLE, STAGE
 
-    return f"{app_id(settings)}-{CONSENT_TABLE}-changelog"
+    return changelog_topic(settings, STAGE, CONSENT_TABLE)
 
 
 class PseudonymiseStage:

@@ -67,7 +67,7 @@ from clinstream.core.db import connect
 from clinstream.core.dlq import Rejection, dead_letter
 from clinstream.core.kafka import BrokerUnavailable, DurableProducer, Message, make_consumer
 from clinstream.core.logging import configure_logging
-from clinstream.core.records import InRecord
+from clinstream.core.records import InRecord, from_kafka_message
 from clinstream.core.timeutil import to_ms
 from clinstream.core.topics import AUDIT, Stage, dlq
 from clinstream.store.catalogue_sync import sync_catalogue
@@ -112,12 +112,6 @@ def _retryable(exc: BaseException) -> bool:
 class _Outcome:
     result: WriteResult
     rejected: list[tuple[InRecord, Rejection]]
-
-
-def _envelope(msg: KafkaMessage) -> InRecord:
-    ts_type, ts = msg.timestamp()
-    return InRecord(topic=msg.topic() or "", partition=msg.partition() or 0, offset=msg.offset() or 0,
-                    key=msg.key(), value=msg.value() or b"", timestamp_ms=ts if ts_type and ts > 0 else 0)
 
 
 class StoreWorker:
@@ -232,7 +226,7 @@ class StoreWorker:
             if err is not None:
                 log.warning("consumer error: %s", err.str() if hasattr(err, "str") else err)
                 continue
-            self._carry.append(_envelope(msg))
+            self._carry.append(from_kafka_message(msg))
 
     def _collect(self) -> list[InRecord]:
         """Up to batch_max records, waiting at most batch_within_s after the first one (0.5 s when idle)."""
@@ -268,7 +262,7 @@ class StoreWorker:
                 raise _Stopping
             msg = consumer.poll(min(STORE_PAUSED_POLL_S, left))
             if msg is not None and msg.error() is None:
-                self._carry.append(_envelope(msg))  # fetched before the pause took effect: keep it
+                self._carry.append(from_kafka_message(msg))  # fetched before the pause took effect: keep it
 
     def _before_sleep(self, what: str) -> Callable[[RetryCallState], None]:
         def note(state: RetryCallState) -> None:
