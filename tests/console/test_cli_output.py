@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from console_harness import CLINSTREAM, simulate_activity
 
-from clinstream.console.output import Column, OutputFormat, emit
+from clinstream.core.cli_output import Column, OutputFormat, emit
 from clinstream.core.config import Settings
 
 LONG = "clinstream-site-with-a-long-name-features-replay-20261130-abcdef"

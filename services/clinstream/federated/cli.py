@@ -9,8 +9,8 @@ from typing import Any
 
 import typer
 
-from clinstream.console.output import OUTPUT_OPTION, Column, OutputFormat, emit
 from clinstream.core import constants as c
+from clinstream.core.cli_output import OUTPUT_OPTION, Column, OutputFormat, emit
 from clinstream.core.config import Settings, get_settings
 
 SUMMARY_COLUMNS = (

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from clinstream.console.output import OUTPUT_OPTION, Column, OutputFormat, emit, resolve
+from clinstream.core.cli_output import OUTPUT_OPTION, Column, OutputFormat, emit, resolve
 from clinstream.core.config import get_settings
 from clinstream.core.topics import Stage, dlq
 

@@ -8,7 +8,7 @@ from typing import Any
 import psycopg
 import typer
 
-from clinstream.console.output import OUTPUT_OPTION, Column, OutputFormat, emit, resolve
+from clinstream.core.cli_output import OUTPUT_OPTION, Column, OutputFormat, emit, resolve
 from clinstream.core.config import get_settings
 
 app = typer.Typer(no_args_is_help=False, pretty_exceptions_enable=False)
