@@ -25,10 +25,8 @@ from faults_harness import (
     FaultSite,
     Ledger,
     Loader,
-    _read_values,
     _record,
     iso,
-    wait_until,
 )
 from test_faults import running
 
@@ -41,6 +39,8 @@ from clinstream.pipeline.processes import SitePipeline
 from clinstream.pseudonymise.keys import load_key_file
 from clinstream.pseudonymise.pseudonyms import Pseudonymiser
 from clinstream.replay.lag import group_lags
+from condition_wait import wait_until
+from topic_read import read_values
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -96,7 +96,7 @@ def withdraw(site: FaultSite, participant: str) -> None:
 def pseudonyms_on(site: FaultSite, topic: str, action: str | None = None) -> set[str]:
     codec = get_codec()
     out: set[str] = set()
-    for value in _read_values(site.settings, topic):
+    for value in read_values(site.settings, topic):
         rec = _record(codec.decode(value))
         if action is None or rec.get("action") == action:
             out.add(str(rec["participant_pseudonym"]))
