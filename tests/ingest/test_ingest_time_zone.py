@@ -209,3 +209,22 @@ def test_the_site_default_applies_only_without_a_registered_or_lims_zone(ingest_
 def test_a_site_default_that_is_no_zone_is_refused() -> None:
     with pytest.raises(ValueError, match="IANA"):
         IngestSettings(time_zone="Lisbon")
+
+
+@pytest.mark.integration
+def test_a_zone_that_cannot_be_recorded_gets_503_and_the_resend_records_it(ingest_site: IngestSite,
+                                                                          gateway: TestClient) -> None:
+    """The table is locked by another session: the gateway's write times out (statement_timeout) after the broker
+    acknowledged; the LIMS is told 503 rather than 202, and its resend of the same event records the zone."""
+    participant = _participant()
+    token = _device(ingest_site, participant)
+    event = consent(participant, "Pacific/Auckland")
+    cred = credentials_schema(ingest_site.settings.db_schema)
+    with connect(ingest_site.settings) as locker:
+        locker.execute(f'LOCK TABLE "{cred}".participant_time_zones IN ACCESS EXCLUSIVE MODE')
+        r = _post_events(gateway, ingest_site, event)
+        assert r.status_code == 503 and "Retry-After" in r.headers, r.text
+        locker.rollback()
+    r = _post_events(gateway, ingest_site, event)
+    assert r.status_code == 202 and r.json()["accepted"] == [event["event_id"]], r.text
+    _wait_for_zone(gateway, token, "Pacific/Auckland")
