@@ -13,7 +13,9 @@ from ingest_helpers import assay_event, auth, now_ms, read_topic
 from typer.testing import CliRunner
 
 from clinstream.core.avro import get_codec, subject_key
+from clinstream.core.db import connect
 from clinstream.core.topics import RAW_BIOBANK, Stage, dlq
+from clinstream.ingest.credentials import credentials_schema
 from clinstream.simulate.telemetry import iso_ms
 
 pytestmark = pytest.mark.integration
@@ -119,7 +121,8 @@ def test_lims_csv_import_reports_rejected_rows_and_is_idempotent(ingest_site, tm
         {"event_id": str(uuid.uuid4()), "participant_id": "P-000003", "occurred_at": occurred, "kind": "assay",
          "sample_id": "SMP-3-1-A1", "analyte": "CRP", "loinc_code": "1988-5", "value": "7.5", "unit": "mg/L"},
         {"event_id": str(uuid.uuid4()), "participant_id": "P-000003", "occurred_at": occurred, "kind": "consent",
-         "action": "GRANT", "status": "ACTIVE", "scope": "DUO:0000006;DUO:0000019", "birth_date": "1961-02-03"},
+         "action": "GRANT", "status": "ACTIVE", "scope": "DUO:0000006;DUO:0000019", "birth_date": "1961-02-03",
+         "time_zone": "Europe/Vienna"},
         {"event_id": str(uuid.uuid4()), "participant_id": "P-000003", "occurred_at": occurred, "kind": "assay",
          "sample_id": "SMP-3-1-A2", "analyte": "CRP", "loinc_code": "1988-5", "value": "high", "unit": "mg/L"},
     ]
@@ -151,6 +154,11 @@ def test_lims_csv_import_reports_rejected_rows_and_is_idempotent(ingest_site, tm
     assert rows[3]["event_id"] not in on_topic
     name, payload = on_topic[rows[0]["event_id"]][0]["payload"]
     assert payload["centrifugation"]["braking"] is True and payload["container"] == "PED"
+    assert on_topic[rows[2]["event_id"]][0]["payload"][1]["time_zone"] == "Europe/Vienna"
+    with connect(ingest_site.settings) as conn:  # the participant's zone, recorded as the gateway does
+        cred = credentials_schema(ingest_site.settings.db_schema)
+        assert conn.execute(f'SELECT time_zone FROM "{cred}".participant_time_zones WHERE participant_id = %s',
+                            ("P-000003",)).fetchall() == [("Europe/Vienna",)]
     dead = [get_codec().decode(r.value) for r in read_topic(ingest_site.settings,
                                                            dlq(Stage.INGEST).name(ingest_site.settings.site_id))]
     csv_letters = [d for d in dead if d["content_type"] == "text/csv" and rows[3]["event_id"].encode() in

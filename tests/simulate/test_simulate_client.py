@@ -9,6 +9,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 import httpx
@@ -20,6 +21,7 @@ from clinstream.core.avro import get_codec
 from clinstream.core.config import Settings
 from clinstream.core.topics import RAW_BIOBANK, RAW_TELEMETRY
 from clinstream.ingest.app import create_app
+from clinstream.ingest.config import IngestSettings
 from clinstream.simulate import client as simulate_client
 from clinstream.simulate.client import GatewayClient, run_devices, run_lims
 from clinstream.simulate.lims import LimsOptions
@@ -37,19 +39,28 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def gateway_url(kafka_site: Settings, db_site: Settings) -> Iterator[str]:
-    """A real uvicorn server running the gateway of a fresh test site."""
+@contextmanager
+def _serve(settings: Settings, limits: IngestSettings | None = None) -> Iterator[str]:
+    """A real uvicorn server running the gateway of a test site; yields its URL."""
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(kafka_site), host="127.0.0.1", port=port, log_level="warning",
-                                           access_log=False))
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, limits), host="127.0.0.1", port=port,
+                                           log_level="warning", access_log=False))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     wait_until(lambda: server.started or not thread.is_alive(), 20, "the gateway to start", step_s=0.05)
     assert server.started
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(15)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+@pytest.fixture
+def gateway_url(kafka_site: Settings, db_site: Settings) -> Iterator[str]:
+    """A real uvicorn server running the gateway of a fresh test site."""
+    with _serve(kafka_site) as url:
+        yield url
 
 
 def _topic_values(settings: Settings, topic: str) -> list[dict]:
@@ -162,13 +173,14 @@ def test_speedup_paces_the_devices_by_simulated_time(monkeypatch: pytest.MonkeyP
     assert clock.now_s - began == pytest.approx((last_due - start) / 1000 / speedup)  # 1.98 s for 29.7 min
 
 
-def test_client_resends_after_503_honouring_retry_after() -> None:
+@pytest.mark.parametrize(("status", "error"), [(503, "broker_unavailable"), (429, "rate_limited")])
+def test_client_resends_after_503_or_429_honouring_retry_after(status: int, error: str) -> None:
     calls: list[bytes] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         calls.append(request.content)
         if len(calls) < 3:
-            return httpx.Response(503, headers={"Retry-After": "0"}, json={"error": "broker_unavailable"})
+            return httpx.Response(status, headers={"Retry-After": "0"}, json={"error": error})
         return httpx.Response(202, json={"accepted": ["x"], "rejected": [], "readings_accepted": 3})
 
     async def main() -> None:
@@ -181,3 +193,31 @@ def test_client_resends_after_503_honouring_retry_after() -> None:
 
     asyncio.run(main())
     assert len(set(calls)) == 1  # the same bytes every time
+    told = SimpleNamespace(outcome=SimpleNamespace(exception=lambda: simulate_client._Retryable(status, 37.0)))
+    assert simulate_client._wait(told) == 37.0  # type: ignore[arg-type]  # Retry-After, not exponential back-off
+
+
+@pytest.mark.integration
+def test_client_gets_past_a_real_gateway_limit(kafka_site: Settings, db_site: Settings) -> None:
+    """A device over its request limit (60 a minute: a burst of 60, then one a second) is answered 429 with
+    Retry-After; the client waits and sends the same request again, which is accepted."""
+    cohort = make_cohort(5, 1)
+    token = device_tokens(kafka_site, cohort)[cohort[0].device_id]
+    now = int(time.time() * 1000)
+    blocks = [b.block for b in device_blocks(cohort[0], now - 2 * HOUR, now - HOUR, seed=5)][:1]
+    assert blocks
+
+    async def main(url: str) -> tuple[list[int], simulate_client.PostResult]:
+        client = GatewayClient(url, max_retry_s=30.0)
+        try:
+            burst = [(await client.post("/v1/telemetry", token, {"blocks": []})).status for _ in range(60)]
+            return burst, await client.post("/v1/telemetry", token, {"blocks": blocks})
+        finally:
+            await client.close()
+
+    with _serve(kafka_site, IngestSettings(max_requests_per_min=60)) as url:
+        burst, result = asyncio.run(main(url))
+        metrics = httpx.get(f"{url}/metrics").text
+    assert set(burst) == {422}  # each took one request from the bucket
+    assert result.status == 202 and result.attempts >= 2, result
+    assert 'clinstream_gateway_rate_limited_total{unit="requests"}' in metrics

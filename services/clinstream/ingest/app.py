@@ -105,7 +105,7 @@ class Gateway:
         self.producer = AsyncDurableProducer(self.settings, deadline_s=self.limits.deadline_s)
         self.db = GatewayDb(self.settings, max_size=self.limits.db_pool_max,
                             timeout_s=min(self.limits.deadline_s, 5.0), cache_ttl_s=self.limits.credential_cache_ttl_s,
-                            lookups=self.metrics.credential_lookups)
+                            lookups=self.metrics.credential_lookups, default_time_zone=self.limits.time_zone)
         await self.db.open()
         site = self.settings.site_id
         self.telemetry = TelemetryIntake(site, self.limits, self.producer, self.metrics)
@@ -291,7 +291,8 @@ class Gateway:
             raise self._unavailable("broker", "the broker did not acknowledge in time; send the events again "
                                     "unchanged later") from None
         except DatabaseUnavailable:
-            raise self._unavailable("database", "the idempotency store is unavailable") from None
+            raise self._unavailable("database", "the event ledger or the participants' time zones could not be "
+                                    "recorded; send the events again unchanged later") from None
         answer = {
             "accepted": [e.event_id for e in outcome.accepted],
             "duplicates": [e.event_id for e in outcome.duplicates],

@@ -3,6 +3,10 @@
 Idempotency by event id: an id recorded in `ingest_event_ids` is answered as a duplicate and not produced
 again. Ids are recorded only after the broker acknowledged the events, so a crash in between can at worst
 produce an event twice; downstream consumers deduplicate by event_id, so that is harmless.
+
+A consent event with a `time_zone` sets the participant's zone (cred_<site>.participant_time_zones, see
+time_zones.py for which source wins). It is recorded after the broker acknowledged and before the event ids, also
+for duplicates: if it cannot be recorded the request fails (503), and the resend records it.
 """
 
 from __future__ import annotations
@@ -15,12 +19,13 @@ from typing import Any
 from clinstream.core.avro import Codec, get_codec, subject_key
 from clinstream.core.dlq import Rejection, dead_letter
 from clinstream.core.kafka import Message
+from clinstream.core.timeutil import from_ms
 from clinstream.core.topics import RAW_BIOBANK, Stage, dlq
 from clinstream.ingest.biobank_validate import AcceptedEvent, BiobankValidator, RejectedEvent
 from clinstream.ingest.config import IngestSettings
 from clinstream.ingest.delivery import deliver
 from clinstream.ingest.dlq_context import biobank_context, context_headers
-from clinstream.ingest.gateway_db import DatabaseUnavailable, GatewayDb, LimsPrincipal
+from clinstream.ingest.gateway_db import DatabaseUnavailable, GatewayDb, LimsPrincipal, ParticipantZone
 from clinstream.ingest.metrics import GatewayMetrics
 from clinstream.ingest.producer import AsyncDurableProducer
 
@@ -93,6 +98,9 @@ class BiobankIntake:
                 outcome.rejected.append(_conflict(event))
         raw, dead = self._encode(outcome, content_type, context_headers(biobank_context(received_ms, lims.key_id)))
         await deliver(self.producer, self.metrics, "biobank", [(self.raw_topic, raw)], [(self.dlq_topic, dead)])
+        await self.db.record_time_zones([
+            ParticipantZone(e.participant_id, e.time_zone, from_ms(e.record["occurred_at"]), e.event_id)
+            for e in (*outcome.accepted, *outcome.duplicates) if e.time_zone is not None])
         try:
             await self.db.record_events([(e.event_id, e.digest) for e in outcome.accepted], lims.key_id)
         except DatabaseUnavailable:  # the events are durable; a resend would only add a harmless duplicate

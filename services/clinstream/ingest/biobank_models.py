@@ -25,6 +25,7 @@ from pydantic import (
 
 from clinstream.core.constants import INGEST_MAX_EVENTS_PER_REQUEST, KNOWN_ASSAYS
 from clinstream.ingest.telemetry_models import Instant, ParticipantId, RejectedItem
+from clinstream.ingest.time_zones import is_iana_zone
 
 SampleEventType = Literal["COLLECTED", "RECEIVED", "CENTRIFUGED", "ALIQUOTED", "FROZEN", "STORED", "MOVED",
                           "THAWED", "SHIPPED", "DISTRIBUTED", "DISPOSED", "QC"]
@@ -63,6 +64,12 @@ def _loinc(value: Any) -> Any:
             raise ValueError("a LOINC code looks like 1988-5")
         if loinc_check_digit(number) != int(check):
             raise ValueError("wrong LOINC check digit")
+    return value
+
+
+def _iana_zone(value: str) -> str:
+    if not is_iana_zone(value):
+        raise ValueError("must be an IANA time zone name such as Europe/Berlin")
     return value
 
 
@@ -158,7 +165,7 @@ class AssayPayload(BaseModel):
 
 
 class ConsentPayload(BaseModel):
-    """A consent grant or withdrawal (FHIR Consent status, GA4GH DUO scope) with enrolment demographics."""
+    """A consent grant or withdrawal (FHIR Consent status, GA4GH DUO scope) with enrolment demographics and zone."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -170,6 +177,10 @@ class ConsentPayload(BaseModel):
     participant_name: Annotated[str, Strict(), StringConstraints(min_length=1, max_length=200)] | None = None
     birth_date: Annotated[date, BeforeValidator(_text_date)] | None = None
     postcode: Annotated[str, Strict(), StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9 -]{1,11}$")] | None = None
+    time_zone: Annotated[str, Strict(), StringConstraints(max_length=64), AfterValidator(_iana_zone)] | None = Field(
+        default=None, description="The participant's IANA time zone, e.g. Europe/Berlin: stamped on the telemetry "
+        "of the participant's devices registered without a zone (the latest event with a zone wins; null: unchanged).",
+        examples=["Europe/Berlin"])
 
     @model_validator(mode="after")
     def _consistent(self) -> ConsentPayload:

@@ -20,6 +20,9 @@ NS = "org.clinstream.biobank."
 KINDS = ("sample", "assay", "consent")
 _EVENT: TypeAdapter[BiobankEventIn] = TypeAdapter(BiobankEventIn)
 _BRANCH = {SamplePayload: "SampleEvent", AssayPayload: "AssayResult", ConsentPayload: "ConsentEvent"}
+# Payload fields added after events were first accepted: left out of the content hash while unset, so that a resend
+# of an event accepted before they existed is still recognised as the same event (not an event-id conflict).
+_ADDED_LATER = ("time_zone",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +37,7 @@ class AcceptedEvent:
     record: dict[str, Any]
     original: bytes
     path: str
+    time_zone: str | None = None  # a consent event's participant zone
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,9 +98,11 @@ class BiobankValidator:
             "comment": event.comment,
             "payload": (NS + _BRANCH[type(payload)], payload.model_dump(exclude={"kind"})),
         }
-        digest = hashlib.sha256(orjson.dumps(event.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)).digest()
+        unset_later = {name for name in _ADDED_LATER if getattr(payload, name, None) is None}
+        content = event.model_dump(mode="json", exclude={"payload": unset_later} if unset_later else None)
+        digest = hashlib.sha256(orjson.dumps(content, option=orjson.OPT_SORT_KEYS)).digest()
         return AcceptedEvent(index, event_id, event.participant_id, payload.kind, digest, record, original_bytes,
-                             prefix)
+                             prefix, payload.time_zone if isinstance(payload, ConsentPayload) else None)
 
     def _time_problem(self, event: BiobankEventIn, prefix: str, received_ms: int) -> Rejection | None:
         skew_ms = self.limits.max_future_skew_s * 1000

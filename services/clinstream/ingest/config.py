@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from clinstream.core import constants as c
+from clinstream.ingest.time_zones import is_iana_zone
 
 
 class IngestSettings(BaseSettings):
@@ -56,8 +57,9 @@ class IngestSettings(BaseSettings):
                                            description="LIMS events per minute of one API key (site default).")
     gateway_processes: int = Field(default=1, ge=1, description="Gateway processes serving the site; each "
                                    "enforces 1/N of every per-credential limit.")
-    time_zone: str | None = Field(default=None, description="The site's default participant time zone (IANA) for "
-                                  "devices registered without --time-zone; none if unset.")
+    time_zone: str | None = Field(default=None, description="The site's default participant time zone (IANA), "
+                                  "stamped on the blocks of devices that have no zone from their registration or "
+                                  "the LIMS; none if unset.")
     lims_requires_client_cert: bool = Field(default=False, description="LIMS events only through a gateway that "
                                             "verifies client certificates (`clinstream gateway --client-ca`); 403 "
                                             "elsewhere.")
@@ -65,6 +67,13 @@ class IngestSettings(BaseSettings):
                                        "layer verified every client's certificate.")
     max_in_flight: int = Field(default=c.INGEST_MAX_IN_FLIGHT, ge=1,
                                description="Intake requests processed at once; more are shed with 503.")
+
+    @field_validator("time_zone")
+    @classmethod
+    def _iana(cls, value: str | None) -> str | None:
+        if value is not None and not is_iana_zone(value):
+            raise ValueError("CLINSTREAM_INGEST_TIME_ZONE: an IANA name such as Europe/Berlin")
+        return value
 
     @model_validator(mode="after")
     def _ranges(self) -> IngestSettings:

@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import psycopg
 from psycopg import sql
@@ -29,6 +28,7 @@ from clinstream.core.constants import (
     INGEST_TOKEN_SECRET_BYTES,
     LIMS_TOKEN_PREFIX,
 )
+from clinstream.ingest.time_zones import is_iana_zone
 
 _DOMAIN = b"clinstream-credential-v1\x00"
 _TOKEN_RE = re.compile(r"^(csd|csl)_([0-9a-f]{16})\.([A-Za-z0-9_-]{32,128})$")
@@ -134,11 +134,9 @@ class LimsRow:
 
 
 def valid_time_zone(name: str) -> str:
-    """An IANA time zone name known to zoneinfo (e.g. Europe/Berlin), else CredentialError."""
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise CredentialError("time zone: an IANA name such as Europe/Berlin") from None
+    """An IANA time zone name of the tz database (e.g. Europe/Berlin), else CredentialError."""
+    if not is_iana_zone(name):
+        raise CredentialError("time zone: an IANA name such as Europe/Berlin")
     return name
 
 
@@ -153,8 +151,8 @@ def register_device(conn: psycopg.Connection[Any], device_id: str, participant_i
                     max_readings_per_min: int | None = None) -> IssuedToken:
     """Issue a credential binding a device to one participant; refused while the device has an active one.
 
-    `time_zone` is the participant's IANA zone (stamped on every telemetry block); the limits override the site's
-    defaults for this credential.
+    `time_zone` is the participant's IANA zone for this device (it wins over a LIMS zone and the site default, see
+    time_zones.py); the limits override the site's defaults for this credential.
     """
     if not DEVICE_ID_RE.match(device_id):
         raise CredentialError("device id: letters, digits and . _ : - only (max 64)")

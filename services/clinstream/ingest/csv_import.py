@@ -17,7 +17,7 @@ Columns by kind:
   disposal_reason;
 * assay: sample_id, analyte, loinc_code, value, unit (e.g. CRP, 1988-5, 3.2, mg/L);
 * consent: action (GRANT/WITHDRAW), status (FHIR), scope (DUO codes separated by ';' or spaces),
-  participant_name, birth_date (YYYY-MM-DD), postcode.
+  participant_name, birth_date (YYYY-MM-DD), postcode, time_zone (the participant's IANA zone, e.g. Europe/Berlin).
 
 Numbers and booleans (true/false, yes/no, 1/0) are converted; a cell that does not convert is passed on as
 text so that validation names the field. A column that does not apply to the row's kind must be empty.
@@ -40,7 +40,7 @@ SAMPLE_COLUMNS = ("event_type", "sample_id", "parent_sample_id", "sample_type", 
 CENTRIFUGE_COLUMNS = {"centrifuge_g": "g_force", "centrifuge_minutes": "minutes",
                       "centrifuge_temperature_c": "temperature_c", "centrifuge_braking": "braking"}
 ASSAY_COLUMNS = ("sample_id", "analyte", "loinc_code", "value", "unit")
-CONSENT_COLUMNS = ("action", "status", "scope", "participant_name", "birth_date", "postcode")
+CONSENT_COLUMNS = ("action", "status", "scope", "participant_name", "birth_date", "postcode", "time_zone")
 ALL_COLUMNS = frozenset((*EVENT_COLUMNS, "kind", *SAMPLE_COLUMNS, *CENTRIFUGE_COLUMNS, *ASSAY_COLUMNS,
                          *CONSENT_COLUMNS))
 REQUIRED_COLUMNS = ("event_id", "participant_id", "occurred_at", "kind")

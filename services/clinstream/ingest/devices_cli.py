@@ -8,7 +8,6 @@ from rich.table import Table
 
 from clinstream.core.config import get_settings
 from clinstream.core.db import connect_with_retry
-from clinstream.ingest.config import get_ingest_settings
 from clinstream.ingest.credential_cli import run_update
 from clinstream.ingest.credentials import CredentialError, list_devices, register_device, revoke_devices
 from clinstream.store.migrate import migrate
@@ -23,7 +22,8 @@ def register(
     device_id: str = typer.Option(..., "--device-id", help="Device serial."),
     participant: str = typer.Option(..., "--participant", help="The one participant this device writes for."),
     time_zone: str | None = typer.Option(None, "--time-zone", help="The participant's IANA time zone, e.g. "
-                                         "Europe/Berlin; default CLINSTREAM_INGEST_TIME_ZONE (none if unset)."),
+                                         "Europe/Berlin. Without it the gateway stamps the participant's zone "
+                                         "from the LIMS consent event, else CLINSTREAM_INGEST_TIME_ZONE."),
     max_requests_per_min: int | None = typer.Option(None, "--max-requests-per-min", min=1,
                                                     help="Override the site's request limit for this device."),
     max_readings_per_min: int | None = typer.Option(None, "--max-readings-per-min", min=1,
@@ -35,7 +35,7 @@ def register(
     with connect_with_retry(settings, max_wait_s=30.0) as conn:
         try:
             issued = register_device(conn, device_id, participant,
-                                     time_zone=time_zone or get_ingest_settings().time_zone,
+                                     time_zone=time_zone,
                                      max_requests_per_min=max_requests_per_min,
                                      max_readings_per_min=max_readings_per_min)
         except CredentialError as exc:

@@ -1,7 +1,7 @@
 """Simulated devices and LIMS talking to the gateway over HTTP (httpx), at a chosen speed-up of simulated time.
 
-Like real clients they batch, gzip, resend unchanged after a 503 (honouring Retry-After) or a dropped
-connection, and never resend a request the gateway refused with a 4xx.
+Like real clients they batch, gzip, resend unchanged after a 503 or a 429 (over a per-credential limit), both
+honouring Retry-After, or after a dropped connection, and never resend a request refused with another 4xx.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import heapq
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Final
 
 import httpx
 import orjson
@@ -25,18 +25,22 @@ from clinstream.simulate.telemetry import DeviceOptions, SimBlock, batch_payload
 
 Progress = Callable[[int], None]  # called with the simulated time reached (epoch ms)
 Pace = Callable[[int], Awaitable[None]]  # awaited with the simulated time reached (epoch ms)
+# Over a per-credential limit / unavailable: the gateway kept nothing, so the same bytes are sent again.
+RETRYABLE_STATUSES: Final = frozenset({429, 503})
+MAX_RETRY_AFTER_S: Final = 60.0  # a longer Retry-After is capped (a per-minute limit never asks for more)
 
 
 class _Retryable(Exception):
     def __init__(self, status: int, retry_after_s: float | None) -> None:
         super().__init__(f"HTTP {status}")
+        self.status = status
         self.retry_after_s = retry_after_s
 
 
 def _wait(state: RetryCallState) -> float:
     exc = state.outcome.exception() if state.outcome else None
     if isinstance(exc, _Retryable) and exc.retry_after_s is not None:
-        return min(exc.retry_after_s, 10.0)
+        return min(exc.retry_after_s, MAX_RETRY_AFTER_S)
     return float(wait_exponential(multiplier=0.2, max=5.0)(state))
 
 
@@ -70,7 +74,7 @@ class GatewayClient:
             return False
 
     async def post(self, path: str, token: str, body: Mapping[str, Any]) -> PostResult:
-        """POST a JSON body; 503 and connection failures are retried (same bytes), anything else returned."""
+        """POST a JSON body; 429, 503 and connection failures are retried (same bytes), anything else returned."""
         content = orjson.dumps(body)
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         if self.use_gzip:
@@ -83,11 +87,12 @@ class GatewayClient:
                 with attempt:
                     attempts += 1
                     response = await self.http.post(path, content=content, headers=headers)
-                    if response.status_code == 503:
+                    if response.status_code in RETRYABLE_STATUSES:
                         retry_after = response.headers.get("Retry-After")
-                        raise _Retryable(503, float(retry_after) if retry_after and retry_after.isdigit() else None)
-        except _Retryable:
-            return PostResult(503, {}, attempts)
+                        raise _Retryable(response.status_code,
+                                         float(retry_after) if retry_after and retry_after.isdigit() else None)
+        except _Retryable as exc:
+            return PostResult(exc.status, {}, attempts)
         except httpx.TransportError:
             return PostResult(0, {}, attempts)  # never reached the gateway
         try:
