@@ -8,11 +8,10 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
 from clinstream.core.avro import get_codec, subject_key
 from clinstream.core.config import Settings
@@ -20,6 +19,7 @@ from clinstream.core.db import connect
 from clinstream.core.kafka import DurableProducer
 from clinstream.core.topics import ERASURE, FEATURES, SAMPLE_FEATURES
 from clinstream.store.worker import group_id
+from topic_read import read_messages, watermarks
 
 CLINSTREAM = Path(sys.executable).with_name("clinstream")
 CODEC = get_codec()
@@ -106,17 +106,6 @@ def expected_state(records: list[dict[str, Any]]) -> dict[tuple[Any, ...], tuple
     return out
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 60.0, every_s: float = 0.1) -> Any:
-    """Poll `check` until it returns something truthy, or fail after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(every_s)
-
 
 def store_topics(settings: Settings) -> list[str]:
     """The topics the store worker consumes."""
@@ -141,15 +130,7 @@ def end_offsets(settings: Settings) -> dict[tuple[str, int], int]:
         out = {}
         for t in store_topics(settings):
             for p in range(settings.topic_partitions):
-                deadline = time.monotonic() + 15
-                while True:
-                    try:
-                        out[(t, p)] = int(c.get_watermark_offsets(TopicPartition(t, p), timeout=5)[1])
-                        break
-                    except KafkaException:
-                        if time.monotonic() > deadline:
-                            raise
-                        time.sleep(0.2)
+                out[(t, p)] = watermarks(c, TopicPartition(t, p))[1]
         return out
     finally:
         c.close()
@@ -164,29 +145,7 @@ def caught_up(settings: Settings) -> bool:
 
 def read_all(settings: Settings, topic: str, timeout_s: float = 30.0) -> list[tuple[int, int, bytes]]:
     """Every (partition, offset, value) of a topic up to its current high watermarks."""
-    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "clinstream-test-reader",
-                  "enable.auto.commit": False, "auto.offset.reset": "earliest"})
-    try:
-        ends = {}
-        for p in range(settings.topic_partitions):
-            lo, hi = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            if hi > lo:
-                ends[p] = hi
-        c.assign([TopicPartition(topic, p, 0) for p in ends])
-        out: list[tuple[int, int, bytes]] = []
-        done: set[int] = set()
-        deadline = time.monotonic() + timeout_s
-        while len(done) < len(ends):
-            assert time.monotonic() < deadline, f"reading {topic} timed out"
-            for m in c.consume(10_000, 0.5):
-                if m.error():
-                    continue
-                out.append((m.partition() or 0, m.offset() or 0, m.value() or b""))
-                if (m.offset() or 0) + 1 >= ends[m.partition() or 0]:
-                    done.add(m.partition() or 0)
-        return out
-    finally:
-        c.close()
+    return [(m.partition() or 0, m.offset() or 0, m.value() or b"") for m in read_messages(settings, topic, timeout_s)]
 
 
 class StoreProcess:
