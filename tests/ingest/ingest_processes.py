@@ -39,6 +39,7 @@ def gateway_process(settings: Settings, port: int, *args: str, url: str | None =
     proc = subprocess.Popen([CLI, "gateway", "--port", str(port), "--no-prepare", "--log-level", "warning", *args],
                             env=site_env(settings, **extra), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = url or f"http://127.0.0.1:{port}"
+
     def healthy() -> bool:
         assert proc.poll() is None, (proc.stderr.read() if proc.stderr else b"").decode()[-2000:]
         try:
