@@ -23,6 +23,7 @@ from clinstream.features.config import FeatureSettings
 from clinstream.features.processor import FeatureProcessor
 from clinstream.store.worker import StoreWorker
 from clinstream.store.worker import group_id as store_group
+from topic_read import watermarks
 
 CLINSTREAM = Path(sys.executable).with_name("clinstream")
 
@@ -113,7 +114,7 @@ def end_offsets(settings: Settings, topics: Sequence[str]) -> dict[tuple[str, in
         out = {}
         for t in topics:
             for p in c.list_topics(t, timeout=10).topics[t].partitions:
-                out[(t, p)] = int(c.get_watermark_offsets(TopicPartition(t, p), timeout=10)[1])
+                out[(t, p)] = watermarks(c, TopicPartition(t, p))[1]
         return out
     finally:
         c.close()
