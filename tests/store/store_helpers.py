@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from clinstream.core.avro import get_codec, subject_key
 from clinstream.core.config import Settings
@@ -19,12 +19,14 @@ from clinstream.core.db import connect
 from clinstream.core.kafka import DurableProducer
 from clinstream.core.topics import ERASURE, FEATURES, SAMPLE_FEATURES
 from clinstream.store.worker import group_id
+from condition_wait import retry_while_raising
 from topic_read import read_messages, watermarks
 
 CLINSTREAM = Path(sys.executable).with_name("clinstream")
 CODEC = get_codec()
 BASE_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 MINUTE_MS = 60_000
+COORDINATOR_WAIT_S = 30.0  # a fresh broker elects the group coordinator within seconds
 
 
 def pseudonym(n: int) -> str:
@@ -118,7 +120,9 @@ def committed_offsets(settings: Settings) -> dict[tuple[str, int], int]:
                   "enable.auto.commit": False})
     try:
         tps = [TopicPartition(t, p) for t in store_topics(settings) for p in range(settings.topic_partitions)]
-        return {(tp.topic, tp.partition): tp.offset for tp in c.committed(tps, timeout=10)}
+        # NOT_COORDINATOR while a fresh broker creates its offsets topic: retried, as a client would
+        done = retry_while_raising(lambda: c.committed(tps, timeout=10), KafkaException, COORDINATOR_WAIT_S)
+        return {(tp.topic, tp.partition): tp.offset for tp in done}
     finally:
         c.close()
 
