@@ -140,7 +140,7 @@ class Loader:
             if time.monotonic() > deadline:
                 self.errors.append(f"block {block['block_id']} not acknowledged within {BLOCK_DEADLINE_S} s")
                 return
-            time.sleep(RETRY_S)
+            time.sleep(RETRY_S)  # the device's back-off before it retries the same block, not synchronisation
 
     def _run(self, participant: str) -> None:
         token = self.site.device_tokens[participant]
@@ -148,7 +148,7 @@ class Loader:
             for seq in range(1, self.blocks_per_participant + 1):
                 start = self.first_window_ms + (seq - 1) * MINUTE_MS
                 self._post(client, token, hr_block(participant, seq, start))
-                time.sleep(self.interval_s)
+                time.sleep(self.interval_s)  # the device's pacing (one block a minute, compressed), not synchronisation
 
     def start(self) -> None:
         for p in self.site.participants:
@@ -175,7 +175,7 @@ def send_consent(site: FaultSite, occurred_ms: int) -> None:
                           headers={"Authorization": f"Bearer {site.lims_token}"}, timeout=30.0)
         if resp.status_code != 503 or time.monotonic() > deadline:
             break
-        time.sleep(RETRY_S)
+        time.sleep(RETRY_S)  # the LIMS client's back-off before it retries, not synchronisation
     assert resp.status_code == 202, resp.text
     assert len(resp.json()["accepted"]) == len(events), resp.text
 

@@ -6,16 +6,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from clinstream.core.config import Settings
 from clinstream.core.kafka import producer_config
 from clinstream.core.records import OutRecord
+from topic_read import read_messages
 
 CLINSTREAM = Path(sys.executable).with_name("clinstream")
 
@@ -35,53 +34,8 @@ def produce(settings: Settings, topic: str, messages: Sequence[tuple[bytes | Non
 
 def read_topic(settings: Settings, topic: str, timeout_s: float = 30.0) -> list[OutRecord]:
     """Every record of a topic up to its current high watermarks."""
-    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "clinstream-test-reader",
-                  "enable.auto.commit": False})
-    try:
-        md = c.list_topics(topic, timeout=10).topics[topic]
-        ends: dict[int, int] = {}
-        for p in md.partitions:
-            deadline = time.monotonic() + 15
-            while True:
-                try:
-                    lo, hi = c.get_watermark_offsets(TopicPartition(topic, p), timeout=5)
-                    break
-                except KafkaException:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.2)
-            if hi > lo:
-                ends[p] = hi
-        if not ends:
-            return []
-        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
-        out: list[OutRecord] = []
-        done: set[int] = set()
-        deadline = time.monotonic() + timeout_s
-        while len(done) < len(ends):
-            if time.monotonic() > deadline:
-                raise TimeoutError("reading a topic timed out")
-            for m in c.consume(10_000, 0.5):
-                if m.error():
-                    continue
-                out.append(OutRecord(m.topic(), m.key(), m.value()))
-                if m.offset() + 1 >= ends[m.partition()]:
-                    done.add(m.partition())
-        return out
-    finally:
-        c.close()
+    return [OutRecord(m.topic(), m.key(), m.value()) for m in read_messages(settings, topic, timeout_s)]
 
-
-def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 60.0, every_s: float = 0.5) -> Any:
-    """Poll `check` until it returns something truthy, or fail after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(every_s)
 
 
 def committed_total(settings: Settings, group: str, topic: str) -> int:

@@ -12,12 +12,13 @@ from typing import Any
 import pytest
 from biobank_helpers import CHILD, GP, P1, PARENT, latest_samples, three_generations
 from features_factories import records_of, run
-from features_kafka import FeaturesWorker, produce, read_topic, wait_for
+from features_kafka import FeaturesWorker, produce, read_topic
 from test_features_worker import worker  # noqa: F401  (the features worker fixture)
 
 from clinstream.core.avro import subject_key
 from clinstream.core.config import Settings
 from clinstream.core.topics import PSEUDO_BIOBANK, SAMPLE_FEATURES
+from condition_wait import wait_for
 
 pytestmark = pytest.mark.integration
 

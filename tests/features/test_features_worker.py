@@ -17,7 +17,7 @@ from features_factories import (
     latest,
     run,
 )
-from features_kafka import FeaturesWorker, committed_total, produce, read_topic, wait_for
+from features_kafka import FeaturesWorker, committed_total, produce, read_topic
 
 from clinstream.core.avro import subject_key
 from clinstream.core.config import Settings
@@ -27,6 +27,7 @@ from clinstream.core.stream_host import ChangelogOrder, TableState
 from clinstream.core.topics import FEATURES, PSEUDO_TELEMETRY
 from clinstream.features.processor import FeatureProcessor
 from clinstream.features.worker import FeatureTableState, changelog_order
+from condition_wait import wait_for
 
 pytestmark = pytest.mark.integration
 

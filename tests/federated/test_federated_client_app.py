@@ -13,12 +13,15 @@ from flwr.app import ConfigRecord, MessageType, RecordDict
 from clinstream.core.config import Settings
 from clinstream.federated import protocol as p
 from clinstream.federated.client_app import app
+from clinstream.federated.config import TaskConfig
 from clinstream.federated.dataset import FEATURE_NAMES
 from clinstream.federated.demo import prepare_site
 from clinstream.federated.model import LogisticModel
 from clinstream.federated.roles import reader_url
+from clinstream.federated.strategy import build_strategy
 
 pytestmark = pytest.mark.integration
+NO_CLIPPING = 1e6  # a clipping norm no update reaches: the DP wrapper is in the path but changes nothing
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +130,45 @@ def test_feature_statistics_for_federated_standardisation(small_site: Settings) 
     metrics = _metrics(reply)
     assert len(metrics[p.STAT_SUM]) == len(FEATURE_NAMES)
     assert max(metrics[p.STAT_COUNT]) == metrics[p.NUM_EXAMPLES] > 0
+
+
+class _OneSiteGrid:
+    """The one call a strategy's configure_train makes of the SuperLink's grid: which nodes are connected."""
+
+    def get_node_ids(self) -> list[int]:
+        return [1]
+
+
+def _update_norm_after_a_round(site: Settings, strategy_name: str, dp: str) -> float:
+    """The norm of the site's local update when the server's strategy configures the round (no hand-made config)."""
+    cfg = TaskConfig(strategy=strategy_name, dp=dp, dp_clipping_norm=NO_CLIPPING, min_nodes=1)
+    strategy, _ = build_strategy(cfg)
+    sent = LogisticModel(np.full(len(FEATURE_NAMES), 0.1), 0.2)
+    [instruction] = strategy.configure_train(1, p.model_to_record(sent), ConfigRecord({"server-round": 1}),
+                                             _OneSiteGrid())  # type: ignore[arg-type]
+    run_config = {**cfg.as_run_config(), "min-participants": 2}
+    reply = app(message(MessageType.TRAIN, instruction.content), context(_node(site), run_config))
+    assert _status(reply)[p.DECLINED] is False
+    got = p.model_from_record(reply.content.array_records[p.ARRAYS])
+    return float(np.linalg.norm(np.concatenate([got.coef - sent.coef, [got.intercept - sent.intercept]])))
+
+
+@pytest.fixture
+def server_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The identity the ServerApp's runtime gives its process (a strategy's instruction messages carry it)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for attribute in ("_run_id", "_node_id", "_task_id"):
+        monkeypatch.setattr(TaskIdentity, attribute, 1)
+
+
+@pytest.mark.usefixtures("server_task")
+@pytest.mark.parametrize("dp", ["off", "client-fixed"])
+def test_fedprox_pulls_the_sites_update_toward_the_global_model(small_site: Settings, dp: str) -> None:
+    """FedProx (McMahan-style FedAvg plus the proximal term mu/2 ||w - w_global||^2, Li et al. 2020): from the same
+    global model on the same data, the FedProx round's local update is shorter than the FedAvg round's. Fails when
+    the server does not send mu, the site ignores it, or the training step drops the term."""
+    fedavg = _update_norm_after_a_round(small_site, "fedavg", dp)
+    fedprox = _update_norm_after_a_round(small_site, "fedprox", dp)
+    print(f"\nlocal update norm, dp={dp}: FedAvg {fedavg:.4f}, FedProx (mu={TaskConfig().proximal_mu}) {fedprox:.4f}")
+    assert 0 < fedprox < fedavg

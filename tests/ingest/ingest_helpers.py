@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
 from clinstream.core.config import Settings
 from clinstream.simulate.telemetry import iso_ms
+from topic_read import read_messages
 
 JSON = {"Content-Type": "application/json"}
 MIN = 60_000
@@ -68,41 +68,9 @@ class Rec:
 
 def read_topic(settings: Settings, topic: str, timeout_s: float = 20.0) -> list[Rec]:
     """Every record of a topic up to its current high watermarks (a real consumer, no group commits)."""
-    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"ingest-test-{uuid.uuid4().hex}",
-                  "enable.auto.commit": False})
-    try:
-        partitions = c.list_topics(topic, timeout=10).topics[topic].partitions
-        ends: dict[int, int] = {}
-        for p in partitions:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    lo, hi = c.get_watermark_offsets(TopicPartition(topic, p), timeout=5)
-                    break
-                except KafkaException:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.1)
-            if hi > lo:
-                ends[p] = hi
-        if not ends:
-            return []
-        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
-        out: list[Rec] = []
-        done: set[int] = set()
-        deadline = time.monotonic() + timeout_s
-        while len(done) < len(ends):
-            assert time.monotonic() < deadline, f"reading {topic} timed out"
-            for m in c.consume(10_000, 0.5):
-                if m.error():
-                    continue
-                out.append(Rec(m.partition(), m.offset(), m.key(), m.value() or b"",
-                               tuple((k, v or b"") for k, v in (m.headers() or []))))
-                if m.offset() + 1 >= ends[m.partition()]:
-                    done.add(m.partition())
-        return out
-    finally:
-        c.close()
+    return [Rec(m.partition(), m.offset(), m.key(), m.value() or b"",
+                tuple((k, v or b"") for k, v in (m.headers() or [])))
+            for m in read_messages(settings, topic, timeout_s)]
 
 
 def free_port() -> int:

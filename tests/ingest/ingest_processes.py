@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,8 +14,10 @@ from pathlib import Path
 import httpx
 
 from clinstream.core.config import Settings
+from condition_wait import wait_until
 
 CLI = str(Path(sys.executable).with_name("clinstream"))
+GATEWAY_START_S = 60.0
 
 
 def site_env(settings: Settings, **extra: str) -> dict[str, str]:
@@ -38,17 +39,16 @@ def gateway_process(settings: Settings, port: int, *args: str, url: str | None =
     proc = subprocess.Popen([CLI, "gateway", "--port", str(port), "--no-prepare", "--log-level", "warning", *args],
                             env=site_env(settings, **extra), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = url or f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        assert proc.poll() is None, (proc.stderr.read() if proc.stderr else b"").decode()[-2000:]
+        try:
+            return httpx.get(f"{base}/healthz", timeout=1.0, verify=verify).status_code == 200
+        except httpx.HTTPError:
+            return False
+
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, (proc.stderr.read() if proc.stderr else b"").decode()[-2000:]
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1.0, verify=verify).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the gateway did not start"
-            time.sleep(0.1)
+        wait_until(healthy, GATEWAY_START_S, "the gateway to start", step_s=0.1)
         yield proc
     finally:
         stop(proc)

@@ -6,15 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
 from clinstream.core.config import Settings
+from topic_read import read_messages, watermarks
 
 CLINSTREAM = Path(sys.executable).with_name("clinstream")
 
@@ -36,19 +34,6 @@ class Rec:
         return (self.key or b"") + (self.value or b"") + b"".join(k.encode() + v for k, v in self.headers)
 
 
-def _watermarks(c: Consumer, tp: TopicPartition, timeout_s: float = 15.0) -> tuple[int, int]:
-    """Low and high watermark, retrying while a new topic's leaders are being elected."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            lo, hi = c.get_watermark_offsets(tp, timeout=5)
-            return int(lo), int(hi)
-        except KafkaException:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-
-
 def _consumer(settings: Settings) -> Consumer:
     return Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "clinstream-test-reader",
                      "enable.auto.commit": False, "enable.partition.eof": False})
@@ -65,34 +50,9 @@ def list_topics(settings: Settings) -> list[str]:
 
 def read_topic(settings: Settings, topic: str, timeout_s: float = 20.0) -> list[Rec]:
     """Every record of a topic up to its current high watermarks."""
-    c = _consumer(settings)
-    try:
-        md = c.list_topics(topic, timeout=10).topics[topic]
-        ends: dict[int, int] = {}
-        for p in md.partitions:
-            lo, hi = _watermarks(c, TopicPartition(topic, p))
-            if hi > lo:
-                ends[p] = hi
-        if not ends:
-            return []
-        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
-        out: list[Rec] = []
-        done: set[int] = set()
-        deadline = time.monotonic() + timeout_s
-        while len(done) < len(ends):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"reading {topic} timed out")
-            for m in c.consume(10_000, 0.5):
-                if m.error():
-                    continue
-                headers = tuple((k, v or b"") for k, v in (m.headers() or []))
-                out.append(Rec(m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.timestamp()[1],
-                               headers))
-                if m.offset() + 1 >= ends[m.partition()]:
-                    done.add(m.partition())
-        return out
-    finally:
-        c.close()
+    return [Rec(m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.timestamp()[1],
+                tuple((k, v or b"") for k, v in (m.headers() or [])))
+            for m in read_messages(settings, topic, timeout_s)]
 
 
 def committed_caught_up(settings: Settings, group: str, topics: list[str]) -> bool:
@@ -104,24 +64,13 @@ def committed_caught_up(settings: Settings, group: str, topics: list[str]) -> bo
             md = c.list_topics(topic, timeout=10).topics[topic]
             tps = [TopicPartition(topic, p) for p in md.partitions]
             for tp in c.committed(tps, timeout=10):
-                _, hi = _watermarks(c, TopicPartition(topic, tp.partition))
+                _, hi = watermarks(c, TopicPartition(topic, tp.partition))
                 if hi > 0 and tp.offset < hi:
                     return False
         return True
     finally:
         c.close()
 
-
-def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 60.0, every_s: float = 0.3) -> Any:
-    """Poll `check` until it returns something truthy, or fail after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(every_s)
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from pseudonymise_factories import assay, block, consent, encode_block, encode_event, sample_event
-from pseudonymise_kafka import Rec, WorkerSite, committed_caught_up, list_topics, read_topic, wait_for
+from pseudonymise_kafka import Rec, WorkerSite, committed_caught_up, list_topics, read_topic
 
 from clinstream.core.avro import get_codec, subject_key
 from clinstream.core.kafka import DurableProducer
@@ -37,10 +37,14 @@ from clinstream.pseudonymise.keys import load_key_file, rotate_key_file
 from clinstream.pseudonymise.processor import PseudonymiseProcessor, order_for_processing
 from clinstream.pseudonymise.pseudonyms import Pseudonymiser
 from clinstream.pseudonymise.worker import app_id
+from condition_wait import wait_for
 
 pytestmark = pytest.mark.integration
 CODEC = get_codec()
 WITHDRAWAL_BOUND_S = 3.0
+DEVICE_BLOCK_INTERVAL_S = 0.02  # a streaming device's pace
+BLOCKS_AFTER_WITHDRAWAL = 20
+BATCH_INTERVAL_S = 0.05  # devices' pace, so that the stream is still arriving when the worker is killed
 
 
 def now_ms() -> int:
@@ -144,17 +148,19 @@ def test_withdrawal_stops_the_flow_within_seconds_with_erasure_and_audit(site: S
             site.send_blocks([b])
             sent.append(b["block_id"])
             seq += 1
-            time.sleep(0.02)
+            stop.wait(DEVICE_BLOCK_INTERVAL_S)  # the device's pacing, not synchronisation
 
     t = threading.Thread(target=stream, daemon=True)
     t.start()
-    time.sleep(1.5)
+    wait_for("blocks before the withdrawal to flow", lambda: site.of(PSEUDO_TELEMETRY, pseud), 60)
     withdrawal = consent(pid=pid, action="WITHDRAW", site=site.site, at=now_ms())
     site.send_events([withdrawal])
-    time.sleep(1.5)
+    sent_by_withdrawal = len(sent)
+    # The device keeps sending until the worker has answered the withdrawal and many blocks followed it.
+    [(_, erasure)] = wait_for("the erasure request", lambda: site.of(ERASURE, pseud), 30)
+    wait_for("blocks sent after the withdrawal", lambda: len(sent) >= sent_by_withdrawal + BLOCKS_AFTER_WITHDRAWAL, 30)
     stop.set()
     t.join(10)
-    [(_, erasure)] = wait_for("the erasure request", lambda: site.of(ERASURE, pseud), 30)
     site.caught_up()
     [w_raw] = [r for r, d in site.valid_raw(RAW_BIOBANK) if str(d["event_id"]) == withdrawal["event_id"]]
     raw_ts = {str(d["block_id"]): r.timestamp_ms for r, d in site.valid_raw(RAW_TELEMETRY)
@@ -223,7 +229,7 @@ def test_kill_9_mid_stream_loses_nothing_and_duplicates_are_byte_identical(
     def produce() -> None:
         for i in range(0, len(blocks), 50):
             site.send_blocks(blocks[i:i + 50])
-            time.sleep(0.05)
+            time.sleep(BATCH_INTERVAL_S)  # the devices' pacing, not synchronisation
 
     t = threading.Thread(target=produce, daemon=True)
     t.start()

@@ -7,8 +7,7 @@ import os
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from clinstream.features.config import FeatureSettings
 from clinstream.features.processor import FeatureProcessor
 from clinstream.store.worker import StoreWorker
 from clinstream.store.worker import group_id as store_group
+from topic_read import watermarks
 
 CLINSTREAM = Path(sys.executable).with_name("clinstream")
 
@@ -32,17 +32,6 @@ def live_features_group(settings: Settings) -> str:
     """The features stage's live consumer group (the faust worker's app id)."""
     return f"clinstream-{settings.site_id}-features"
 
-
-def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 60.0, every_s: float = 0.2) -> Any:
-    """Poll `check` until it returns something truthy, or fail after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(every_s)
 
 
 class LiveFeatures:
@@ -125,7 +114,7 @@ def end_offsets(settings: Settings, topics: Sequence[str]) -> dict[tuple[str, in
         out = {}
         for t in topics:
             for p in c.list_topics(t, timeout=10).topics[t].partitions:
-                out[(t, p)] = int(c.get_watermark_offsets(TopicPartition(t, p), timeout=10)[1])
+                out[(t, p)] = watermarks(c, TopicPartition(t, p))[1]
         return out
     finally:
         c.close()

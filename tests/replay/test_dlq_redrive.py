@@ -17,13 +17,14 @@ import pytest
 from features_factories import MIN, T0, block, hr_body, pseudonym
 from features_kafka import produce
 from pseudonymise_kafka import read_topic
-from replay_helpers import LiveFeatures, StoreThread, clinstream_json, key_of, pipeline_idle, scalar, wait_for
+from replay_helpers import LiveFeatures, StoreThread, clinstream_json, key_of, pipeline_idle, scalar
 
 from clinstream.core.config import Settings
 from clinstream.core.constants import HEADER_REDRIVEN_FROM
 from clinstream.core.topics import PSEUDO_TELEMETRY, Stage, dlq
 from clinstream.features.config import FeatureSettings
 from clinstream.replay.redrive import redrive_group
+from condition_wait import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -29,7 +29,6 @@ from replay_helpers import (
     pipeline_idle,
     scalar,
     start_clinstream,
-    wait_for,
 )
 
 from clinstream.core.config import Settings
@@ -38,6 +37,7 @@ from clinstream.core.topics import PSEUDO_BIOBANK, PSEUDO_TELEMETRY
 from clinstream.replay import checkpoint as ckpt
 from clinstream.replay.kafka_io import partition_of_key
 from clinstream.store.worker import group_id as store_group
+from condition_wait import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +19,14 @@ from clinstream.core.db import connect
 from clinstream.core.kafka import DurableProducer
 from clinstream.core.topics import ERASURE, FEATURES, SAMPLE_FEATURES
 from clinstream.store.worker import group_id
+from condition_wait import retry_while_raising
+from topic_read import read_messages, watermarks
 
 CLINSTREAM = Path(sys.executable).with_name("clinstream")
 CODEC = get_codec()
 BASE_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 MINUTE_MS = 60_000
+COORDINATOR_WAIT_S = 30.0  # a fresh broker elects the group coordinator within seconds
 
 
 def pseudonym(n: int) -> str:
@@ -106,17 +108,6 @@ def expected_state(records: list[dict[str, Any]]) -> dict[tuple[Any, ...], tuple
     return out
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 60.0, every_s: float = 0.1) -> Any:
-    """Poll `check` until it returns something truthy, or fail after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(every_s)
-
 
 def store_topics(settings: Settings) -> list[str]:
     """The topics the store worker consumes."""
@@ -129,7 +120,9 @@ def committed_offsets(settings: Settings) -> dict[tuple[str, int], int]:
                   "enable.auto.commit": False})
     try:
         tps = [TopicPartition(t, p) for t in store_topics(settings) for p in range(settings.topic_partitions)]
-        return {(tp.topic, tp.partition): tp.offset for tp in c.committed(tps, timeout=10)}
+        # NOT_COORDINATOR while a fresh broker creates its offsets topic: retried, as a client would
+        done = retry_while_raising(lambda: c.committed(tps, timeout=10), KafkaException, COORDINATOR_WAIT_S)
+        return {(tp.topic, tp.partition): tp.offset for tp in done}
     finally:
         c.close()
 
@@ -141,15 +134,7 @@ def end_offsets(settings: Settings) -> dict[tuple[str, int], int]:
         out = {}
         for t in store_topics(settings):
             for p in range(settings.topic_partitions):
-                deadline = time.monotonic() + 15
-                while True:
-                    try:
-                        out[(t, p)] = int(c.get_watermark_offsets(TopicPartition(t, p), timeout=5)[1])
-                        break
-                    except KafkaException:
-                        if time.monotonic() > deadline:
-                            raise
-                        time.sleep(0.2)
+                out[(t, p)] = watermarks(c, TopicPartition(t, p))[1]
         return out
     finally:
         c.close()
@@ -164,29 +149,7 @@ def caught_up(settings: Settings) -> bool:
 
 def read_all(settings: Settings, topic: str, timeout_s: float = 30.0) -> list[tuple[int, int, bytes]]:
     """Every (partition, offset, value) of a topic up to its current high watermarks."""
-    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "clinstream-test-reader",
-                  "enable.auto.commit": False, "auto.offset.reset": "earliest"})
-    try:
-        ends = {}
-        for p in range(settings.topic_partitions):
-            lo, hi = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            if hi > lo:
-                ends[p] = hi
-        c.assign([TopicPartition(topic, p, 0) for p in ends])
-        out: list[tuple[int, int, bytes]] = []
-        done: set[int] = set()
-        deadline = time.monotonic() + timeout_s
-        while len(done) < len(ends):
-            assert time.monotonic() < deadline, f"reading {topic} timed out"
-            for m in c.consume(10_000, 0.5):
-                if m.error():
-                    continue
-                out.append((m.partition() or 0, m.offset() or 0, m.value() or b""))
-                if (m.offset() or 0) + 1 >= ends[m.partition() or 0]:
-                    done.add(m.partition() or 0)
-        return out
-    finally:
-        c.close()
+    return [(m.partition() or 0, m.offset() or 0, m.value() or b"") for m in read_messages(settings, topic, timeout_s)]
 
 
 class StoreProcess:

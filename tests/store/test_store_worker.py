@@ -5,7 +5,6 @@ committed only after the database commit, a database outage, erasure, and dead l
 from __future__ import annotations
 
 import random
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +27,6 @@ from store_helpers import (
     rows,
     sample,
     send,
-    wait_for,
     wearable_state,
 )
 
@@ -38,10 +36,10 @@ from clinstream.core.kafka import DurableProducer
 from clinstream.core.topics import AUDIT, ERASURE, FEATURES, SAMPLE_FEATURES, Stage, dlq
 from clinstream.stack.common import stack_lock
 from clinstream.store.worker import erasure_audit_id
+from condition_wait import wait_for
 
 pytestmark = pytest.mark.integration
 ERASURE_BOUND_S = 5.0
-OUTAGE_S = 6.0
 
 
 @pytest.fixture
@@ -130,19 +128,17 @@ def test_database_outage_loses_nothing(site: Settings, producer: DurableProducer
     with stack_lock(site):  # other processes' `stack up` wait until the fault is over (as in tests/faults)
         stop_postgres(site)
         try:
-            t_down = time.monotonic()
-            for chunk in during:  # records keep arriving while the database is away
+            first, *rest = during
+            send(site, producer, FEATURES, first)
+            wait_for("the worker to meet the outage", lambda: "retrying with back-off" in worker.log_text(), 60)
+            for chunk in rest:  # records keep arriving while the worker holds its batch and backs off
                 send(site, producer, FEATURES, chunk)
-                time.sleep(OUTAGE_S / (len(during) + 1))
             send(site, producer, SAMPLE_FEATURES, samples)
-            wait_for("the rest of the outage", lambda: time.monotonic() - t_down >= OUTAGE_S, OUTAGE_S + 1)
             assert worker.alive(), "the worker survives the outage"
             assert committed_offsets(site) == committed_before, "nothing is committed while the database is down"
         finally:
             start_postgres(site)
-    t_up = time.monotonic()
     wait_for("catch-up after the outage", lambda: caught_up(site), 60, 0.2)
-    print(f"outage {t_up - t_down:.1f} s; caught up {time.monotonic() - t_up:.2f} s after the restart")
     assert wearable_state(site) == expected_state(before + [r for chunk in during for r in chunk])
     assert rows(site, "SELECT count(*) FROM sample_features") == [(50,)]
     assert worker.alive()
@@ -166,12 +162,9 @@ def test_erasure_purges_every_feature_table_and_late_records_do_not_resurrect(
                                  (pseudonym(who),))[0][0] for t in ("wearable_features", "sample_features")))
 
     request = erasure(s, 1)
-    t0 = time.monotonic()
     send(site, producer, ERASURE, [request])
-    wait_for("the erasure", lambda: remaining(1) == 0, ERASURE_BOUND_S, 0.01)
-    elapsed = time.monotonic() - t0
-    print(f"erasure: participant's rows gone from every feature table {elapsed * 1000:.0f} ms after the request")
-    assert elapsed < ERASURE_BOUND_S
+    # The bound is functional (the issue's erasure deadline), not a speed measurement: fail if not purged by then.
+    wait_for("the participant's rows gone from every feature table", lambda: remaining(1) == 0, ERASURE_BOUND_S, 0.01)
     assert remaining(2) == 600 + 5
     audit = rows(site, "SELECT request_id, participant_pseudonym, rows_deleted FROM erasure_audit")
     assert audit == [(uuid.UUID(request["request_id"]), pseudonym(1), 600 + 5)]
