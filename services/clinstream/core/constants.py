@@ -19,7 +19,6 @@ POSTGRES_PORT: Final = 15432
 GATEWAY_PORT: Final = 18080
 FLOWER_SERVERAPPIO_PORT: Final = 19191
 FLOWER_FLEET_PORT: Final = 19192
-FLOWER_CONTROL_PORT: Final = 19193
 FLOWER_CLIENTAPPIO_BASE_PORT: Final = 19201
 # A local Kafka cluster: node i (1-based) listens on the configured broker and controller ports + STRIDE * (i - 1).
 KAFKA_NODE_PORT_STRIDE: Final = 2
