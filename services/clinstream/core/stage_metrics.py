@@ -31,7 +31,8 @@ LATE = Counter("clinstream_features_late_records_total",
                "Late data at the features stage (kind: block sent whole to the late topic, or window missed).",
                ["kind"])
 STORE_ROWS = Counter("clinstream_store_rows_written_total",
-                     "Feature-store rows (kind: wearable or sample written, unchanged when already stored).",
+                     "Feature-store rows (kind: wearable or sample written; unchanged: already stored; coalesced: "
+                     "superseded within the batch).",
                      ["kind"])
 ERASURES = Counter("clinstream_store_erasures_total", "Erasure requests the feature store carried out.")
 

@@ -315,7 +315,8 @@ class StoreWorker:
                         ("sample_written", res.sample_written), ("unchanged", res.unchanged),
                         ("dead_lettered", len(messages)), ("erasures", len(res.erasures))):
             self.stats[name] = self.stats.get(name, 0) + n
-        rows = {"wearable": res.wearable_written, "sample": res.sample_written, "unchanged": res.unchanged}
+        rows = {"wearable": res.wearable_written, "sample": res.sample_written, "unchanged": res.unchanged,
+                "coalesced": res.coalesced}
         observe_store_batch(len(batch), time.perf_counter() - started, rows, len(res.erasures),
                             [why.reason for _, why in rejected])
 
