@@ -7,9 +7,19 @@ import re
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from clinstream.core.constants import METRICS_PORT_OFFSETS
+from ports import free_port
+
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 LABEL_VALUE = re.compile(r"[a-z]+(?:_[a-z]+)*")  # stage, reason and kind words: no digits, no hex, no ids
 LABEL_NAMES = frozenset({"stage", "reason", "kind", "le"})
+
+
+def metrics_on_free_port(env: dict[str, str], stage: str) -> str:
+    """Set a worker's CLINSTREAM_METRICS_PORT so that its stage serves on a free port; that endpoint's URL."""
+    port = free_port()
+    env["CLINSTREAM_METRICS_PORT"] = str(port - METRICS_PORT_OFFSETS[stage])
+    return f"http://127.0.0.1:{port}/metrics"
 
 
 def scrape(url: str) -> Samples:

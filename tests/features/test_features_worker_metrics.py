@@ -14,8 +14,13 @@ from features_kafka import FeaturesWorker, produce, wait_for
 from clinstream.core.avro import subject_key
 from clinstream.core.config import Settings
 from clinstream.core.topics import PSEUDO_TELEMETRY
-from metrics_scrape import Samples, assert_names_consistent_and_labels_anonymous, scrape, value
-from ports import free_port
+from metrics_scrape import (
+    Samples,
+    assert_names_consistent_and_labels_anonymous,
+    metrics_on_free_port,
+    scrape,
+    value,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -23,10 +28,9 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def metrics_worker(kafka_site: Settings, tmp_path: Path) -> Iterator[tuple[FeaturesWorker, str]]:
     worker = FeaturesWorker(kafka_site, tmp_path / "data", tmp_path / "worker.log")
-    base = free_port() - 1  # the features stage serves on the base port + 1
-    worker.env["CLINSTREAM_METRICS_PORT"] = str(base)
+    url = metrics_on_free_port(worker.env, "features")
     worker.start()
-    yield worker, f"http://127.0.0.1:{base + 1}/metrics"
+    yield worker, url
     worker.stop()
 
 

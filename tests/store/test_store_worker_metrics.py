@@ -13,8 +13,13 @@ from store_helpers import StoreProcess, erasure, feature, pseudonym, send, wait_
 from clinstream.core.config import Settings
 from clinstream.core.kafka import DurableProducer
 from clinstream.core.topics import ERASURE, FEATURES
-from metrics_scrape import Samples, assert_names_consistent_and_labels_anonymous, scrape, value
-from ports import free_port
+from metrics_scrape import (
+    Samples,
+    assert_names_consistent_and_labels_anonymous,
+    metrics_on_free_port,
+    scrape,
+    value,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -22,10 +27,9 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def metrics_store(kafka_site: Settings, db_site: Settings, tmp_path: Path) -> Iterator[tuple[StoreProcess, str]]:
     worker = StoreProcess(db_site, tmp_path / "store.log")
-    base = free_port() - 2  # the store stage serves on the base port + 2
-    worker.env["CLINSTREAM_METRICS_PORT"] = str(base)
+    url = metrics_on_free_port(worker.env, "store")
     worker.start()
-    yield worker, f"http://127.0.0.1:{base + 2}/metrics"
+    yield worker, url
     worker.stop()
 
 
