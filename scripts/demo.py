@@ -72,7 +72,8 @@ def summary(settings: Settings) -> None:
             " ORDER BY 1, 2, 3 LIMIT 15").fetchall()
         samples = conn.execute(
             "SELECT sample_type, count(*), count(sprec), round(avg(collection_to_centrifugation_min)::numeric, 1),"
-            " round(avg((assays->>'1988-5')::float)::numeric, 2), count(*) FILTER (WHERE status = 'available')"
+            " round((avg((assays->>'1988-5')::float) FILTER (WHERE assays ? '1988-5'))::numeric, 2),"
+            " count(*) FILTER (WHERE status = 'available')"
             " FROM sample_features_current GROUP BY 1 ORDER BY 1").fetchall()
     t = Table("feature set", "window", "rows", "participants", "final", "completeness", "latest window",
               title=f"Feature store of {settings.site_id} (schema {settings.db_schema})")
@@ -86,8 +87,10 @@ def summary(settings: Settings) -> None:
     console.print(d)
     s = Table("sample type", "samples", "with SPREC", "mean min to centrifuge", "mean CRP mg/L", "available",
               title="Biobank sample features")
-    for r in samples:
-        s.add_row(*(str(x) for x in r))
+    for kind, count, with_sprec, to_centrifuge, crp, available in samples:
+        s.add_row(str(kind), str(count), str(with_sprec),
+                  "(no centrifugation time)" if to_centrifuge is None else str(to_centrifuge),
+                  "(no CRP assay)" if crp is None else str(crp), str(available))
     console.print(s)
 
 

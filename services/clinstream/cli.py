@@ -19,7 +19,7 @@ _SUBCOMMANDS: tuple[tuple[str, str, str], ...] = (
     ("simulate", "clinstream.simulate.cli", "Simulated wearables and LIMS sending to the gateway."),
     ("keys", "clinstream.pseudonymise.cli", "The site's pseudonym key ring: init, rotate, show."),
     ("worker", "clinstream.worker_cli", "Run a stream-processing worker (pseudonymise, ...)."),
-    ("features", "clinstream.features.cli", "The feature catalogue."),
+    ("features", "clinstream.features_cli", "The feature catalogue: catalogue, promote, export."),
     ("export", "clinstream.export.cli", "Export feature sets to Parquet or CSV with a data dictionary."),
     ("replay", "clinstream.replay.cli", "Re-run a stage over a range of its input topics (versioned or in place)."),
     ("dlq", "clinstream.replay.dlq_cli", "List, inspect and re-drive dead-lettered records by stage."),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Final
 
 ENV_PREFIX: Final = "CLINSTREAM_"
@@ -19,7 +21,6 @@ POSTGRES_PORT: Final = 15432
 GATEWAY_PORT: Final = 18080
 FLOWER_SERVERAPPIO_PORT: Final = 19191
 FLOWER_FLEET_PORT: Final = 19192
-FLOWER_CONTROL_PORT: Final = 19193
 FLOWER_CLIENTAPPIO_BASE_PORT: Final = 19201
 # A local Kafka cluster: node i (1-based) listens on the configured broker and controller ports + STRIDE * (i - 1).
 KAFKA_NODE_PORT_STRIDE: Final = 2
@@ -186,3 +187,10 @@ CRASH_TIMES_ENV: Final = "CLINSTREAM_CRASH_TIMES"  # how many times per data dir
 EXIT_CRASH_POINT: Final = 71  # exit status of a worker stopped at a crash point
 EXIT_PRODUCE_FAILED: Final = 70  # exit status of a worker whose batch could not be made durable
 HOST_SEEK_EVERY_S: Final = 1.0  # a partition with an offset gap is sought back at most this often
+# Prometheus endpoints of the stream workers (CLINSTREAM_METRICS_PORT; 0 = off): each stage serves on the base port
+# plus its offset, on loopback unless CLINSTREAM_METRICS_HOST says otherwise.
+METRICS_HOST: Final = "127.0.0.1"
+METRICS_PORT_OFFSETS: Final[Mapping[str, int]] = MappingProxyType({"pseudonymise": 0, "features": 1, "store": 2})
+# Upper bounds (s) of the stream workers' batch-latency histogram (one batch: process, produce, commit).
+METRICS_BATCH_SECONDS_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+METRICS_REASON_MAX_WORDS: Final = 8  # a dead-letter reason label keeps its first plain words

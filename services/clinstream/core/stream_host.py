@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -42,9 +43,11 @@ from clinstream.core.constants import (
 )
 from clinstream.core.crash_points import CrashPoint, CrashPoints
 from clinstream.core.logging import configure_logging
+from clinstream.core.metrics_endpoint import serve_metrics
 from clinstream.core.offset_ledger import OffsetLedger, offsets_of
 from clinstream.core.records import BatchResult, InRecord, OutRecord
 from clinstream.core.records import from_faust_event as to_in_record
+from clinstream.core.stage_metrics import observe_batch
 
 log = logging.getLogger("clinstream.core.stream_host")
 
@@ -224,6 +227,7 @@ class StreamHost:
         admitted = await self.ledger.admit(records)
         if not admitted:
             return
+        started = time.perf_counter()
         self.state.pending.clear()
         result = self.stage.process(admitted)  # 1. state changed in memory
         self.crash.reached(CrashPoint.AFTER_PROCESS, result.counters)
@@ -234,6 +238,8 @@ class StreamHost:
         await self.ledger.processed(offsets_of(admitted))  # 4. input offsets committed
         await self.ledger.commit()
         self.stage.report(result)
+        observe_batch(self.stage.traits.name, len(admitted), time.perf_counter() - started, result.counters,
+                      result.out)
 
     async def _produce_outputs(self, out: Sequence[OutRecord]) -> None:
         producer = self.app.producer
@@ -251,6 +257,7 @@ class StreamHost:
 def run(settings: Settings, stage: HostedStage) -> None:
     """Host a stage until SIGTERM/SIGINT."""
     configure_logging(stage.traits.name)
+    serve_metrics(stage.traits.name)
     host = StreamHost(settings, stage)
     worker = faust.Worker(host.app, loglevel=logging.getLogger().level, quiet=True, override_logging=False,
                           redirect_stdouts=False)

@@ -103,6 +103,28 @@ def _source(source: str) -> str:
     return source
 
 
+def _fill_with_progress(sites: list[tuple[Settings, int, int]], days: int | None, source: str,
+                        work_dir: Path) -> list[Any]:
+    """Fill the sites behind a progress bar on stderr: site by site in-process, or all pipelines at once."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from clinstream.federated.demo import PIPELINE, prepare_sites
+
+    reports: list[Any] = []
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True)) as bar:
+        task = bar.add_task(f"fill {len(sites)} site(s) from {source}", total=len(sites))
+        batches = [sites] if source == PIPELINE else [[one] for one in sites]  # pipelines run side by side
+        for batch in batches:
+            bar.update(task, description=f"fill {', '.join(s.site_id for s, _, _ in batch)} from {source}")
+            reports.extend(prepare_sites(batch, days=days, source=source, work_dir=work_dir))
+            bar.advance(task, len(batch))
+        bar.update(task, description=f"filled {len(sites)} site(s) from {source}")
+    return reports
+
+
 @app.command("fill")
 def fill(site: list[str] = typer.Option(..., "--site", help="Site id (repeatable)."),
          participants: int = typer.Option(30, min=1),
@@ -110,11 +132,10 @@ def fill(site: list[str] = typer.Option(..., "--site", help="Site id (repeatable
          seed: int = typer.Option(0), source: str = typer.Option("synthetic", help=_SOURCE_HELP),
          work_dir: Path | None = typer.Option(None, help="Pipeline keys, state and logs (default: data dir).")) -> None:
     """Demo data: migrate each site and fill it (seed + i for the i-th site) from the chosen source."""
-    from clinstream.federated.demo import prepare_sites
     from clinstream.federated.pipeline_fill import PipelineFillReport
 
-    reports = prepare_sites([(_site(s), participants, seed + i) for i, s in enumerate(site)], days=days,
-                            source=_source(source), work_dir=_work_dir(work_dir))
+    reports = _fill_with_progress([(_site(s), participants, seed + i) for i, s in enumerate(site)], days,
+                                  _source(source), _work_dir(work_dir))
     for report in reports:
         assert report is not None
         extra = ""

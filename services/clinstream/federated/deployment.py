@@ -234,15 +234,6 @@ class Deployment:
         wait_for_port(self.superlink_port, timeout_s, process=proc)
         write_connection(self.cli_home, self.superlink_address, self.tls)
 
-    def start_supernode(self, site: SiteNodeConfig, index: int, timeout_s: float = 60.0) -> None:
-        """Start the SuperNode of one site on clientappio_base_port + index and wait until it listens."""
-        port = self.clientappio_base_port + index
-        if port_in_use(port):
-            raise RuntimeError(f"port {port} is in use")
-        proc = self._spawn(f"supernode-{site.site_id}",
-                           supernode_command(site, port, self.superlink_address, self.tls))
-        wait_for_port(port, timeout_s, process=proc)
-
     def start_supernodes(self, sites: Sequence[SiteNodeConfig], timeout_s: float = 60.0) -> None:
         """Start one SuperNode per site (site i on clientappio_base_port + i) in parallel; wait until all listen."""
         started: list[tuple[int, subprocess.Popen[bytes]]] = []

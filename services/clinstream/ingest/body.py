@@ -117,9 +117,3 @@ def decode_and_parse(raw: bytes, content_encoding: str | None, limits: IngestSet
         raise NestingTooDeep(limits.max_json_depth, text)
     return parse_json(text), len(text)
 
-
-async def read_json(request: Request, limits: IngestSettings) -> tuple[Any, int]:
-    """Media type, size limits, gunzip and parse: the JSON value and the decoded size in bytes."""
-    check_media_type(request)
-    raw = await read_limited(request, limits)
-    return decode_and_parse(raw, request.headers.get("content-encoding"), limits)

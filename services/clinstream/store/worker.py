@@ -67,7 +67,9 @@ from clinstream.core.db import connect
 from clinstream.core.dlq import Rejection, dead_letter
 from clinstream.core.kafka import BrokerUnavailable, DurableProducer, Message, make_consumer
 from clinstream.core.logging import configure_logging
+from clinstream.core.metrics_endpoint import serve_metrics
 from clinstream.core.records import InRecord, from_kafka_message
+from clinstream.core.stage_metrics import observe_store_batch
 from clinstream.core.timeutil import to_ms
 from clinstream.core.topics import AUDIT, Stage, dlq
 from clinstream.store.catalogue_sync import sync_catalogue
@@ -294,6 +296,7 @@ class StoreWorker:
     # ---- one batch --------------------------------------------------------------------------------------
     def handle(self, batch: Sequence[InRecord]) -> None:
         """Decode, write in one transaction, produce dead letters and audit records, then commit offsets."""
+        started = time.perf_counter()
         decoded = self.decoder.decode(batch)
         outcome = self._retrying(lambda: self._write(decoded), "database write")
         held = self._live(decoded.items)
@@ -312,6 +315,10 @@ class StoreWorker:
                         ("sample_written", res.sample_written), ("unchanged", res.unchanged),
                         ("dead_lettered", len(messages)), ("erasures", len(res.erasures))):
             self.stats[name] = self.stats.get(name, 0) + n
+        rows = {"wearable": res.wearable_written, "sample": res.sample_written, "unchanged": res.unchanged,
+                "coalesced": res.coalesced}
+        observe_store_batch(len(batch), time.perf_counter() - started, rows, len(res.erasures),
+                            [why.reason for _, why in rejected])
 
     def _is_live(self, rec: InRecord) -> bool:
         return (rec.topic, rec.partition) not in self._revoked
@@ -409,6 +416,7 @@ class StoreWorker:
 def run(settings: Settings) -> None:
     """Run the store worker until SIGTERM/SIGINT."""
     configure_logging(STAGE.value)
+    serve_metrics(STAGE.value)
     worker = StoreWorker(settings)
 
     def _on_signal(_signum: int, _frame: FrameType | None) -> None:

@@ -1,4 +1,4 @@
-"""`clinstream features`: print the feature catalogue."""
+"""`clinstream features`: the feature catalogue, version promotion and exports (a tool above the stages)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from clinstream.export.cli import export_command
 from clinstream.features.catalogue import CATALOGUE
 from clinstream.replay.promote import promote_command
 
@@ -15,7 +16,7 @@ console = Console()
 
 @app.callback()
 def features() -> None:
-    """The feature catalogue of the features stage."""
+    """The feature catalogue, promotion of a feature version and exports of the feature store."""
 
 
 @app.command("catalogue")
@@ -28,3 +29,4 @@ def catalogue() -> None:
     console.print(table)
 
 app.command("promote")(promote_command)
+app.command("export")(export_command)
