@@ -225,6 +225,26 @@ def run(records: Sequence[InRecord], state: dict[str, Any] | None = None, batch:
     return out, state
 
 
+def stored_view(blocks: Sequence[Block], site_id: str, partitions: int, version: int,
+                participants: Iterable[str]) -> dict[tuple[str, str, str, int], dict[str, Any]]:
+    """What the store keeps of an in-process run over the blocks as the site's topic partitions them: per window
+    of the given participants, the record with the greatest (revision, is_final)."""
+    from clinstream.replay.kafka_io import partition_of_key
+
+    wanted = set(participants)
+    view: dict[tuple[str, str, str, int], dict[str, Any]] = {}
+    for p in range(partitions):
+        mine = [b for b in blocks if partition_of_key(subject_key(site_id, b.participant), partitions) == p]
+        for rec, _ in decoded(run(in_records(mine, site_id=site_id, partition=p), site_id=site_id,
+                                  version=version)[0]):
+            key = feature_key(rec)
+            if rec["participant_pseudonym"] in wanted and (
+                    key not in view or (rec["revision"], rec["is_final"]) > (view[key]["revision"],
+                                                                             view[key]["is_final"])):
+                view[key] = rec
+    return view
+
+
 def feature_key(rec: dict[str, Any]) -> tuple[str, str, str, int]:
     ws = rec["window_start"]
     return rec["participant_pseudonym"], rec["feature_set"], rec["window"], int(ws.timestamp() * 1000)

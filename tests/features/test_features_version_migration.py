@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from features_factories import clock_block, decoded, generate, in_records, run
+from features_factories import clock_block, generate, stored_view
 from features_kafka import produce
 
 from clinstream.core.avro import subject_key
@@ -70,17 +70,7 @@ def test_replay_into_version_2_then_promote_moves_the_site(site: tuple[Settings,
     assert stored
     assert not _query(settings, "SELECT 1 FROM wearable_features WHERE version = 2 AND feature_set = 'hrv'"
                                 " AND window_kind = 'MINUTE'")  # no ultra-short-term HRV in version 2
-    want: dict[tuple[str, str, str, int], dict[str, Any]] = {}
-    for p in range(settings.topic_partitions):
-        mine = [b for b in blocks if _partition(settings, b.participant) == p]
-        for rec, _ in decoded(run(in_records(mine, site_id=settings.site_id, partition=p),
-                                  site_id=settings.site_id, version=2)[0]):
-            key = (rec["participant_pseudonym"], rec["feature_set"], rec["window"],
-                   int(rec["window_start"].timestamp() * 1000))
-            rank = (rec["revision"], rec["is_final"])  # what the store keeps: the greatest (revision, is_final)
-            if rec["participant_pseudonym"] in data.participants and (
-                    key not in want or rank > (want[key]["revision"], want[key]["is_final"])):
-                want[key] = rec
+    want = stored_view(blocks, settings.site_id, settings.topic_partitions, 2, data.participants)
     got = {(r[0], r[1], r[2], int(r[3].timestamp() * 1000)): r for r in stored if r[0] in data.participants}
     assert set(got) == set(want)
     for key, rec in want.items():
@@ -92,8 +82,3 @@ def test_replay_into_version_2_then_promote_moves_the_site(site: tuple[Settings,
     assert "active feature version now: 2" in promote.stdout
     assert _query(settings, "SELECT version FROM active_version") == [(2,)]
 
-
-def _partition(settings: Settings, pseudonym: str) -> int:
-    from clinstream.replay.kafka_io import partition_of_key
-
-    return partition_of_key(subject_key(settings.site_id, pseudonym), settings.topic_partitions)

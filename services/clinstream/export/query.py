@@ -49,7 +49,7 @@ def _select_list(f: ExportFilter) -> sql.Composed:
         parts.append(sql.SQL("assays::text AS assays"))
     else:
         parts.extend(sql.SQL("(feature_values ->> {})::float8 AS {}").format(sql.Literal(n), sql.Identifier(n))
-                     for n in value_columns(f.feature_set))
+                     for n in value_columns(f.feature_set, f.version))
     return sql.SQL(", ").join(parts)
 
 
@@ -95,4 +95,4 @@ def count_query(f: ExportFilter) -> tuple[sql.Composed, list[Any]]:
 
 def column_names(f: ExportFilter) -> tuple[str, ...]:
     """The export's columns, in file order."""
-    return (*f.table.columns, *value_columns(f.feature_set))
+    return (*f.table.columns, *value_columns(f.feature_set, f.version))

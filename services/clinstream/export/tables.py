@@ -55,8 +55,8 @@ def check_table(name: str) -> ExportTable:
     return table
 
 
-def value_columns(feature_set: str) -> tuple[str, ...]:
-    """The feature columns an export adds for a set: its catalogue names (samples: their assays as JSON)."""
+def value_columns(feature_set: str, version: int) -> tuple[str, ...]:
+    """The feature columns an export adds for a set in a version: its catalogue names (samples: assays as JSON)."""
     if feature_set == SAMPLE:
         return ("assays",)
-    return names_of(feature_set)
+    return names_of(feature_set, version)

@@ -253,6 +253,6 @@ def catalogue_rows(version: int | None = None) -> list[dict[str, Any]]:
     return [d.row() for d in CATALOGUE if version is None or d.version == version]
 
 
-def names_of(feature_set: str) -> tuple[str, ...]:
-    """The catalogue names of one feature set, in catalogue order."""
-    return tuple(d.name for d in CATALOGUE if d.feature_set == feature_set)
+def names_of(feature_set: str, version: int = FEATURE_VERSION) -> tuple[str, ...]:
+    """The catalogue names of one feature set in one version, in catalogue order."""
+    return tuple(d.name for d in CATALOGUE if d.feature_set == feature_set and d.version == version)
