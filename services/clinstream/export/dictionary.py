@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from clinstream.export.query import ExportFilter, column_names
-from clinstream.features.catalogue import CATALOGUE, COMPLETENESS, SAMPLE, FeatureDef
+from clinstream.features.catalogue import CATALOGUE, COMPLETENESS, SAMPLE, FeatureDef, definitions_version
 
 _CITATION_FIELDS = ("citation", "citations", "source", "reference")
 
@@ -66,7 +66,7 @@ def _from_catalogue(d: FeatureDef, column: str) -> DictionaryEntry:
 def data_dictionary(f: ExportFilter) -> list[DictionaryEntry]:
     """One entry per exported column, in file order; catalogue features carry their definition and citation."""
     by_name = {d.name: d for d in CATALOGUE
-               if d.version == f.version and d.feature_set in (f.feature_set, COMPLETENESS)}
+               if d.version == definitions_version(f.version) and d.feature_set in (f.feature_set, COMPLETENESS)}
     entries: list[DictionaryEntry] = []
     for column in column_names(f):
         if column in by_name:

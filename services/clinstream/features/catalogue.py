@@ -253,6 +253,16 @@ def catalogue_rows(version: int | None = None) -> list[dict[str, Any]]:
     return [d.row() for d in CATALOGUE if version is None or d.version == version]
 
 
+def definitions_version(version: int) -> int:
+    """The definitions a stored version is computed with: the newest known version at or below it (a replay may
+    write into a fresh version number, e.g. after a fix, and computes with the newest definitions)."""
+    known = [v for v in VERSIONS if v <= version]
+    if not known:
+        raise ValueError(f"unknown feature version {version}; versions start at {VERSIONS[0]}")
+    return max(known)
+
+
 def names_of(feature_set: str, version: int = FEATURE_VERSION) -> tuple[str, ...]:
     """The catalogue names of one feature set in one version, in catalogue order."""
-    return tuple(d.name for d in CATALOGUE if d.feature_set == feature_set and d.version == version)
+    defs = definitions_version(version)
+    return tuple(d.name for d in CATALOGUE if d.feature_set == feature_set and d.version == defs)

@@ -48,8 +48,7 @@ class FeatureProcessor:
 
     def __init__(self, site_id: str, state: MutableMapping[str, Entry], settings: FeatureSettings | None = None,
                  version: int = cat.FEATURE_VERSION, codec: Codec | None = None) -> None:
-        if version not in cat.VERSIONS:
-            raise ValueError(f"unknown feature version {version}; known: {cat.VERSIONS}")
+        cat.definitions_version(version)  # refuses a version below the first
         self.site_id = site_id
         self.settings = settings or get_feature_settings()
         self.version = version
