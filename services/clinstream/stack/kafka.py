@@ -388,8 +388,11 @@ def start_kafka(settings: Settings, timeout_s: float | None = None, brokers: int
     """Start every node that does not run (all at once: a quorum needs a majority), and wait until each answers."""
     with stack_lock(settings):
         java = check_kafka_prerequisites(settings)
-        settings.kafka_dir.mkdir(parents=True, exist_ok=True)
         nodes = kafka_nodes(settings, local_brokers(settings, brokers))
+        for node in nodes:  # a taken port is refused before anything is written
+            if node_pid(node) is None:
+                _check_ports_free(node)
+        settings.kafka_dir.mkdir(parents=True, exist_ok=True)
         _cluster_id(settings)  # before the nodes are formatted in parallel
         with ThreadPoolExecutor(len(nodes)) as pool:  # formatting is a JVM per node: in parallel
             pids = dict(zip([n.node_id for n in nodes],
