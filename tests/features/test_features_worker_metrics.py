@@ -9,11 +9,12 @@ from pathlib import Path
 import httpx
 import pytest
 from features_factories import CLOCK, clock_block, generate
-from features_kafka import FeaturesWorker, produce, wait_for
+from features_kafka import FeaturesWorker, produce
 
 from clinstream.core.avro import subject_key
 from clinstream.core.config import Settings
 from clinstream.core.topics import PSEUDO_TELEMETRY
+from condition_wait import wait_for
 from metrics_scrape import (
     Samples,
     assert_names_consistent_and_labels_anonymous,

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from store_helpers import StoreProcess, erasure, feature, pseudonym, send, wait_for
+from store_helpers import StoreProcess, erasure, feature, pseudonym, send
 
 from clinstream.core.config import Settings
 from clinstream.core.kafka import DurableProducer
 from clinstream.core.topics import ERASURE, FEATURES
+from condition_wait import wait_for
 from metrics_scrape import (
     Samples,
     assert_names_consistent_and_labels_anonymous,
