@@ -13,7 +13,7 @@ from ingest_helpers import MIN, assay_event, hr_block, now_ms
 
 from clinstream.ingest.biobank_models import loinc_check_digit
 from clinstream.ingest.biobank_validate import AcceptedEvent, BiobankValidator, RejectedEvent
-from clinstream.ingest.body import gunzip_limited
+from clinstream.ingest.body import decodes_within, gunzip_limited
 from clinstream.ingest.config import IngestSettings
 from clinstream.ingest.credentials import bearer_token, matches, new_token, parse_token
 from clinstream.ingest.csv_import import row_to_event
@@ -151,6 +151,18 @@ def test_gunzip_limits() -> None:
     with pytest.raises(ApiError) as err:
         gunzip_limited(gzip.compress(data)[:-8], 100_000)
     assert err.value.status == 400
+
+
+def test_a_gzip_bomb_small_as_sent_is_not_small_work() -> None:
+    """The gateway decodes small bodies in its event loop and others in a thread: a bomb is small only as sent."""
+    bomb = gzip.compress(b'{"blocks": [' + b" " * (8 * 1024 * 1024) + b"]}", 9)
+    assert len(bomb) < 64 * 1024
+    assert not decodes_within(bomb, "gzip", 64 * 1024)
+    assert decodes_within(bomb, None, 64 * 1024)  # as identity, the bytes as sent are all there is
+    assert decodes_within(gzip.compress(b"x" * 64 * 1024), "gzip", 64 * 1024)
+    assert not decodes_within(gzip.compress(b"x" * (64 * 1024 + 1)), "x-gzip", 64 * 1024)
+    assert not decodes_within(b"x" * (64 * 1024 + 1), None, 64 * 1024)
+    assert decodes_within(b"not gzip", "gzip", 64 * 1024)  # refused with a 400 at once, wherever it is decoded
 
 
 def test_tokens() -> None:

@@ -113,6 +113,9 @@ INGEST_MAX_BLOCK_AGE_DAYS: Final = 366  # blocks that start longer ago than this
 INGEST_MAX_BLOCK_SPAN_MS: Final = 24 * 3600 * 1000  # last offset of a block (Avro int offsets allow ~24.8 days)
 INGEST_DEADLINE_S: Final = 5.0  # broker acknowledgement deadline of one request; then 503 + Retry-After
 INGEST_RETRY_AFTER_S: Final = 5  # Retry-After of 503 answers
+# 401, 413 and 429 answers are held this long: a client hammering with a bad or over-limit credential (or gzip
+# bombs) then costs one waiting coroutine per connection instead of the gateway's CPU.
+INGEST_REFUSAL_DELAY_S: Final = 0.25
 INGEST_BROKER_PROBE_S: Final = 1.0  # while the broker is down, probe its metadata this often
 INGEST_DB_POOL_MAX: Final = 8  # connections of the gateway's credential/idempotency pool
 INGEST_MAX_IN_FLIGHT: Final = 128  # intake requests in progress at once; beyond that: 503 (load shedding)

@@ -70,6 +70,20 @@ def gunzip_limited(data: bytes, limit: int) -> bytes:
             return b"".join(out)
 
 
+def decodes_within(raw: bytes, content_encoding: str | None, bound: int) -> bool:
+    """Whether the body, as sent and as decoded, is at most `bound` bytes: a gzip body is inflated up to the bound
+    to find out (a gzip bomb is small as sent), so deciding costs at most `bound` bytes of inflation."""
+    if len(raw) > bound:
+        return False
+    if (content_encoding or "").strip().lower() not in ("gzip", "x-gzip"):
+        return True
+    try:
+        gunzip_limited(raw, bound)
+    except ApiError as exc:
+        return exc.status != 413  # malformed gzip fails as fast in place
+    return True
+
+
 async def read_limited(request: Request, limits: IngestSettings) -> bytes:
     """The body as sent: 413 as soon as Content-Length or the bytes streamed so far exceed the limit."""
     declared = request.headers.get("content-length")

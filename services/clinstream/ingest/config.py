@@ -42,6 +42,9 @@ class IngestSettings(BaseSettings):
     deadline_s: float = Field(default=c.INGEST_DEADLINE_S, gt=0, le=120,
                               description="Broker acknowledgement deadline of one request; then 503.")
     retry_after_s: int = Field(default=c.INGEST_RETRY_AFTER_S, ge=1)
+    refusal_delay_s: float = Field(default=c.INGEST_REFUSAL_DELAY_S, ge=0, le=10,
+                                   description="401, 413 and 429 answers are held this long (a tarpit for "
+                                               "clients that repeat them as fast as they can).")
     broker_probe_s: float = Field(default=c.INGEST_BROKER_PROBE_S, gt=0)
     db_pool_max: int = Field(default=c.INGEST_DB_POOL_MAX, ge=1)
     credential_cache_ttl_s: float = Field(default=c.INGEST_CREDENTIAL_CACHE_TTL_S, ge=0,
