@@ -77,6 +77,10 @@ FEATURES_RR_MIN_MS: Final = 300.0  # RR intervals outside [min, max] are not NN 
 FEATURES_RR_MAX_MS: Final = 2000.0
 FEATURES_SKIN_BASELINE_DAYS: Final = 7  # rolling baseline: mean of the previous N local-day means
 FEATURES_SKIN_BASELINE_MIN_DAYS: Final = 3  # a baseline exists once at least this many of those days have data
+# Plausible ranges of wearable readings (field -> default). Features leave a reading outside out of every feature.
+FEATURES_PLAUSIBLE: Final[Mapping[str, float]] = MappingProxyType({
+    "hr_min_bpm": 20.0, "hr_max_bpm": 250.0, "rr_min_ms": FEATURES_RR_MIN_MS, "rr_max_ms": FEATURES_RR_MAX_MS,
+    "spo2_min_percent": 50.0, "spo2_max_percent": 100.0, "skin_min_c": 15.0, "skin_max_c": 45.0})
 # Feature version 2 (research-grade definitions; see features/catalogue.py for the sources).
 FEATURES_DEFAULT_TIME_ZONE: Final = "UTC"  # IANA zone of participants whose blocks carry none
 FEATURES_ECTOPIC_PERCENT: Final = 20.0  # percent-change rule (Malik et al. 1989): |RR_i - RR_i-1| > this % of RR_i-1
@@ -122,6 +126,11 @@ INGEST_MAX_IN_FLIGHT: Final = 128  # intake requests in progress at once; beyond
 INGEST_TOKEN_SECRET_BYTES: Final = 32  # 256-bit random credential secrets
 DEVICE_TOKEN_PREFIX: Final = "csd"  # noqa: S105 (a prefix, not a secret); device tokens look like csd_<key id>.<secret>
 LIMS_TOKEN_PREFIX: Final = "csl"  # noqa: S105 (a prefix, not a secret); LIMS API keys look like csl_<key id>.<secret>
+# Plausible ranges of wearable readings (field -> default): the gateway refuses a block with a reading outside.
+# Wrist skin runs below core temperature: a wide band.
+INGEST_PLAUSIBLE: Final[Mapping[str, float]] = MappingProxyType({
+    "hr_min_bpm": 20.0, "hr_max_bpm": 250.0, "rr_min_ms": 200.0, "rr_max_ms": 3000.0,
+    "spo2_min_percent": 50.0, "spo2_max_percent": 100.0, "skin_min_c": 20.0, "skin_max_c": 43.0})
 # Analytes whose LOINC code and UCUM unit the gateway enforces (analyte -> (LOINC, unit)).
 KNOWN_ASSAYS: Final = {"CRP": ("1988-5", "mg/L"), "HSCRP": ("30522-7", "mg/L")}
 CRP_FLARE_MG_L: Final = 5.0  # CRP above this marks an inflammatory flare (simulator ground truth)
