@@ -327,3 +327,25 @@ def _record(decoded: Any) -> dict[str, Any]:
         decoded = decoded[1]
     assert isinstance(decoded, dict)
     return decoded
+
+
+def stop_all(pipelines: list[SitePipeline], timeout_s: float) -> None:
+    """Stop every process of several pipelines at once: SIGTERM to all, one shared deadline, then SIGKILL.
+
+    Teardown stays bounded however many instances run (one by one, each would get its own grace period)."""
+    import signal
+    import subprocess
+
+    procs = [p for pipeline in pipelines for p in pipeline.procs.values() if p.popen.poll() is None]
+    for proc in procs:
+        proc.popen.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    for proc in procs:
+        try:
+            proc.popen.wait(max(deadline - time.monotonic(), 0.0))
+        except subprocess.TimeoutExpired:
+            proc.popen.kill()
+            proc.popen.wait(10)
+    for pipeline in pipelines:
+        for proc in pipeline.procs.values():
+            proc.log_file.close()
