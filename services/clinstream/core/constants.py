@@ -34,6 +34,14 @@ KAFKA_QUORUM_ELECTION_TIMEOUT_MS: Final = 5_000
 KAFKA_CLUSTER_START_TIMEOUT_S: Final = 180.0
 CLUSTER_REPLICATION_FACTOR: Final = 3  # replicas per topic on a cluster of 3 or more brokers
 CLUSTER_MIN_INSYNC_REPLICAS: Final = 2  # with 3 replicas: every write on 2 brokers, one broker may be down
+# The stream stages' state changelogs (faust tables) are compacted, so a restarted worker restores the live entries
+# plus a bounded uncompacted head, not every write since the site started: a segment becomes compactable after
+# 10 min or 16 MiB (the broker default is 7 days or 1 GiB), and the tombstones of finalised windows and erased
+# entries are dropped 1 h after a compaction (far longer than a restore takes; default 24 h).
+CHANGELOG_SEGMENT_MS: Final = 10 * 60 * 1000
+CHANGELOG_SEGMENT_BYTES: Final = 16 * 2**20
+CHANGELOG_DELETE_RETENTION_MS: Final = 3600 * 1000
+CHANGELOG_MIN_CLEANABLE_DIRTY_RATIO: Final = "0.1"
 
 DEFAULT_SITE_ID: Final = "site-a"
 DEFAULT_DATABASE: Final = "clinstream"
