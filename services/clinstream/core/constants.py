@@ -25,8 +25,11 @@ FLOWER_CLIENTAPPIO_BASE_PORT: Final = 19201
 # A local Kafka cluster: node i (1-based) listens on the configured broker and controller ports + STRIDE * (i - 1).
 KAFKA_NODE_PORT_STRIDE: Final = 2
 KAFKA_MAX_LOCAL_BROKERS: Final = 9
-KAFKA_BROKER_SESSION_TIMEOUT_MS: Final = 6000  # a SIGKILLed broker of the local cluster is fenced after this
-KAFKA_BROKER_HEARTBEAT_INTERVAL_MS: Final = 1000
+# A SIGKILLed broker of the local cluster is fenced (its partitions get new leaders, it leaves every ISR) after the
+# session timeout. With RF 3 on 3 brokers it is in every ISR, so every acks=all write waits for the fencing: the
+# timeout stays well below the gateway's acknowledgement deadline (INGEST_DEADLINE_S), else requests get 503.
+KAFKA_BROKER_SESSION_TIMEOUT_MS: Final = 3000
+KAFKA_BROKER_HEARTBEAT_INTERVAL_MS: Final = 500
 # Raft timeouts of the local cluster's quorum, above Kafka's 2 s / 1 s so a starved JVM on a busy dev box does
 # not trigger an election storm.
 KAFKA_QUORUM_FETCH_TIMEOUT_MS: Final = 10_000
