@@ -101,6 +101,16 @@ def hr_block(participant: str, seq: int, start_ms: int) -> dict[str, Any]:
     }
 
 
+def _answer(resp: httpx.Response) -> str:
+    """The status code, and for a 503 its cause (broker_unavailable, database_unavailable, overloaded)."""
+    if resp.status_code != 503:
+        return str(resp.status_code)
+    try:
+        return f"503 {resp.json()['error']}"
+    except (ValueError, KeyError, TypeError):
+        return "503"
+
+
 @dataclass
 class Loader:
     """One thread per participant posts its blocks in order, each retried unchanged until a 202 (ledgered)."""
@@ -125,7 +135,7 @@ class Loader:
         while True:
             try:
                 resp = client.post(f"{self.site.url}/v1/telemetry", json={"blocks": [block]}, headers=headers)
-                self._count(str(resp.status_code))
+                self._count(_answer(resp))
                 if resp.status_code == 202:
                     answer = resp.json()
                     if answer["rejected"]:

@@ -56,7 +56,13 @@ from clinstream.core.topic_admin import (
     group_state,
     grow_partitions,
 )
-from clinstream.core.topics import PSEUDO_TELEMETRY, RAW_TELEMETRY
+from clinstream.core.topics import (
+    PSEUDO_TELEMETRY,
+    RAW_TELEMETRY,
+    STATE_TABLES,
+    changelog_configs,
+    changelog_name,
+)
 from clinstream.pipeline.processes import SitePipeline
 from clinstream.pseudonymise.keys import init_key_file
 from clinstream.stack.common import port_in_use, stack_lock
@@ -289,6 +295,11 @@ def test_partition_growth_keeps_co_partitioning_or_refuses(cluster: Settings, tm
     apply_topics(settings)  # with the stages' state changelogs
     changelog = f"{changelog_prefix(settings)}features-feature-state-changelog"  # the name faust gives it
     try:
+        wanted = changelog_configs(settings.min_insync_replicas)
+        for stage, table in STATE_TABLES.items():  # created before any worker runs, compacted with a short head
+            resource = ConfigResource(ConfigResource.Type.TOPIC, changelog_name(site_id, stage, table))
+            configs = admin.describe_configs([resource])[resource].result(30)
+            assert {k: configs[k].value for k in wanted} == wanted, resource.name
         changes = grow_partitions(settings, 6)
         assert {c.action for c in changes} == {"partitions-grown"}
         layout = co_partitioned_topics(settings, admin)
