@@ -105,12 +105,13 @@ def _free_port_block(size: int) -> int:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    """A 3-node cluster of this module; the process environment points every Settings() at it."""
+    """A 3-node cluster of this module; the process environment points every Settings() at it (its data dir too,
+    so the fault suite's stack guard restarts a node of this cluster, never the shared single broker)."""
     data = tmp_path_factory.mktemp("cluster")
     base = _free_port_block(2 * BROKERS)
     probe = Settings(data_dir=data, kafka_bootstrap=f"127.0.0.1:{base}", kafka_controller_port=base + 1,
                      kafka_brokers=BROKERS)
-    env = {"CLINSTREAM_KAFKA_BOOTSTRAP": cluster_bootstrap(probe, BROKERS),
+    env = {"CLINSTREAM_KAFKA_BOOTSTRAP": cluster_bootstrap(probe, BROKERS), "CLINSTREAM_DATA_DIR": str(data),
            "CLINSTREAM_KAFKA_CONTROLLER_PORT": str(base + 1), "CLINSTREAM_KAFKA_BROKERS": str(BROKERS)}
     with pytest.MonkeyPatch.context() as mp:
         for key, value in env.items():
