@@ -43,9 +43,11 @@ class AsyncDurableProducer(DurableProducer):
         self._up = threading.Event()
         self._probe_wanted = threading.Event()
         self._fatal = False
-        self.deadline_s = deadline_s
+        # With replicas, an acks=all write also waits while a dead broker is fenced (it is still in the ISR until
+        # then): the deadline covers that, or every request in flight when a broker dies would get 503.
+        self.deadline_s = deadline_s + settings.broker_failover_s
         self.log_summary = BrokerLogSummary(LIBRDKAFKA_LOG)  # an outage's librdkafka errors: one line per interval
-        cfg: dict[str, Any] = {"message.timeout.ms": max(1000, int(deadline_s * 1000)), "error_cb": self._on_error,
+        cfg: dict[str, Any] = {"message.timeout.ms": max(1000, int(self.deadline_s * 1000)), "error_cb": self._on_error,
                                "logger": self.log_summary}
         cfg.update(overrides)
         super().__init__(settings, **cfg)
