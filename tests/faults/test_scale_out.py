@@ -85,6 +85,7 @@ BROKERS = 3
 PARTICIPANTS = 8  # twice the 4 partitions a site has by default: every instance of 3 has work
 BLOCKS = 100  # per participant: windows span 100 min, inside the 2 h MINUTE horizon (no window turns final)
 INTERVAL_S = 1.0  # steady pace while faults are injected; 0 once they are done
+BROKER_INTERVAL_S = 2.0  # the broker test's pace: ingest outlasts the killed node's restart and ISR rejoin (>80 s)
 STAGES = ("pseudonymise", "features", "store")
 INSTANCES = 3
 JOIN_S = 180.0  # three faust workers starting at once on a loaded 2-core machine
@@ -264,7 +265,7 @@ def test_broker_sigkill_and_restart_under_ingest(cluster: Settings, tmp_path: Pa
         admin = admin_client(settings)
         nodes = kafka_nodes(cluster, BROKERS)
         ledger = Ledger()
-        loader = Loader(site, ledger, BLOCKS, INTERVAL_S, first_window())
+        loader = Loader(site, ledger, BLOCKS, BROKER_INTERVAL_S, first_window())
         loader.start()
         wait_until(lambda: len(ledger.blocks) >= 2 * PARTICIPANTS, 60, "ingest under way")
         victim = leading_broker(admin, nodes, RAW_TELEMETRY.name(settings.site_id))
