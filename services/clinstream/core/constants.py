@@ -25,8 +25,11 @@ FLOWER_CLIENTAPPIO_BASE_PORT: Final = 19201
 # A local Kafka cluster: node i (1-based) listens on the configured broker and controller ports + STRIDE * (i - 1).
 KAFKA_NODE_PORT_STRIDE: Final = 2
 KAFKA_MAX_LOCAL_BROKERS: Final = 9
-KAFKA_BROKER_SESSION_TIMEOUT_MS: Final = 6000  # a SIGKILLed broker of the local cluster is fenced after this
-KAFKA_BROKER_HEARTBEAT_INTERVAL_MS: Final = 1000
+# A SIGKILLed broker of the local cluster is fenced (its partitions get new leaders, it leaves every ISR) after the
+# session timeout. With RF 3 on 3 brokers it is in every ISR, so every acks=all write waits for the fencing: the
+# timeout stays well below the gateway's acknowledgement deadline (INGEST_DEADLINE_S), else requests get 503.
+KAFKA_BROKER_SESSION_TIMEOUT_MS: Final = 3000
+KAFKA_BROKER_HEARTBEAT_INTERVAL_MS: Final = 500
 # Raft timeouts of the local cluster's quorum, above Kafka's 2 s / 1 s so a starved JVM on a busy dev box does
 # not trigger an election storm.
 KAFKA_QUORUM_FETCH_TIMEOUT_MS: Final = 10_000
@@ -34,6 +37,14 @@ KAFKA_QUORUM_ELECTION_TIMEOUT_MS: Final = 5_000
 KAFKA_CLUSTER_START_TIMEOUT_S: Final = 180.0
 CLUSTER_REPLICATION_FACTOR: Final = 3  # replicas per topic on a cluster of 3 or more brokers
 CLUSTER_MIN_INSYNC_REPLICAS: Final = 2  # with 3 replicas: every write on 2 brokers, one broker may be down
+# The stream stages' state changelogs (faust tables) are compacted, so a restarted worker restores the live entries
+# plus a bounded uncompacted head, not every write since the site started: a segment becomes compactable after
+# 10 min or 16 MiB (the broker default is 7 days or 1 GiB), and the tombstones of finalised windows and erased
+# entries are dropped 1 h after a compaction (far longer than a restore takes; default 24 h).
+CHANGELOG_SEGMENT_MS: Final = 10 * 60 * 1000
+CHANGELOG_SEGMENT_BYTES: Final = 16 * 2**20
+CHANGELOG_DELETE_RETENTION_MS: Final = 3600 * 1000
+CHANGELOG_MIN_CLEANABLE_DIRTY_RATIO: Final = "0.1"
 
 DEFAULT_SITE_ID: Final = "site-a"
 DEFAULT_DATABASE: Final = "clinstream"
