@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -26,6 +28,8 @@ class OutputFormat(StrEnum):
 
 OUTPUT_OPTION = typer.Option(OutputFormat.TABLE, "--output", "-o", help="table (for people), json or csv.")
 _MIN_WIDTH = 80
+_PIPED_WIDTH = 160  # a piped table's width unless $COLUMNS says otherwise; wider only for whole key columns
+_FOLD_BELOW = 12  # non-key columns may wrap down to this width (or their heading's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,27 +49,59 @@ def resolve(output: OutputFormat, as_json: bool) -> OutputFormat:
 
 
 def cell(value: Any, column: Column) -> str:
-    """A value as table text; None and "" become the column's reason."""
-    if value is None or value == "":
+    """A value as table text; None, "" and an empty list become the column's reason."""
+    if value is None or value == "" or value == []:
         return column.empty
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
-    if isinstance(value, dict | list):
+    if isinstance(value, list | tuple) and all(isinstance(v, str | int | float) for v in value):
+        return ", ".join(str(v) for v in value)
+    if isinstance(value, dict | list | tuple):
         return json.dumps(value, default=str)
     return str(value)
 
 
-def _width(columns: Sequence[Column], rows: Sequence[Mapping[str, Any]], title: str) -> int:
-    """Width that fits every cell on one line (rich shrinks and cuts columns to the 80-column default otherwise)."""
-    widths = [max([len(c.heading), *(len(cell(r.get(c.key), c)) for r in rows)]) for c in columns]
-    return max(_MIN_WIDTH, len(title) + 4, sum(widths) + 3 * len(columns) + 1)
+def csv_value(value: Any) -> Any:
+    """A value as a CSV field: None empty, lists and objects as JSON (one field, parseable)."""
+    if value is None:
+        return ""
+    if isinstance(value, dict | list | tuple):
+        return json.dumps(value, default=str)
+    return value
+
+
+def timestamp(value: datetime | None) -> str | None:
+    """An instant as ISO 8601 to the second (None stays None, so the column can say why it is empty)."""
+    return None if value is None else value.isoformat(timespec="seconds")
+
+
+def _widths(columns: Sequence[Column], rows: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Each column's width with every cell on one line."""
+    return [max([len(c.heading), *(len(cell(r.get(c.key), c)) for r in rows)]) for c in columns]
+
+
+def _min_widths(columns: Sequence[Column], widths: Sequence[int]) -> list[int]:
+    """How narrow rich may make each column: key columns never below their longest cell, others a short word."""
+    return [w if c.key_column else min(w, max(len(c.heading), _FOLD_BELOW))
+            for c, w in zip(columns, widths, strict=True)]
+
+
+def _piped_width(columns: Sequence[Column], rows: Sequence[Mapping[str, Any]], title: str) -> int:
+    """Width without a TTY: $COLUMNS or _PIPED_WIDTH, wider where the key columns need it, never wider than one
+    line per row needs (rich would otherwise cut columns down to its 80-column default)."""
+    widths = _widths(columns, rows)
+    borders = 3 * len(columns) + 1
+    whole = max(_MIN_WIDTH, len(title) + 4, sum(widths) + borders)
+    floor = sum(_min_widths(columns, widths)) + borders
+    wanted = int(os.environ["COLUMNS"]) if os.environ.get("COLUMNS", "").isdigit() else _PIPED_WIDTH
+    return min(whole, max(wanted, floor))
 
 
 def table_console(columns: Sequence[Column], rows: Sequence[Mapping[str, Any]], title: str) -> Console:
-    """A console to the terminal; without a TTY, wide enough for the whole table."""
+    """A console to the terminal; without a TTY, wide enough for whole key columns (other columns wrap)."""
     if sys.stdout.isatty():
         return Console()
-    return Console(width=_width(columns, rows, title), no_color=True)
+    return Console(width=_piped_width(columns, rows, title), no_color=True)
 
 
 def emit(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column], output: OutputFormat, *, title: str = "",
@@ -78,16 +114,16 @@ def emit(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column], output: O
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow([c.key for c in columns])
         for r in rows:
-            writer.writerow(["" if r.get(c.key) is None else r.get(c.key) for c in columns])
+            writer.writerow([csv_value(r.get(c.key)) for c in columns])
         return
     console = table_console(columns, rows, title)
     if not rows and empty:
         console.print(f"{title}: {empty}" if title else empty)
         return
     table = Table(title=title or None)
-    for c in columns:
+    for c, least in zip(columns, _min_widths(columns, _widths(columns, rows)), strict=True):
         table.add_column(c.heading, no_wrap=c.key_column, overflow="fold", justify="right" if c.right else "left",
-                         min_width=len(c.heading))
+                         min_width=least)
     for r in rows:
         table.add_row(*(cell(r.get(c.key), c) for c in columns), style="bold" if r.get("_total") else None)
     console.print(table)
