@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn, TypeVar
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any, NoReturn
 
 import psycopg
 import typer
 from rich.console import Console
 
-from clinstream.core.cli_output import Column, OutputFormat, emit
+from clinstream.core.cli_output import OUTPUT_OPTION, Column, OutputFormat, emit, timestamp
 from clinstream.core.config import get_settings
 from clinstream.core.db import connect_with_retry
 from clinstream.ingest.credentials import CredentialError, IssuedToken
 from clinstream.store.migrate import migrate
 
-Row = TypeVar("Row")
 _DB_WAIT_S = 30.0
 
 
@@ -38,14 +39,26 @@ def run_register(issue: Callable[[psycopg.Connection[Any]], IssuedToken], shown_
     typer.echo(issued.token)
 
 
-def run_listing(read: Callable[[psycopg.Connection[Any]], Sequence[Row]], as_row: Callable[[Row], dict[str, Any]],
-                columns: Sequence[Column], output: OutputFormat, *, title: str, empty: str) -> None:
-    """Read credentials (never secrets) and print them as a table, JSON or CSV."""
-    settings = get_settings()
-    migrate(settings)
-    with connect_with_retry(settings, max_wait_s=_DB_WAIT_S) as conn:
-        rows = [as_row(r) for r in read(conn)]
-    emit(rows, columns, output, title=title, empty=empty)
+def listing_row(row: Any) -> dict[str, Any]:
+    """A credential row (a dataclass, never a secret) as a listing row: its fields in order, times as ISO 8601."""
+    return {k: timestamp(v) if isinstance(v, datetime) else v for k, v in asdict(row).items()}
+
+
+def listing_command(read: Callable[..., Sequence[Any]], columns: Sequence[Column], *, title: str,
+                    noun: str) -> Callable[[bool, OutputFormat], None]:
+    """A `list` command over `read(conn, include_revoked=...)`: newest first, `--all` adds revoked ones, --output."""
+
+    def command(include_revoked: bool = typer.Option(False, "--all", help=f"Include revoked {noun}."),
+                output: OutputFormat = OUTPUT_OPTION) -> None:
+        settings = get_settings()
+        migrate(settings)
+        with connect_with_retry(settings, max_wait_s=_DB_WAIT_S) as conn:
+            rows = [listing_row(r) for r in read(conn, include_revoked=include_revoked)]
+        emit(rows, columns, output, title=title + (" (with revoked)" if include_revoked else ""),
+             empty=f"No {noun}" + ("." if include_revoked else " are active (--all shows revoked ones)."))
+
+    command.__doc__ = f"{title} (never secrets), newest first."
+    return command
 
 
 def run_update(update: Callable[[psycopg.Connection[Any]], int], done: str) -> NoReturn:

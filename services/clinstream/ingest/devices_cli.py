@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import typer
 
-from clinstream.core.cli_output import OUTPUT_OPTION, Column, OutputFormat, timestamp
-from clinstream.ingest.credential_cli import run_listing, run_register, run_update
-from clinstream.ingest.credentials import DeviceRow, list_devices, register_device, revoke_devices
+from clinstream.core.cli_output import Column
+from clinstream.ingest.credential_cli import listing_command, run_register, run_update
+from clinstream.ingest.credentials import list_devices, register_device, revoke_devices
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 
 DEVICE_COLUMNS = (
     Column("key_id", "key id", key_column=True), Column("device_id", "device", key_column=True),
-    Column("participant_id", "participant", key_column=True),
+    Column("participant_id", "participant", key_column=True), Column("created_at", "created"),
+    Column("revoked_at", "revoked", empty="(active)"),
     Column("time_zone", "time zone", empty="(from LIMS consent, else site default)"),
-    Column("created_at", "created"), Column("revoked_at", "revoked", empty="(active)"),
 )
 
 
@@ -50,17 +48,5 @@ def revoke(
                "revoked {count} credential(s)")
 
 
-def device_row(row: DeviceRow) -> dict[str, Any]:
-    """One credential as a listing row (stable keys; times as ISO 8601)."""
-    return {"key_id": row.key_id, "device_id": row.device_id, "participant_id": row.participant_id,
-            "time_zone": row.time_zone, "created_at": timestamp(row.created_at),
-            "revoked_at": timestamp(row.revoked_at)}
-
-
-@app.command("list")
-def list_(include_revoked: bool = typer.Option(False, "--all", help="Include revoked credentials."),
-          output: OutputFormat = OUTPUT_OPTION) -> None:
-    """Device credentials (never secrets), newest first."""
-    run_listing(lambda conn: list_devices(conn, include_revoked=include_revoked), device_row, DEVICE_COLUMNS, output,
-                title="Device credentials" + (" (with revoked)" if include_revoked else ""),
-                empty="No device credentials" + ("." if include_revoked else " are active (--all shows revoked ones)."))
+app.command("list")(listing_command(list_devices, DEVICE_COLUMNS, title="Device credentials",
+                                    noun="device credentials"))

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from clinstream.core.cli_output import OUTPUT_OPTION, Column, OutputFormat, emit, timestamp
+from clinstream.core.cli_output import OUTPUT_OPTION, Column, OutputFormat, emit
 from clinstream.core.config import get_settings
 from clinstream.core.kafka import BrokerUnavailable
 from clinstream.core.logging import configure_logging
 from clinstream.ingest.config import get_ingest_settings
-from clinstream.ingest.credential_cli import run_listing, run_register, run_update
-from clinstream.ingest.credentials import LimsRow, list_lims, register_lims, revoke_lims, scope_lims
+from clinstream.ingest.credential_cli import listing_command, run_register, run_update
+from clinstream.ingest.credentials import list_lims, register_lims, revoke_lims, scope_lims
 from clinstream.ingest.csv_import import CsvFormatError, count_rows
 from clinstream.ingest.csv_runner import import_csv
 from clinstream.ingest.gateway_db import DatabaseUnavailable
@@ -28,11 +27,12 @@ MAX_REPORTED_ERRORS = 200
 
 KEY_COLUMNS = (
     Column("key_id", "key id", key_column=True), Column("lims_name", "LIMS", key_column=True),
-    Column("event_types", "event types", empty="(all)"), Column("sample_prefixes", "sample prefixes", empty="(all)"),
     Column("created_at", "created"), Column("revoked_at", "revoked", empty="(active)"),
+    Column("event_types", "event types", empty="(all)"), Column("sample_prefixes", "sample prefixes", empty="(all)"),
 )
 REJECTED_COLUMNS = (
-    Column("row", "row", key_column=True, right=True), Column("event_id", "event_id", empty="(no event id)"),
+    Column("row", "row", key_column=True, right=True),
+    Column("event_id", "event_id", key_column=True, empty="(no event id)"),
     Column("field", "field", empty="(whole row)"), Column("reason", "reason"),
 )
 
@@ -76,20 +76,7 @@ def revoke_key(key_id: str = typer.Argument(..., help="Key id (see `lims list-ke
     run_update(lambda conn: revoke_lims(conn, key_id), "revoked {count} key(s)")
 
 
-def key_row(row: LimsRow) -> dict[str, Any]:
-    """One LIMS key as a listing row (stable keys; None scope lists mean every event type / prefix)."""
-    return {"key_id": row.key_id, "lims_name": row.lims_name, "event_types": row.event_types,
-            "sample_prefixes": row.sample_prefixes, "created_at": timestamp(row.created_at),
-            "revoked_at": timestamp(row.revoked_at)}
-
-
-@app.command("list-keys")
-def list_keys(include_revoked: bool = typer.Option(False, "--all", help="Include revoked keys."),
-              output: OutputFormat = OUTPUT_OPTION) -> None:
-    """LIMS API keys (never secrets), newest first."""
-    run_listing(lambda conn: list_lims(conn, include_revoked=include_revoked), key_row, KEY_COLUMNS, output,
-                title="LIMS API keys" + (" (with revoked)" if include_revoked else ""),
-                empty="No LIMS API keys" + ("." if include_revoked else " are active (--all shows revoked ones)."))
+app.command("list-keys")(listing_command(list_lims, KEY_COLUMNS, title="LIMS API keys", noun="LIMS API keys"))
 
 
 @app.command("import")
