@@ -189,3 +189,13 @@ def test_lims_import_reports_in_every_format(kafka_site: Settings, db_site: Sett
     table = clinstream(db_site, "lims", "import", str(path), check=False).stdout
     assert "2 rows: 0 accepted, 1 already imported, 1 rejected" in table
     assert rows[0]["field"] in table_line(table, bad["event_id"])
+    dead = as_json(db_site, "dlq", "list", "--stage", "ingest", "--records")
+    assert len(dead) == 3 and {d["field_path"] for d in dead} == {rows[0]["field"]}  # one per import
+    header, groups = as_csv(db_site, "dlq", "list", "--stage", "ingest")
+    assert header[:2] == ["reason", "field_path"] and [g["records"] for g in groups] == ["3"]
+    view = json.loads(clinstream(db_site, "dlq", "show", dead[0]["position"], "--stage", "ingest", "--output",
+                                 "json").stdout)
+    assert isinstance(view, dict) and view["reason"] == dead[0]["reason"]
+    header, fields = as_csv(db_site, "dlq", "show", dead[0]["position"], "--stage", "ingest")
+    assert header == ["field", "value"] and {f["field"]: f["value"] for f in fields}["reason"] == view["reason"]
+    assert dead[0]["position"] in clinstream(db_site, "dlq", "show", dead[0]["position"], "--stage", "ingest").stdout
