@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,15 @@ _SET_HELP = "Extra run-config override key=value (repeatable), e.g. --set local-
 @app.callback()
 def federated() -> None:
     """Federated training across sites with Flower (deployment engine, no Ray, telemetry off)."""
+
+
+def print_summary(report: dict[str, Any], run_id: int, output: OutputFormat) -> None:
+    """The federated model beside the local-only models and the pooled reference (table, JSON or CSV)."""
+    from clinstream.federated.report import summary_rows
+
+    emit(summary_rows(report), SUMMARY_COLUMNS, output, title=f"Federated run {run_id}: ROC AUC on held-out "
+         "participants", json_document={"final": report["final"], "declines": report["declines"],
+                                         "comparison": report.get("comparison")})
 
 
 def _site(site_id: str) -> Settings:
@@ -187,7 +195,7 @@ def run(superlink: str = typer.Option(f"127.0.0.1:{c.FLOWER_SUPERLINK_PORT}"),
         dp: str | None = typer.Option(None, help="off | client-fixed | server-fixed"),
         set_: list[str] = typer.Option([], "--set", help=_SET_HELP),
         report_dir: Path | None = typer.Option(None), work_dir: Path | None = typer.Option(None),
-        timeout: float = typer.Option(c.FEDERATED_RUN_TIMEOUT_S)) -> None:
+        timeout: float = typer.Option(c.FEDERATED_RUN_TIMEOUT_S), output: OutputFormat = OUTPUT_OPTION) -> None:
     """Submit the app to a running SuperLink (`flwr run`), wait for the end and print the report summary."""
     from clinstream.federated.config import report_paths
     from clinstream.federated.deployment import start_run, wait_run, write_connection
@@ -199,14 +207,14 @@ def run(superlink: str = typer.Option(f"127.0.0.1:{c.FLOWER_SUPERLINK_PORT}"),
     home = work / "flwr-cli"
     write_connection(home, superlink, _tls(root_certificates))
     run_id = start_run(home, config)
-    typer.echo(f"run {run_id} submitted")
+    notes = output is not OutputFormat.TABLE  # json/csv keep stdout for the summary alone
+    typer.echo(f"run {run_id} submitted", err=notes)
     status = wait_run(home, run_id, timeout, done_file=report_paths(reports, run_id)[0])
     json_path, png_path = report_paths(reports, run_id)
-    typer.echo(f"run {run_id}: {status}")
+    typer.echo(f"run {run_id}: {status}", err=notes)
     if json_path.exists():
-        report = read_report(json_path)
-        typer.echo(json.dumps({"final": report["final"], "declines": report["declines"]}, indent=2))
-        typer.echo(f"report: {json_path}\nchart:  {png_path}")
+        print_summary(read_report(json_path), run_id, output)
+        typer.echo(f"report: {json_path}\nchart:  {png_path}", err=notes)
     if status != "finished:completed":
         raise typer.Exit(1)
 
@@ -226,15 +234,11 @@ def demo(sites: str = typer.Option("site-a,site-b,site-c", help="Comma-separated
     Prints the federated model beside local-only models and a pooled reference, each over participant splits.
     """
     from clinstream.federated.demo import demo as run_demo
-    from clinstream.federated.report import summary_rows
 
     work = _work_dir(work_dir)
     config = _run_config(rounds, strategy, dp, set_, None)
     result = run_demo([_site(s.strip()) for s in sites.split(",") if s.strip()], work, config,
                       participants=participants, days=days, seed=seed, timeout_s=timeout, source=_source(source))
-    report = result.report()
-    emit(summary_rows(report), SUMMARY_COLUMNS, output, title=f"Federated run {result.run_id}: ROC AUC on held-out "
-         "participants", json_document={"final": report["final"], "declines": report["declines"],
-                                         "comparison": report.get("comparison")})
+    print_summary(result.report(), result.run_id, output)
     typer.echo(f"run {result.run_id}: {result.status} in {result.seconds:.0f} s\nreport: {result.report_json}\n"
-               f"chart:  {result.report_png}\nlogs:   {work / 'logs'}")
+               f"chart:  {result.report_png}\nlogs:   {work / 'logs'}", err=output is not OutputFormat.TABLE)

@@ -136,7 +136,7 @@ def port_in_use(port: int, host: str = _LOOPBACK) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-def _flwr_json(args: list[str], env: dict[str, str], timeout_s: float = 60.0) -> dict[str, Any]:
+def _flwr_json(args: list[str], env: dict[str, str], timeout_s: float = c.FEDERATED_RUN_TIMEOUT_S) -> dict[str, Any]:
     done = subprocess.run([_bin("flwr"), *args, "--format", "json"], env=env, capture_output=True, text=True,
                           timeout=timeout_s, check=False)
     start = done.stdout.find("{")
