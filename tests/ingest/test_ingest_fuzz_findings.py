@@ -120,6 +120,7 @@ def test_re_registering_an_active_device_puts_no_serial_into_the_server_log(inge
 @pytest.mark.faults
 def test_broker_outage_logs_one_summary_line_not_a_storm(ingest_site, caplog) -> None:
     """Stop the real broker under a connected producer: librdkafka's error lines become one summary line."""
+    from clinstream.stack.common import stack_lock
     from clinstream.stack.kafka import start_kafka, stop_kafka
 
     settings = ingest_site.settings
@@ -128,18 +129,19 @@ def test_broker_outage_logs_one_summary_line_not_a_storm(ingest_site, caplog) ->
     producer = AsyncDurableProducer(settings, deadline_s=1.0, **{"client.id": client_id})
     try:
         assert producer.probe(5.0)
-        stop_kafka(settings)
-        try:
+        with stack_lock(settings):  # other processes' `stack up` wait until the outage is over
+            stop_kafka(settings)
+            try:
 
-            def error_lines_seen() -> bool:  # 30 librdkafka error lines (about 1.5 s of the outage)
-                producer.probe(0.2)  # blocks up to 0.2 s serving the producer's callbacks (its log lines)
-                return producer.log_summary.total >= 30
+                def error_lines_seen() -> bool:  # 30 librdkafka error lines (about 1.5 s of the outage)
+                    producer.probe(0.2)  # blocks up to 0.2 s serving the producer's callbacks (its log lines)
+                    return producer.log_summary.total >= 30
 
-            wait_until(error_lines_seen, 30, "30 librdkafka error lines", step_s=0.0)
-            lines = [r.getMessage() for r in caplog.records if r.name == LIBRDKAFKA_LOG.name
-                     and r.levelno >= logging.WARNING and f"[{client_id}#" in r.getMessage()]
-        finally:
-            start_kafka(settings)
+                wait_until(error_lines_seen, 30, "30 librdkafka error lines", step_s=0.0)
+                lines = [r.getMessage() for r in caplog.records if r.name == LIBRDKAFKA_LOG.name
+                         and r.levelno >= logging.WARNING and f"[{client_id}#" in r.getMessage()]
+            finally:
+                start_kafka(settings)
         wait_until(lambda: producer.probe(1.0), 120, "the broker to come back", step_s=0.0)
     finally:
         producer.close_within(1.0)
