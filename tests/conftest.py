@@ -81,7 +81,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if dropped:
             config.hook.pytest_deselected(items=dropped)
             items[:] = kept
-    if config.getoption("dist", default="no") == "loadgroup":
+    # the controller sees `--dist loadgroup`; an xdist worker sees dist "no" and option.loadgroup set
+    if config.getoption("dist", default="no") == "loadgroup" or getattr(config.option, "loadgroup", False):
         for item in items:
             if item.get_closest_marker("xdist_group") is None and _module_scoped(item):
                 item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
