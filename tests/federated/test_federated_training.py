@@ -34,7 +34,7 @@ from clinstream.federated.deployment import Deployment
 from clinstream.federated.pipeline_fill import PipelineFillReport
 from clinstream.federated.report import read_report, write_report
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("flower")]  # Flower's fixed ports
 
 ROUNDS = 2
 BIG = ((26, 44), (30, 45), (34, 46))  # (participants, seed) of the sites a, b, c (any seeds: nothing here
