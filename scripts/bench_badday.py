@@ -39,8 +39,8 @@ from clinstream.core.config import Settings
 from clinstream.core.db import connect
 from clinstream.core.topic_admin import apply_topics
 from clinstream.ingest.credentials import register_device, revoke_devices
-from clinstream.simulate.telemetry import iso_ms
 from clinstream.store.migrate import migrate
+from clinstream_devtools.simulate.telemetry import iso_ms
 
 READINGS_PER_BLOCK = 60
 # Site limits of the run: far above a good device's rate (one request per interval), so only the bad ones hit them.

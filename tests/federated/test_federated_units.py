@@ -20,7 +20,7 @@ from clinstream.federated.dataset import FEATURE_NAMES, split_by_participant
 from clinstream.federated.deployment import APP_DIR, superlink_command, supernode_command, write_connection
 from clinstream.federated.model import LogisticModel, Standardiser, TrainParams, column_sums, loss, train
 from clinstream.federated.strategy import SiteReply, global_evaluation
-from clinstream.federated.synthetic import CohortSpec, generate_site
+from clinstream_devtools.federated.synthetic import CohortSpec, generate_site
 
 labels_and_scores = st.integers(2, 80).flatmap(lambda n: st.tuples(
     st.lists(st.integers(0, 1), min_size=n, max_size=n),

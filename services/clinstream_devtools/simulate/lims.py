@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from clinstream.core.timeutil import DAY_MS, HOUR_MS, MINUTE_MS
-from clinstream.simulate.profiles import Participant, rng_for
-from clinstream.simulate.telemetry import iso_ms, seeded_uuid
+from clinstream_devtools.simulate.profiles import Participant, rng_for
+from clinstream_devtools.simulate.telemetry import iso_ms, seeded_uuid
 
 FIRST_NAMES = ("Testa", "Probanda", "Simula", "Ficta", "Exempla", "Modela", "Synthia", "Imaga")
 LAST_NAMES = ("Synthetica", "Fabricata", "Artificialis", "Inventa", "Placeholder", "Dummyson")

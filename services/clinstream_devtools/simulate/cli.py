@@ -16,11 +16,11 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from clinstream.core.config import get_settings
 from clinstream.core.logging import configure_logging
 from clinstream.core.timeutil import DAY_MS, HOUR_MS, MINUTE_MS, now_ms
-from clinstream.simulate.client import GatewayClient, RunStats, run_devices, run_lims
-from clinstream.simulate.lims import LimsOptions
-from clinstream.simulate.profiles import make_cohort
-from clinstream.simulate.provision import device_tokens, lims_token
-from clinstream.simulate.telemetry import DeviceOptions
+from clinstream_devtools.simulate.client import GatewayClient, RunStats, run_devices, run_lims
+from clinstream_devtools.simulate.lims import LimsOptions
+from clinstream_devtools.simulate.profiles import make_cohort
+from clinstream_devtools.simulate.provision import device_tokens, lims_token
+from clinstream_devtools.simulate.telemetry import DeviceOptions
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
 console = Console()

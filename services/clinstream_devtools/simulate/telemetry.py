@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from clinstream.core.timeutil import DAY_MS, HOUR_MS, MINUTE_MS
-from clinstream.simulate.profiles import Participant, rng_for
+from clinstream_devtools.simulate.profiles import Participant, rng_for
 
 SECONDS_PER_DAY = 86_400
 FloatArray = np.ndarray[Any, np.dtype[np.float64]]
