@@ -18,8 +18,8 @@ from clinstream.federated import protocol as p
 from clinstream.federated.config import SiteNodeConfig, TaskConfig
 from clinstream.federated.dataset import FEATURE_NAMES, split_by_participant
 from clinstream.federated.deployment import APP_DIR, superlink_command, supernode_command, write_connection
-from clinstream.federated.model import LogisticModel, Standardiser, TrainParams, column_sums, loss, train
 from clinstream.federated.strategy import SiteReply, global_evaluation
+from clinstream.federated.task import LogisticModel, Standardiser, TrainParams, column_sums, loss, train
 from clinstream_devtools.federated.synthetic import CohortSpec, generate_site
 
 labels_and_scores = st.integers(2, 80).flatmap(lambda n: st.tuples(
