@@ -50,12 +50,6 @@ class LimsOptions:
     withdraw: bool = False  # the participant withdraws consent at the end of the window
 
 
-def _crp(p: Participant, at_ms: int, rng: np.random.Generator) -> float:
-    level = float(p.flare_level(at_ms))
-    baseline = p.crp_baseline_mg_l * float(rng.lognormal(0, 0.25))
-    return round(min(baseline + level * float(rng.uniform(12, 70)), 400.0), 1)
-
-
 class _Builder:
     def __init__(self, p: Participant, rng: np.random.Generator) -> None:
         self.p = p
@@ -116,7 +110,7 @@ class _Builder:
                                    "quantity_unit": "mL", "temperature_c": round(room, 1)})
         assay_at = aliquoted + int(rng.uniform(0.5, 4) * HOUR_MS)
         self.event(assay_at, {"kind": "assay", "sample_id": children[0], "analyte": CRP[0], "loinc_code": CRP[1],
-                              "value": _crp(p, at, rng), "unit": CRP[2]})
+                              "value": p.crp_mg_l(at, rng), "unit": CRP[2]})
         frozen = aliquoted + int(rng.uniform(10, 60) * MINUTE_MS)
         for k, child in enumerate(children[1:], start=1):
             self.event(frozen, {"kind": "sample", "event_type": "FROZEN", "sample_id": child,
