@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -72,6 +73,28 @@ def _progress() -> Progress:
                     TimeElapsedColumn(), console=console, transient=False)
 
 
+def _send_with_progress(what: str, connect: Callable[[], GatewayClient], start_ms: int, end_ms: int,
+                        send: Callable[[GatewayClient, Callable[[int], None]], Awaitable[RunStats]]) -> None:
+    """Run `send` against the gateway behind a progress bar over the simulated window; report, exit 1 on failures."""
+
+    async def main() -> RunStats:
+        client = connect()
+        try:
+            await _require_gateway(client)
+            with _progress() as bar:
+                task = bar.add_task(what, total=end_ms - start_ms)
+                stats = await send(client, lambda t: bar.update(task, completed=t - start_ms))
+                bar.update(task, completed=end_ms - start_ms)
+                return stats
+        finally:
+            await client.close()
+
+    began = time.monotonic()
+    stats = asyncio.run(main())
+    _report(stats, what, time.monotonic() - began)
+    raise typer.Exit(1 if stats.failed_requests else 0)
+
+
 @app.command("devices")
 def devices(
     participants: int = typer.Option(10, min=1, help="Number of simulated participants (one device each)."),
@@ -97,24 +120,12 @@ def devices(
     tokens = json.loads(credentials.read_text()) if credentials else device_tokens(get_settings(), cohort)
     options = DeviceOptions(hr_period_s=hr_period_s, acceleration=acceleration)
 
-    async def main() -> RunStats:
-        client = GatewayClient(_gateway_url(gateway), use_gzip=use_gzip)
-        try:
-            await _require_gateway(client)
-            with _progress() as bar:
-                task = bar.add_task("devices", total=end_ms - start_ms)
-                stats = await run_devices(client, cohort, tokens, start_ms, end_ms, seed=seed, options=options,
-                                         speedup=speedup, batch_blocks=batch_blocks, concurrency=concurrency,
-                                         progress=lambda t: bar.update(task, completed=t - start_ms))
-                bar.update(task, completed=end_ms - start_ms)
-                return stats
-        finally:
-            await client.close()
+    async def send(client: GatewayClient, progress: Callable[[int], None]) -> RunStats:
+        return await run_devices(client, cohort, tokens, start_ms, end_ms, seed=seed, options=options, speedup=speedup,
+                                 batch_blocks=batch_blocks, concurrency=concurrency, progress=progress)
 
-    began = time.monotonic()
-    stats = asyncio.run(main())
-    _report(stats, "devices", time.monotonic() - began)
-    raise typer.Exit(1 if stats.failed_requests else 0)
+    _send_with_progress("devices", lambda: GatewayClient(_gateway_url(gateway), use_gzip=use_gzip), start_ms, end_ms,
+                        send)
 
 
 @app.command("lims")
@@ -141,23 +152,12 @@ def lims(
     token = lims_key or lims_token(get_settings())
     withdrawing = frozenset(p.index for p in cohort[:withdraw])
 
-    async def main() -> RunStats:
-        client = GatewayClient(_gateway_url(gateway))
-        try:
-            await _require_gateway(client)
-            with _progress() as bar:
-                task = bar.add_task("lims", total=end_ms - start_ms)
-                options = LimsOptions(visit_every_days=visit_every_days, bad_fraction=bad_fraction)
-                stats, _ = await run_lims(client, cohort, token, start_ms, end_ms, seed=seed, options=options,
-                                          withdrawing=withdrawing, speedup=speedup, batch_events=batch_events,
-                                          progress=lambda t: bar.update(task, completed=t - start_ms))
-                bar.update(task, completed=end_ms - start_ms)
-                return stats
-        finally:
-            await client.close()
+    options = LimsOptions(visit_every_days=visit_every_days, bad_fraction=bad_fraction)
 
-    began = time.monotonic()
-    stats = asyncio.run(main())
-    _report(stats, "lims", time.monotonic() - began)
-    raise typer.Exit(1 if stats.failed_requests else 0)
+    async def send(client: GatewayClient, progress: Callable[[int], None]) -> RunStats:
+        stats, _ = await run_lims(client, cohort, token, start_ms, end_ms, seed=seed, options=options,
+                                  withdrawing=withdrawing, speedup=speedup, batch_events=batch_events,
+                                  progress=progress)
+        return stats
 
+    _send_with_progress("lims", lambda: GatewayClient(_gateway_url(gateway)), start_ms, end_ms, send)
