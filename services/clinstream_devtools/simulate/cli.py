@@ -95,16 +95,23 @@ def _send_with_progress(what: str, connect: Callable[[], GatewayClient], start_m
     raise typer.Exit(1 if stats.failed_requests else 0)
 
 
+# Options both simulators take.
+_SPEEDUP = typer.Option(0.0, help="Simulated seconds per wall-clock second; 0 = as fast as possible.")
+_START = typer.Option(None, help="Window start (RFC 3339); default: now minus the duration.")
+_GATEWAY = typer.Option(None, help="Gateway URL; default from CLINSTREAM_GATEWAY_HOST/PORT.")
+_FIRST = typer.Option(1, min=0, help="Index of the first participant.")
+
+
 @app.command("devices")
 def devices(
     participants: int = typer.Option(10, min=1, help="Number of simulated participants (one device each)."),
     duration: str = typer.Option("1d", help="Simulated time span, e.g. 6h, 1d, 2w."),
-    speedup: float = typer.Option(0.0, help="Simulated seconds per wall-clock second; 0 = as fast as possible."),
+    speedup: float = _SPEEDUP,
     seed: int = typer.Option(1, help="Seed of the cohort (same seed, same people and data)."),
-    start: str | None = typer.Option(None, help="Window start (RFC 3339); default: now minus the duration."),
-    gateway: str | None = typer.Option(None, help="Gateway URL; default from CLINSTREAM_GATEWAY_HOST/PORT."),
+    start: str | None = _START,
+    gateway: str | None = _GATEWAY,
     prefix: str = typer.Option("P", help="Participant id prefix (P -> P-000001)."),
-    first: int = typer.Option(1, min=0, help="Index of the first participant."),
+    first: int = _FIRST,
     credentials: Path | None = typer.Option(None, help="JSON file {device_id: token}; default: register the "
                                                        "simulated devices in the site's database."),
     batch_blocks: int = typer.Option(100, min=1, help="Blocks per request."),
@@ -132,12 +139,12 @@ def devices(
 def lims(
     participants: int = typer.Option(10, min=1, help="Number of simulated participants."),
     duration: str = typer.Option("30d", help="Simulated time span, e.g. 7d, 30d."),
-    speedup: float = typer.Option(0.0, help="Simulated seconds per wall-clock second; 0 = as fast as possible."),
+    speedup: float = _SPEEDUP,
     seed: int = typer.Option(1, help="Seed of the cohort (use the devices' seed: same people, same flares)."),
-    start: str | None = typer.Option(None, help="Window start (RFC 3339); default: now minus the duration."),
-    gateway: str | None = typer.Option(None, help="Gateway URL; default from CLINSTREAM_GATEWAY_HOST/PORT."),
+    start: str | None = _START,
+    gateway: str | None = _GATEWAY,
     prefix: str = typer.Option("P", help="Participant id prefix."),
-    first: int = typer.Option(1, min=0, help="Index of the first participant."),
+    first: int = _FIRST,
     lims_key: str | None = typer.Option(None, envvar="CLINSTREAM_LIMS_KEY", show_default=False,
                                         help="LIMS API key; default: register a new one in the site's database."),
     visit_every_days: float = typer.Option(7.0, min=0.5, help="Mean days between routine visits."),
