@@ -94,8 +94,8 @@ SERVICE_WATCH_S = 0.05  # how often a fault test's watcher looks at the shared p
 
 
 def _shared_pids(settings: Settings) -> tuple[int | None, int | None]:
-    from clinstream.stack.kafka import kafka_pid
-    from clinstream.stack.postgres import postgres_pid
+    from clinstream_devtools.stack.kafka import kafka_pid
+    from clinstream_devtools.stack.postgres import postgres_pid
 
     return kafka_pid(settings), postgres_pid(settings)
 
@@ -104,7 +104,7 @@ class _OutageWatcher:
     """Flags a shared service found down while nobody holds the stack lock (a fault test must hold it throughout)."""
 
     def __init__(self, settings: Settings, kafka_up: bool, postgres_up: bool) -> None:
-        from clinstream.stack.kafka import broker_address
+        from clinstream_devtools.stack.kafka import broker_address
         from ports import port_refuses
 
         host, port = broker_address(settings)

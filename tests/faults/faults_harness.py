@@ -16,7 +16,7 @@ import httpx
 
 from clinstream.core.config import Settings
 from clinstream.core.db import connect
-from clinstream.pipeline.processes import SitePipeline
+from clinstream_devtools.pipeline.processes import SitePipeline
 from condition_wait import wait_until
 from topic_read import read_records, read_values
 
@@ -220,7 +220,7 @@ def consent_states(settings: Settings) -> int:
 def settle_and_check(pipeline: SitePipeline, ledger: Ledger, timeout_s: float) -> StoreCounts:
     """Wait until the store holds every ledgered reading and every stage has committed all of its input (so no
     batch is in flight and none can be re-delivered), then return the MINUTE heart-rate counts."""
-    from clinstream.federated.pipeline_fill import LagProbe
+    from clinstream_devtools.federated.pipeline_fill import LagProbe
 
     expected = ledger.readings
     settings = pipeline.settings

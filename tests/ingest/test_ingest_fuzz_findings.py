@@ -120,8 +120,8 @@ def test_re_registering_an_active_device_puts_no_serial_into_the_server_log(inge
 @pytest.mark.faults
 def test_broker_outage_logs_one_summary_line_not_a_storm(ingest_site, caplog) -> None:
     """Stop the real broker under a connected producer: librdkafka's error lines become one summary line."""
-    from clinstream.stack.common import stack_lock
-    from clinstream.stack.kafka import start_kafka, stop_kafka
+    from clinstream_devtools.stack.common import stack_lock
+    from clinstream_devtools.stack.kafka import start_kafka, stop_kafka
 
     settings = ingest_site.settings
     caplog.set_level(logging.DEBUG, logger=LIBRDKAFKA_LOG.name)

@@ -106,7 +106,7 @@ def test_nothing_accepted_is_422_with_every_reason(gateway: TestClient, ingest_s
 
 
 def ingest_time_in_future() -> str:
-    from clinstream.simulate.telemetry import iso_ms
+    from clinstream_devtools.simulate.telemetry import iso_ms
 
     return iso_ms(now_ms() + 30 * MIN)
 

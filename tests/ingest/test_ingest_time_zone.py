@@ -21,7 +21,7 @@ from clinstream.ingest.config import IngestSettings
 from clinstream.ingest.credentials import credentials_schema, parse_token, register_device
 from clinstream.ingest.gateway_db import DevicePrincipal
 from clinstream.ingest.time_zones import is_iana_zone, stamped_time_zone
-from clinstream.simulate.telemetry import iso_ms
+from clinstream_devtools.simulate.telemetry import iso_ms
 from condition_wait import wait_until
 
 if TYPE_CHECKING:

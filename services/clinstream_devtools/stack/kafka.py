@@ -18,7 +18,7 @@ from typing import Any
 
 from clinstream.core import constants as c
 from clinstream.core.config import Settings
-from clinstream.stack.common import (
+from clinstream_devtools.stack.common import (
     ServiceStatus,
     StackError,
     port_in_use,
