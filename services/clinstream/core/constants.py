@@ -123,6 +123,11 @@ INGEST_MAX_EVENTS_PER_REQUEST: Final = 1_000  # events per POST /v1/biobank/even
 INGEST_MAX_SLEEP_EPISODES: Final = 16  # sleep episodes per block
 INGEST_MAX_BODY_BYTES: Final = 16 * 1024 * 1024  # request body as sent (possibly gzip-compressed)
 INGEST_MAX_DECODED_BYTES: Final = 32 * 1024 * 1024  # request body after gunzip (zip-bomb guard)
+# A gzip body may inflate to at most this many times its size (but always to 1 MiB): JSON telemetry compresses
+# 5-20x, a gzip bomb about 1,000x, so a bomb is refused after a tenth of the work (Apache POI's zip-bomb guard
+# uses the same bound: a minimum inflate ratio of 0.01).
+INGEST_MAX_INFLATE_RATIO: Final = 100
+INGEST_MIN_INFLATE_ALLOWANCE_BYTES: Final = 1024 * 1024
 INGEST_MAX_FUTURE_SKEW_S: Final = 300  # device clocks may run at most this far ahead (features allow 600 s)
 INGEST_MAX_BLOCK_AGE_DAYS: Final = 366  # blocks that start longer ago than this are refused
 INGEST_MAX_BLOCK_SPAN_MS: Final = 24 * 3600 * 1000  # last offset of a block (Avro int offsets allow ~24.8 days)

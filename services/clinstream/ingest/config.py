@@ -31,6 +31,8 @@ class IngestSettings(PlausibleRanges):
     max_events_per_request: int = Field(default=c.INGEST_MAX_EVENTS_PER_REQUEST, ge=1)
     max_body_bytes: int = Field(default=c.INGEST_MAX_BODY_BYTES, ge=1024)
     max_decoded_bytes: int = Field(default=c.INGEST_MAX_DECODED_BYTES, ge=1024)
+    max_inflate_ratio: int = Field(default=c.INGEST_MAX_INFLATE_RATIO, ge=10, description="A gzip body may inflate "
+                                   "to this many times its size (and always to 1 MiB); beyond: 413.")
     max_json_depth: int = Field(default=c.INGEST_MAX_JSON_DEPTH, ge=4, le=200,
                                 description="Nesting levels of a JSON body; deeper bodies are refused (422).")
     deadline_s: float = Field(default=c.INGEST_DEADLINE_S, gt=0, le=120,
