@@ -85,3 +85,4 @@ def test_dp_adds_gaussian_noise_of_the_described_spread_to_the_aggregate(mode: s
     noise = _aggregate(strategy, [_reply(s, 10, current + update) for s in "abc"], current) - update
     assert abs(noise.std() - sd) < 0.02, noise.std()
     assert abs(noise.mean()) < 5 * sd / np.sqrt(SIZE), noise.mean()
+    assert strategy.dp_noise[1] == {"coordinates": SIZE, "sum_of_squares": pytest.approx(noise @ noise, rel=1e-9)}

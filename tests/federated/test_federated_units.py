@@ -19,7 +19,7 @@ from clinstream.federated.config import SiteNodeConfig, TaskConfig
 from clinstream.federated.dataset import FEATURE_NAMES, split_by_participant
 from clinstream.federated.deployment import APP_DIR, superlink_command, supernode_command, write_connection
 from clinstream.federated.strategy import SiteReply, global_evaluation
-from clinstream.federated.task import LogisticModel, Standardiser, TrainParams, column_sums, loss, train
+from clinstream.federated.task import LogisticModel, Standardiser, TrainParams, column_sums, fit, loss, train
 from clinstream_devtools.federated.synthetic import CohortSpec, generate_site, synthetic_pseudonym
 from clinstream_devtools.simulate.profiles import make_participant
 
@@ -90,8 +90,11 @@ def test_training_reduces_the_class_weighted_loss_and_fedprox_stays_closer() -> 
     assert m.roc_auc(y, fitted.predict_proba(z)) > 0.8
     anchor = LogisticModel(np.ones(5), 0.0)
     free = train(anchor, z, y, TrainParams(100, 0.5, 0.01))
-    prox = train(anchor, z, y, TrainParams(100, 0.5, 0.01, proximal_mu=1.0), anchor=anchor)
+    prox_fit = fit(anchor, z, y, TrainParams(100, 0.5, 0.01, proximal_mu=1.0), anchor=anchor)
+    prox = prox_fit.model
     assert np.linalg.norm(prox.coef - anchor.coef) < np.linalg.norm(free.coef - anchor.coef)
+    assert prox_fit.proximal_penalty > 0  # what the site reports: the term its last step applied
+    assert fit(anchor, z, y, TrainParams(100, 0.5, 0.01), anchor=anchor).proximal_penalty == 0.0
     assert p.model_from_record(p.model_to_record(fitted)).coef.tolist() == fitted.coef.tolist()
 
 

@@ -7,7 +7,9 @@ Per message the ClientApp
    feature tables and views - else it declines, naming the violation;
 3. builds the examples by SQL (`task.load_data`) and declines when fewer than the minimum number of participants
    (max of the run's and the site's own setting, 10 by default) would stand behind what it sends;
-4. trains or evaluates (`task.py`) and replies with model arrays and aggregate metrics only (`protocol.py`).
+4. trains or evaluates (`task.py`) and replies with model arrays and aggregate metrics only (`protocol.py`); a
+   train reply also says what the training did: its update's norm before any clipping, and the FedProx mu and
+   proximal penalty it trained with.
 
 The three handlers share their set-up (`_reply`): site, run config, data, and the declined reply on failure.
 
@@ -32,7 +34,7 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from clinstream.federated import protocol as p
 from clinstream.federated.config import SiteNodeConfig, TaskConfig
 from clinstream.federated.dataset import FEATURE_NAMES, SiteDataset
-from clinstream.federated.task import Declined, Standardiser, TrainParams, column_sums, evaluate, load_data, loss, train
+from clinstream.federated.task import Declined, Standardiser, TrainParams, column_sums, evaluate, fit, load_data, loss
 
 log = logging.getLogger(__name__)
 
@@ -112,17 +114,21 @@ def train_round(msg: Message, context: Context) -> Message:
 
     def answer(r: _Round) -> Records:
         z, y = r.standardised(test=False)
-        mu = float(r.config.get("proximal-mu", 0.0))  # type: ignore[arg-type]
+        mu = float(r.config.get(p.PROXIMAL_MU, 0.0))  # type: ignore[arg-type]  # FedProx's configure_train sets it
         start = p.model_from_record(arrays)
-        model = train(start, z, y, TrainParams(r.cfg.local_epochs, r.cfg.learning_rate, r.cfg.l2, mu), anchor=start)
-        return {p.ARRAYS: p.model_to_record(model),
+        done = fit(start, z, y, TrainParams(r.cfg.local_epochs, r.cfg.learning_rate, r.cfg.l2, mu), anchor=start)
+        update = p.model_to_record(done.model)
+        return {p.ARRAYS: update,
                 p.METRICS: MetricRecord({p.NUM_EXAMPLES: len(y), p.DECLINED: 0,
                                          p.PARTICIPANTS: r.data.participant_count(test=False),
-                                         p.TRAIN_LOSS: loss(model, z, y, r.cfg.l2)})}
+                                         p.TRAIN_LOSS: loss(done.model, z, y, r.cfg.l2),
+                                         p.UPDATE_NORM: p.update_norm(arrays, update), p.PROXIMAL_MU: mu,
+                                         p.PROXIMAL_PENALTY: done.proximal_penalty})}
 
     def declined() -> Records:
         return {p.ARRAYS: arrays,
-                p.METRICS: MetricRecord({p.NUM_EXAMPLES: 0, p.DECLINED: 1, p.PARTICIPANTS: 0, p.TRAIN_LOSS: 0.0})}
+                p.METRICS: MetricRecord({p.NUM_EXAMPLES: 0, p.DECLINED: 1, p.PARTICIPANTS: 0, p.TRAIN_LOSS: 0.0,
+                                         p.UPDATE_NORM: 0.0, p.PROXIMAL_MU: 0.0, p.PROXIMAL_PENALTY: 0.0})}
 
     return _reply(msg, context, "training", test=False, answer=answer, declined=declined)
 

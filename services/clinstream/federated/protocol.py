@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 from flwr.app import Array, ArrayRecord
+from flwr.supercore.differential_privacy import get_norm
 
 from clinstream.federated.task import LogisticModel
 
@@ -23,6 +24,9 @@ NUM_EXAMPLES = "num-examples"
 DECLINED = "declined"
 PARTICIPANTS = "participants"
 TRAIN_LOSS = "train-loss"
+UPDATE_NORM = "update-norm"  # L2 norm of the site's update before any clipping (Flower's norm over all arrays)
+PROXIMAL_MU = "proximal-mu"  # the FedProx mu the site trained with (0: none)
+PROXIMAL_PENALTY = "proximal-penalty"  # the proximal term's value in the site's last training step
 EVAL_LOSS = "eval-loss"
 ROC_AUC = "roc-auc"
 BALANCED_ACCURACY = "balanced-accuracy"
@@ -39,7 +43,7 @@ STD_MEAN = "std-mean"
 STD_SCALE = "std-scale"
 
 # Train metrics (beside num-examples), evaluate metrics, stats metrics: the keys every reply of a kind has.
-TRAIN_KEYS = (NUM_EXAMPLES, DECLINED, PARTICIPANTS, TRAIN_LOSS)
+TRAIN_KEYS = (NUM_EXAMPLES, DECLINED, PARTICIPANTS, TRAIN_LOSS, UPDATE_NORM, PROXIMAL_MU, PROXIMAL_PENALTY)
 EVAL_KEYS = (NUM_EXAMPLES, DECLINED, PARTICIPANTS, EVAL_LOSS, ROC_AUC, BALANCED_ACCURACY, HIST_NEG, HIST_POS)
 
 
@@ -53,3 +57,8 @@ def model_from_record(record: ArrayRecord) -> LogisticModel:
     """The model of an ArrayRecord with arrays `coef` and `intercept`."""
     coef = np.asarray(record["coef"].numpy(), dtype=np.float64).copy()
     return LogisticModel(coef, float(np.asarray(record["intercept"].numpy()).ravel()[0]))
+
+
+def update_norm(sent: ArrayRecord, got: ArrayRecord) -> float:
+    """The L2 norm of the update got - sent over all arrays, as Flower's clipping measures it."""
+    return get_norm([g - s for g, s in zip(got.to_numpy_ndarrays(), sent.to_numpy_ndarrays(), strict=True)])

@@ -1,9 +1,13 @@
 """The run report: JSON with per-site and global metrics per round, the worst site, declines and DP settings, + PNG.
 
-The ServerApp writes `federated-report-<run id>.json` and `.png` into the run's report directory. The demo (and
-the test harness) add a `comparison` section (local-only training per site and a pooled reference on the union,
-each over participant splits) and re-render the chart with `write_report`; production runs never pool data, so
-they have no comparison. `summary_rows` is the table `clinstream federated demo` prints.
+The ServerApp writes `federated-report-<run id>.json` and `.png` into the run's report directory. Per round and
+site, a train entry shows what the site reported (its update's norm before clipping, its FedProx mu and proximal
+penalty) and what the server received (`received_update_norm`); under DP a round's `dp_noise` holds the coordinate
+count and sum of squares of the noise actually added.
+
+The demo (and the test harness) add a `comparison` section (local-only training per site and a pooled reference on
+the union, each over participant splits) and re-render the chart with `write_report`; production runs never pool
+data, so they have no comparison. `summary_rows` is the table `clinstream federated demo` prints.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from clinstream.federated.config import report_paths
 from clinstream.federated.strategy import SiteReply
 
 _SITE_KEYS = {
-    "train": (p.NUM_EXAMPLES, p.PARTICIPANTS, p.TRAIN_LOSS),
+    "train": (p.NUM_EXAMPLES, p.PARTICIPANTS, p.TRAIN_LOSS, p.UPDATE_NORM, p.PROXIMAL_MU, p.PROXIMAL_PENALTY),
     "evaluate": (p.NUM_EXAMPLES, p.PARTICIPANTS, p.ROC_AUC, p.BALANCED_ACCURACY, p.EVAL_LOSS),
     "stats": (p.NUM_EXAMPLES,),
 }
@@ -52,6 +56,8 @@ def _site_entry(reply: SiteReply) -> dict[str, Any]:
     for key in _SITE_KEYS.get(reply.phase, ()):
         if key in reply.metrics:
             entry[_key(key)] = reply.metrics[key]
+    if reply.received_update_norm is not None:
+        entry["received_update_norm"] = reply.received_update_norm
     return entry
 
 
@@ -69,14 +75,16 @@ def worst_site(sites: Mapping[str, Mapping[str, Any]]) -> dict[str, Any] | None:
 def build_report(*, run_id: int, run_config: Mapping[str, Any], strategy: Mapping[str, Any],
                  standardisation: Mapping[str, Any], task: Mapping[str, Any], replies: Sequence[SiteReply],
                  global_metrics: Mapping[int, Mapping[str, float]], started_at: str, finished_at: str,
-                 num_rounds: int) -> dict[str, Any]:
-    """The report as a JSON-able dict (see the module doc)."""
+                 num_rounds: int, dp_noise: Mapping[int, Mapping[str, float]] | None = None) -> dict[str, Any]:
+    """The report as a JSON-able dict (see the module doc); `dp_noise` is what the DP wrapper added per round."""
     rounds: list[dict[str, Any]] = []
     for r in range(1, num_rounds + 1):
         entry: dict[str, Any] = {"round": r}
         for phase in ("train", "evaluate"):
             entry[phase] = {x.site: _site_entry(x) for x in replies if x.round == r and x.phase == phase}
         entry["global"] = {_key(k): v for k, v in global_metrics.get(r, {}).items()}
+        if dp_noise and r in dp_noise:
+            entry["dp_noise"] = dict(dp_noise[r])
         rounds.append(entry)
     last = rounds[-1] if rounds else {"evaluate": {}, "global": {}}
     stats = {x.site: _site_entry(x) for x in replies if x.phase == "stats"}

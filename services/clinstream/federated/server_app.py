@@ -108,6 +108,6 @@ def main(grid: Grid, context: Context) -> None:
     report = build_report(run_id=context.run_id, run_config=dict(context.run_config), strategy=described,
                           standardisation=standardisation, task=task, replies=strategy.replies,
                           global_metrics=strategy.global_metrics, started_at=started, finished_at=_now(),
-                          num_rounds=cfg.num_rounds)
+                          num_rounds=cfg.num_rounds, dp_noise=strategy.dp_noise)
     json_path, _ = write_report(report, report_dir(cfg))
     log(INFO, "report written to %s", json_path)

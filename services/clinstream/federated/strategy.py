@@ -4,6 +4,12 @@
 takes declined replies (and failed ones) out before the inner strategy aggregates, so that a declining site never
 weighs in and a round in which every site declines keeps the previous model, and it computes the global evaluation
 metrics: the pooled ROC AUC and balanced accuracy from the sites' score histograms plus the example-weighted means.
+
+It also records what the server observed, so that a run shows what its privacy and FedProx settings did: per
+round and site the L2 norm of the update it received (after the site's clipping, under client-side DP), and per
+round under DP the noise the wrapper actually added (published aggregate minus the plain weighted mean of the
+updates it aggregated), kept as its coordinate count and sum of squares only: the noise vector itself would let a
+reader of the report subtract it and undo the privacy.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from flwr.serverapp.strategy import (
     FedProx,
     Strategy,
 )
+from flwr.serverapp.strategy.dp_fixed_clipping import DifferentialPrivacyFixedClippingBase
+from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from flwr.supercore import log
 
 from clinstream.federated import metrics as m
@@ -41,6 +49,7 @@ class SiteReply:
     declined: bool
     reason: str
     metrics: dict[str, Any] = field(default_factory=dict)
+    received_update_norm: float | None = None  # train: the L2 norm of the update the server got (after any clipping)
 
 
 def _metric_dict(record: MetricRecord) -> dict[str, Any]:
@@ -86,11 +95,14 @@ def global_evaluation(replies: list[SiteReply]) -> dict[str, float]:
 class SiteAwareStrategy(Strategy):
     """Delegates to an inner strategy; records per-site replies, drops declines, computes global metrics."""
 
-    def __init__(self, inner: Strategy) -> None:
+    def __init__(self, inner: Strategy, weighted_by: str = p.NUM_EXAMPLES) -> None:
         super().__init__()
         self.inner = inner
+        self.weighted_by = weighted_by
         self.replies: list[SiteReply] = []
         self.global_metrics: dict[int, dict[str, float]] = {}
+        self.dp_noise: dict[int, dict[str, float]] = {}  # round -> coordinates, sum of squares of the added noise
+        self._sent: dict[int, ArrayRecord] = {}  # round -> the global model sent out for training
 
     def summary(self) -> None:
         """Log the inner strategy's summary."""
@@ -99,7 +111,8 @@ class SiteAwareStrategy(Strategy):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        """Delegate to the inner strategy."""
+        """Delegate to the inner strategy; remember the model sent out (updates are measured from it)."""
+        self._sent[server_round] = arrays
         return self.inner.configure_train(server_round, arrays, config, grid)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -107,15 +120,15 @@ class SiteAwareStrategy(Strategy):
         """Delegate to the inner strategy."""
         return self.inner.configure_evaluate(server_round, arrays, config, grid)
 
-    def _split(self, server_round: int, replies: Iterable[Message], phase: str) -> list[Message]:
-        accepted: list[Message] = []
+    def _split(self, server_round: int, replies: Iterable[Message], phase: str) -> list[tuple[Message, SiteReply]]:
+        accepted: list[tuple[Message, SiteReply]] = []
         for msg in replies:
             reply = parse_reply(msg, server_round, phase)
             self.replies.append(reply)
             if reply.declined:
                 log(WARNING, "round %d %s: site %s declined: %s", server_round, phase, reply.site, reply.reason)
             else:
-                accepted.append(msg)
+                accepted.append((msg, reply))
         return accepted
 
     def aggregate_train(self, server_round: int,
@@ -125,7 +138,15 @@ class SiteAwareStrategy(Strategy):
         if not accepted:
             log(WARNING, "round %d: no site took part in training; the global model is unchanged", server_round)
             return None, None
-        return self.inner.aggregate_train(server_round, accepted)
+        sent = self._sent.pop(server_round, None)
+        if sent is not None:
+            for msg, reply in accepted:
+                reply.received_update_norm = p.update_norm(sent, msg.content.array_records[p.ARRAYS])
+        messages = [msg for msg, _ in accepted]
+        arrays, metrics = self.inner.aggregate_train(server_round, messages)
+        if arrays is not None and isinstance(self.inner, DifferentialPrivacyFixedClippingBase):
+            self.dp_noise[server_round] = _noise_added(arrays, messages, self.weighted_by)
+        return arrays, metrics
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Global metrics of the accepted replies (pooled AUC from the histograms)."""
@@ -136,6 +157,19 @@ class SiteAwareStrategy(Strategy):
         if not any(not r.declined for r in current):
             return None
         return MetricRecord({k: v for k, v in metrics.items() if math.isfinite(v)})
+
+
+def _noise_added(published: ArrayRecord, aggregated: list[Message], weighted_by: str) -> dict[str, float]:
+    """Coordinate count and sum of squares of published - (weighted mean of the replies as aggregated).
+
+    The replies' arrays are read after the DP wrapper aggregated them: under server-side clipping the wrapper has
+    replaced them by their clipped versions, so the mean is of the clipped updates in both modes; Flower's own
+    weighted mean computes it, with the same arithmetic as the inner FedAvg/FedProx.
+    """
+    plain = aggregate_arrayrecords([msg.content for msg in aggregated], weighted_by)
+    noise = np.concatenate([(got - mean).ravel() for got, mean in
+                            zip(published.to_numpy_ndarrays(), plain.to_numpy_ndarrays(), strict=True)])
+    return {"coordinates": float(noise.size), "sum_of_squares": float(noise @ noise)}
 
 
 def build_strategy(cfg: TaskConfig) -> tuple[SiteAwareStrategy, dict[str, Any]]:
@@ -163,4 +197,4 @@ def build_strategy(cfg: TaskConfig) -> tuple[SiteAwareStrategy, dict[str, Any]]:
             "note": "central DP on model updates (Gaussian noise on the aggregate); metrics are not privatised",
         })
     described["differential_privacy"] = privacy
-    return SiteAwareStrategy(inner), described
+    return SiteAwareStrategy(inner, p.NUM_EXAMPLES), described

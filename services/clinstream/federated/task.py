@@ -3,7 +3,8 @@
 Model: class-weighted, L2-regularised logistic regression in numpy, trained by full-batch gradient descent. Its
 parameters are two arrays, `coef` (one weight per feature) and `intercept`, which is all a site ever sends. Class
 weighting is "balanced" per site: each class contributes half of the loss, so a site with few raised-CRP samples
-still learns from them. FedProx adds mu/2 * ||w - w_global||^2 to the local loss.
+still learns from them. FedProx adds mu/2 * ||w - w_global||^2 to the local loss (`proximal_term`); `fit`
+returns the penalty it applied, which the site reports.
 
 Standardisation: features are centred and scaled with a mean and scale vector, then NaN (missing) becomes 0, i.e.
 the mean. `Standardiser.fit` computes them from local training data (per-site mode); `from_sums` from the sums
@@ -119,12 +120,30 @@ def loss(model: LogisticModel, z: F64, y: I8, l2: float) -> float:
     return float(ll + 0.5 * l2 * float(model.coef @ model.coef))
 
 
-def train(model: LogisticModel, z: F64, y: I8, params: TrainParams,
-          anchor: LogisticModel | None = None) -> LogisticModel:
-    """Gradient descent from `model`; `anchor` is the global model of the FedProx proximal term."""
+@dataclass(frozen=True)
+class Fit:
+    """A local training's model and the FedProx proximal penalty it applied in its last step (0 without one)."""
+
+    model: LogisticModel
+    proximal_penalty: float = 0.0
+
+
+def proximal_term(coef: F64, intercept: float, anchor: LogisticModel, mu: float) -> tuple[float, F64, float]:
+    """FedProx's mu/2 * ||w - w_global||^2 (intercept included) and its gradient in coef and intercept."""
+    pull_w, pull_b = coef - anchor.coef, intercept - anchor.intercept
+    return 0.5 * mu * float(pull_w @ pull_w + pull_b * pull_b), mu * pull_w, mu * pull_b
+
+
+def fit(model: LogisticModel, z: F64, y: I8, params: TrainParams, anchor: LogisticModel | None = None) -> Fit:
+    """Gradient descent from `model`; `anchor` is the global model of the FedProx proximal term.
+
+    The penalty returned is the proximal term's value at the weights of the last step, from the same evaluation
+    whose gradient that step applied: it is what the site reports as having trained with.
+    """
     coef, b = model.coef.astype(np.float64).copy(), float(model.intercept)
+    penalty = 0.0
     if len(y) == 0:
-        return LogisticModel(coef, b)
+        return Fit(LogisticModel(coef, b))
     sw = balanced_weights(y)
     sw = sw / sw.sum()
     for _ in range(params.epochs):
@@ -132,11 +151,18 @@ def train(model: LogisticModel, z: F64, y: I8, params: TrainParams,
         grad_w = z.T @ residual + params.l2 * coef
         grad_b = float(residual.sum())
         if anchor is not None and params.proximal_mu > 0:
-            grad_w = grad_w + params.proximal_mu * (coef - anchor.coef)
-            grad_b += params.proximal_mu * (b - anchor.intercept)
+            penalty, prox_w, prox_b = proximal_term(coef, b, anchor, params.proximal_mu)
+            grad_w = grad_w + prox_w
+            grad_b += prox_b
         coef -= params.learning_rate * grad_w
         b -= params.learning_rate * grad_b
-    return LogisticModel(coef, b)
+    return Fit(LogisticModel(coef, b), penalty)
+
+
+def train(model: LogisticModel, z: F64, y: I8, params: TrainParams,
+          anchor: LogisticModel | None = None) -> LogisticModel:
+    """The model of `fit`."""
+    return fit(model, z, y, params, anchor).model
 
 
 @dataclass(frozen=True)
