@@ -99,7 +99,7 @@ def test_fedprox_with_client_side_dp_runs_two_rounds_in_a_real_federation(
     sd = report["privacy"]["differential_privacy"]["noise_stddev"]
     assert sd == pytest.approx(NOISE_MULTIPLIER * CLIPPING_NORM / len(site_ids))
     noise = [rnd["dp_noise"] for rnd in report["rounds"]]
-    dof = sum(n["coordinates"] for n in noise)
+    dof = int(sum(n["coordinates"] for n in noise))
     assert dof == ROUNDS * (len(FEATURE_NAMES) + 1)
     statistic = sum(n["sum_of_squares"] for n in noise) / sd**2
     low, high = chi2.ppf(FALSE_FAILURE / 2, dof), chi2.isf(FALSE_FAILURE / 2, dof)
