@@ -6,6 +6,7 @@ Run by hand inside `flock /tmp/flower.lock` (Flower's ports are shared by everyo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,11 @@ def test_fedprox_with_client_side_dp_runs_two_rounds_in_a_real_federation(
     test checks each part of it:
 
     - FedProx: every site in every round reports the mu it trained with (0.5, sent by the server's FedProx) and a
-      positive proximal penalty in its last training step.
+      positive proximal penalty in its last training step. And the training did descend on the FedProx objective
+      h(w) = loss(w) + mu/2 ||w - w_global||^2: in round 1 every site starts from the zero model, where h is the
+      class-balanced log loss ln 2 (no L2, no proximal term), so its reported train loss + mu/2 ||update||^2 (its
+      pre-clip update) must be below ln 2. Gradient steps that leave the proximal term out minimise the loss
+      alone and move about 2.5 away here (h about 1.9), so this fails even if the penalty were still reported.
     - Clipping: every update the server received has norm min(the site's own pre-clip norm, the clipping norm), so
       at most the clipping norm; and at least one site's update was larger than it before clipping, else the test
       fails: clipping that never bites checks nothing. The clipping norm 0.2 lies below what these cohorts' sites
@@ -90,6 +95,9 @@ def test_fedprox_with_client_side_dp_runs_two_rounds_in_a_real_federation(
                             for rnd in report["rounds"] for site, e in ((s, rnd["train"][s]) for s in site_ids)))
 
     assert [(e["proximal_mu"], e["proximal_penalty"] > 0) for e in trained] == [(MU, True)] * len(trained)
+    first = report["rounds"][0]["train"]
+    objective = {s: first[s]["train_loss"] + MU / 2 * first[s]["update_norm"] ** 2 for s in site_ids}
+    assert max(objective.values()) < math.log(2), objective  # ln 2: the FedProx objective at round 1's zero model
 
     for e in trained:
         assert e["received_update_norm"] == pytest.approx(min(e["update_norm"], CLIPPING_NORM), rel=1e-9)
