@@ -2,7 +2,7 @@
 SuperNode per site over their feature stores; FedAvg to completion.
 
 Each site runs its own gateway and pseudonymise, features and store workers (real Kafka and PostgreSQL). The LIMS
-simulator sends consent, visits and CRP results, and the device simulator sends 24 days of wearable telemetry
+simulator sends consent, visits and CRP results, and the device simulator sends 16 days of wearable telemetry
 (the sparse, daily-syncing profile) over HTTP. The three big sites differ in size (26, 30 and 34 participants)
 and people (seeds). A fourth site has only 6 participants and must decline every round, saying why, without
 stopping the others.
@@ -40,7 +40,8 @@ ROUNDS = 2
 BIG = ((26, 44), (30, 45), (34, 46))  # (participants, seed) of the sites a, b, c (any seeds: nothing here
 # depends on the size of the federated gain)
 SMALL = (6, 99)
-WINDOW_END_MS = 1_769_644_800_000  # 2026-01-29T00:00:00Z: wearables from 2026-01-05, visits from 2026-01-14
+DAYS = 16  # wearable days: the 9-day run-in (7-day lookback + a short baseline), then a week of visits every ~3 days
+WINDOW_END_MS = 1_769_644_800_000  # 2026-01-29T00:00:00Z: wearables from 2026-01-13, visits from 2026-01-22
 
 
 @dataclass
@@ -72,7 +73,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
     try:
         t0 = time.monotonic()
         fills = prepare_sites([(site, n, seed) for site, (n, seed) in zip([*big, small], [*BIG, SMALL], strict=True)],
-                              source=PIPELINE, work_dir=work, end_ms=WINDOW_END_MS)
+                              days=DAYS, source=PIPELINE, work_dir=work, end_ms=WINDOW_END_MS)
         fill_seconds = time.monotonic() - t0
         assert all(isinstance(f, PipelineFillReport) for f in fills)
         run_id, status, report_dir = run_federation(work, site_nodes([*big, small]), {"num-rounds": ROUNDS},
