@@ -154,6 +154,7 @@ def test_site_under_minimum_cohort_declines_every_round_and_says_why(federation:
     assert all(d["site"] in (small,) for d in report["declines"])  # the big sites never declined
     for rnd in report["rounds"]:
         assert rnd["train"][small] == {"declined": True, "reason": next(iter(train_reasons)), "num_examples": 0,
-                                       "participants": 0, "train_loss": 0.0}
+                                       "participants": 0, "train_loss": 0.0,
+                                       "update_norm": 0.0, "proximal_mu": 0.0, "proximal_penalty": 0.0}
         assert rnd["evaluate"][small]["declined"] and rnd["evaluate"][small]["num_examples"] == 0
         assert rnd["global"]["sites"] == 3  # the declining site is not aggregated
