@@ -94,6 +94,7 @@ class StageSpec:
     state: StateCodec | None = None  # None: the stage keeps no state
     replay: Callable[[Settings, ReplayRequest], ReplayAdapter] | None = None  # None: not replayable
     sink: Callable[[Settings], RecordSink] | None = None  # a sink stage's write path (None: not a sink)
+    live_version: Callable[[], int] | None = None  # the version of the stage's outputs now (None: unversioned)
 
 
 def lazy(path: str) -> Callable[..., Any]:

@@ -38,6 +38,12 @@ class _StateCodec:
         return len(gone)
 
 
+def _live_version() -> int:
+    from clinstream.features.catalogue import FEATURE_VERSION
+
+    return FEATURE_VERSION
+
+
 SPEC = StageSpec(Stage.FEATURES, processor=lazy("clinstream.features.worker:FeaturesStage"),
                  redriver=lazy("clinstream.features.redrive:FeaturesRedriver"), state=_StateCodec(),
-                 replay=lazy("clinstream.features.replay_adapter:FeaturesReplay"))
+                 replay=lazy("clinstream.features.replay_adapter:FeaturesReplay"), live_version=_live_version)

@@ -27,7 +27,6 @@ from clinstream.core.config import Settings, get_settings
 from clinstream.core.constants import REPLAY_BATCH_MAX, REPLAY_CHECKPOINT_EVERY_S
 from clinstream.core.timeutil import from_ms
 from clinstream.core.topics import Stage, dlq
-from clinstream.features.catalogue import FEATURE_VERSION
 from clinstream.replay import checkpoint as ckpt
 from clinstream.replay.plan import (
     PlanError,
@@ -38,6 +37,7 @@ from clinstream.replay.plan import (
     parse_instant,
     parse_offsets,
 )
+from clinstream.replay.specs import live_feature_version
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
 console = Console()
@@ -69,7 +69,7 @@ def _fail(message: str) -> typer.Exit:
 def _targets(settings: Settings, plan: ReplayPlan) -> list[str]:
     site = settings.site_id
     if plan.stage == Stage.FEATURES.value:
-        where = (f"version {plan.version} beside the live version {FEATURE_VERSION}" if not plan.in_place
+        where = (f"version {plan.version} beside the live version {live_feature_version()}" if not plan.in_place
                  else f"in place (version {plan.version}, idempotent upserts)")
         return [f"feature store {settings.db_schema}.wearable_features and .sample_features: {where} "
                 "(written directly by the replay with the store writer)",
@@ -190,9 +190,9 @@ def _new_plan(settings: Settings, stage: ReplayStageName | None, from_: str | No
     if stage is ReplayStageName.features:
         if (version is None) == (not in_place):
             raise PlanError("features: give --version N (a new version beside the live one) or --in-place")
-        if version is not None and version == FEATURE_VERSION:
-            raise PlanError(f"version {FEATURE_VERSION} is the live version: say --in-place to overwrite it")
-        target = version if version is not None else FEATURE_VERSION
+        if version is not None and version == live_feature_version():
+            raise PlanError(f"version {live_feature_version()} is the live version: say --in-place to overwrite it")
+        target = version if version is not None else live_feature_version()
     else:
         if version is not None or not in_place:
             raise PlanError("pseudonymise has no versions: its replay writes into the live pseudonymised topics; "

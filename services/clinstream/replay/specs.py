@@ -16,3 +16,10 @@ def spec_of(stage: Stage | str) -> StageSpec:
     if name not in SPECS:
         raise LookupError(f"no stage spec for {name}")
     return SPECS[name]
+
+
+def live_feature_version() -> int:
+    """The feature version the live features stage writes now."""
+    live = features.SPEC.live_version
+    assert live is not None
+    return live()
