@@ -51,3 +51,10 @@ def test_a_crash_point_stops_the_sync_order_before_every_later_step(tmp_path: Pa
         checkpoint_in_order_sync(crash, {}, lambda: steps.append("outputs"), lambda: steps.append("state"),
                                  lambda: steps.append("offsets"))
     assert steps == _ALL[:_ALL.index(point.value) + 1]  # nothing after the point ran
+
+
+def test_a_stage_qualified_crash_point_stops_only_that_stage(tmp_path: Path) -> None:
+    env = {"CLINSTREAM_CRASH_POINT": "after-process", "CLINSTREAM_CRASH_WHEN": "features:erasures"}
+    assert not CrashPoints(tmp_path, env, stage="store").should_fire(CrashPoint.AFTER_PROCESS, {"erasures": 1})
+    assert not CrashPoints(tmp_path, env, stage="features").should_fire(CrashPoint.AFTER_PROCESS, {"records": 1})
+    assert CrashPoints(tmp_path, env, stage="features").should_fire(CrashPoint.AFTER_PROCESS, {"erasures": 1})

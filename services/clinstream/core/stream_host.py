@@ -206,7 +206,7 @@ class StreamHost:
         traits = stage.traits
         state_dir = settings.state_dir / traits.name
         state_dir.mkdir(parents=True, exist_ok=True)
-        self.crash = CrashPoints(state_dir)
+        self.crash = CrashPoints(state_dir, stage=traits.name)
         group = app_id(settings, traits.name)
         self.app = faust.App(
             group,
@@ -405,7 +405,7 @@ class SinkHost:
         self.batch_within_s = traits.batch_within_s if batch_within_s is None else batch_within_s
         state_dir = settings.state_dir / traits.name
         state_dir.mkdir(parents=True, exist_ok=True)
-        self.crash = CrashPoints(state_dir)
+        self.crash = CrashPoints(state_dir, stage=traits.name)
         self.stats: dict[str, int] = {}
         self.backoff = BackOff(stage.transient, self._sleep_polling)
         self._stop = threading.Event()
@@ -724,7 +724,7 @@ def run_bounded(settings: Settings, group_id: str, ranges: Sequence[OffsetRange]
     to stop), the state with the next offsets; then those offsets are committed to the run's group (informational:
     `clinstream lag` shows the progress; a resume uses the saved state).
     """
-    crash = CrashPoints(crash_dir if crash_dir is not None else settings.state_dir / "bounded")
+    crash = CrashPoints(crash_dir if crash_dir is not None else settings.state_dir / "bounded", stage="bounded")
     consumer = tool_consumer(settings, group_id)
 
     def commit() -> None:
