@@ -24,10 +24,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from clinstream.console.synthetic import Cohort, default_first_day, fill_store
 from clinstream.core.config import Settings
 from clinstream.core.db import connect
 from clinstream.store.migrate import migrate
+from clinstream_devtools.console.synthetic import Cohort, default_first_day, fill_store
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_P95_MS = 300.0

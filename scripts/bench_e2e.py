@@ -75,12 +75,12 @@ from clinstream.core.kafka import consumer_config, producer_config
 from clinstream.core.topic_admin import admin_client, apply_topics, delete_site_topics
 from clinstream.core.topics import RAW_TELEMETRY
 from clinstream.ingest.credentials import register_device, register_lims
-from clinstream.pipeline.processes import SitePipeline
 from clinstream.pseudonymise.keys import init_key_file, load_key_file
 from clinstream.pseudonymise.pseudonyms import Pseudonymiser
-from clinstream.simulate.lims import lims_events
-from clinstream.simulate.profiles import Participant, make_cohort
 from clinstream.store.migrate import migrate
+from clinstream_devtools.pipeline.processes import SitePipeline
+from clinstream_devtools.simulate.lims import lims_events
+from clinstream_devtools.simulate.profiles import Participant, make_cohort
 
 ROOT = Path(__file__).resolve().parents[1]
 MINUTE_MS = 60_000

@@ -33,9 +33,9 @@ from clinstream.core.config import Settings
 from clinstream.core.db import connect
 from clinstream.core.topic_admin import apply_topics, delete_site_topics
 from clinstream.ingest.credentials import credentials_schema, register_device
-from clinstream.simulate.profiles import make_participant
-from clinstream.simulate.telemetry import batch_payloads, device_blocks, iso_ms
 from clinstream.store.migrate import migrate
+from clinstream_devtools.simulate.profiles import make_participant
+from clinstream_devtools.simulate.telemetry import batch_payloads, device_blocks, iso_ms
 
 PARTICIPANT = "P-BENCH01"
 

@@ -71,7 +71,7 @@ def build_requests(participants: Sequence[tuple[str, str, int]], t0_ms: int, blo
 
 @dataclass
 class LoadResult:
-    """What was sent and accepted; send times of accepted requests by (participant position, round)."""
+    """What was sent and accepted; send times of accepted requests by (participant position, round); response times."""
 
     requests: int = 0
     accepted_requests: int = 0
@@ -81,6 +81,7 @@ class LoadResult:
     last_ack: float = 0.0
     cpu_s: float = 0.0
     send_times: dict[tuple[int, int], float] = field(default_factory=dict)
+    response_s: list[float] = field(default_factory=list)
 
     @property
     def seconds(self) -> float:
@@ -186,6 +187,7 @@ class Loader:
             if done.any():
                 firsts.append(float(sent[done].min()))
                 lasts.append(float(acked[done].max()))
+            result.response_s.extend((acked[done] - sent[done]).tolist())
             for i in np.flatnonzero(done).tolist():
                 code = int(status[i])
                 result.requests += 1

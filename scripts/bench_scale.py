@@ -35,7 +35,7 @@ from clinstream.core.config import Settings
 from clinstream.core.records import InRecord
 from clinstream.core.topic_admin import admin_client, changelog_prefix, group_state
 from clinstream.core.topics import PSEUDO_TELEMETRY
-from clinstream.pipeline.processes import SitePipeline
+from clinstream_devtools.pipeline.processes import SitePipeline
 
 STAGES = ("pseudonymise", "features", "store")
 POLL_S = 0.05

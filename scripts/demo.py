@@ -15,7 +15,7 @@ from rich.table import Table
 
 from clinstream.core.config import Settings
 from clinstream.core.db import connect
-from clinstream.pipeline.processes import SitePipeline, site_env
+from clinstream_devtools.pipeline.processes import SitePipeline, site_env
 
 console = Console(width=150)
 

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -17,26 +14,12 @@ from confluent_kafka import TopicPartition
 from clinstream.core.config import Settings
 from clinstream.core.kafka import DurableProducer, make_consumer
 from clinstream.core.topics import FEATURES, LATE_TELEMETRY, PSEUDO_TELEMETRY, Stage, dlq
+from condition_wait import wait_for as wait_for
+from condition_wait import wait_until
+from ports import free_port as free_port
 
 CLINSTREAM = Path(sys.executable).with_name("clinstream")
 REPORTS = Path(__file__).resolve().parents[2] / "reports" / "console"
-
-
-def wait_for(what: str, check: Callable[[], bool], deadline_s: float = 60.0, every_s: float = 0.2) -> None:
-    """Poll `check` until it holds; fail naming `what` after the deadline."""
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if check():
-            return
-        time.sleep(every_s)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def free_port() -> int:
-    """A free loopback port."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def simulate_activity(settings: Settings, records: int) -> None:
@@ -57,12 +40,16 @@ def advance_group(settings: Settings, stage: str, topic: str, records: int) -> N
     try:
         consumer.subscribe([topic])
         seen = 0
-        end = time.monotonic() + 60
-        while seen < records and time.monotonic() < end:
-            msg = consumer.poll(0.5)
+
+        def committed_enough() -> bool:
+            nonlocal seen
+            msg = consumer.poll(0.5)  # blocks up to 0.5 s for the next record
             if msg is not None and msg.error() is None:
                 seen += 1
                 consumer.commit(message=msg, asynchronous=False)
+            return seen >= records
+
+        wait_until(committed_enough, 60, f"{records} committed records of {stage}'s group", step_s=0.0)
     finally:
         consumer.close()
 

@@ -21,7 +21,9 @@ COLUMNS = (Column("group", "group", key_column=True), Column("state", "state", e
            Column("lag", "lag", right=True))
 
 
-def test_table_without_tty_keeps_key_columns_whole(capsys: pytest.CaptureFixture[str]) -> None:
+def test_table_without_tty_keeps_key_columns_whole(capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "160")  # the piped width (narrower: the reason wraps between its words)
     emit([{"group": LONG, "state": None, "lag": 12345}] * 3, COLUMNS, OutputFormat.TABLE, title="groups")
     out = capsys.readouterr().out
     assert LONG in out and "…" not in out

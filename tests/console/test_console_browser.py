@@ -28,10 +28,10 @@ from console_harness import (
 )
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 
-from clinstream.console.synthetic import Cohort, default_first_day, fill_store
 from clinstream.core.config import Settings
 from clinstream.core.db import connect
 from clinstream.core.topics import PSEUDO_TELEMETRY
+from clinstream_devtools.console.synthetic import Cohort, default_first_day, fill_store
 
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(shutil.which("chromedriver") is None,
                                                            reason="needs Debian's chromium-driver")]

@@ -13,7 +13,6 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from clinstream.console.synthetic import Cohort, fill_store
 from clinstream.core.config import Settings
 from clinstream.core.db import connect
 from clinstream.export.query import ExportFilter
@@ -21,6 +20,7 @@ from clinstream.export.tables import NotAFeatureTable, check_table
 from clinstream.export.writer import ExportFormat, write_export
 from clinstream.features.catalogue import HEART_RATE, names_of
 from clinstream.features.windows import WindowKind
+from clinstream_devtools.console.synthetic import Cohort, fill_store
 
 pytestmark = pytest.mark.integration
 

@@ -9,8 +9,8 @@ import numpy as np
 
 from clinstream.federated.config import TaskConfig
 from clinstream.federated.dataset import FEATURE_NAMES, SiteDataset, split_by_participant
-from clinstream.federated.demo import split_comparison
 from clinstream.federated.report import summary_rows
+from clinstream_devtools.federated.demo import split_comparison
 
 
 def _site(seed: int, people: int = 40, per_person: int = 6) -> SiteDataset:

@@ -57,3 +57,39 @@ def test_admitted_records_continue_the_frontier_without_a_gap(offsets: list[int]
     following = start + len(run)
     assert gap == any(o > following for o in offsets)
     assert following not in offsets
+
+
+def test_a_seek_runs_in_the_consumer_thread_and_resets_faust_read_offset() -> None:
+    """faust's own seek mutates aiokafka's fetch buffer from the caller's thread (a KeyError race); ours does not."""
+    import asyncio
+    import threading
+    from typing import Any
+
+    from clinstream.core.offset_ledger import seek_in_consumer_thread
+
+    class ConsumerThread:
+        def __init__(self) -> None:
+            self.seeks: list[tuple[object, int, str]] = []
+
+        def seek(self, tp: object, offset: int) -> None:
+            self.seeks.append((tp, offset, threading.current_thread().name))
+
+        async def call_thread(self, method: Any, *args: Any) -> Any:
+            result: list[Any] = []
+            worker = threading.Thread(target=lambda: result.append(method(*args)), name="consumer-thread")
+            worker.start()
+            await asyncio.get_running_loop().run_in_executor(None, worker.join)
+            return result[0]
+
+    class Consumer:
+        def __init__(self) -> None:
+            self._thread = ConsumerThread()
+            self._read_offset: dict[object, int | None] = {"tp": 3}
+
+        async def seek(self, tp: object, offset: int) -> None:
+            raise AssertionError("faust's seek runs in the caller's thread")
+
+    consumer = Consumer()
+    asyncio.run(seek_in_consumer_thread(consumer, "tp", 17))
+    assert consumer._thread.seeks == [("tp", 17, "consumer-thread")]
+    assert consumer._read_offset == {"tp": 17}

@@ -24,14 +24,14 @@ from clinstream.core.config import Settings
 from clinstream.core.db import connect, connect_with_retry
 from clinstream.core.topic_admin import apply_topics, delete_site_topics
 from clinstream.core.topics import AUDIT, PSEUDO_TELEMETRY
-from clinstream.federated.pipeline_fill import LagProbe
 from clinstream.federated.roles import connect_reader, drop_reader_role, ensure_reader_role, reader_url
 from clinstream.ingest.credentials import register_device, register_lims
-from clinstream.pipeline.processes import SitePipeline
 from clinstream.pseudonymise.keys import init_key_file
 from clinstream.pseudonymise.pseudonyms import Pseudonymiser
 from clinstream.store.migrate import migrate
 from clinstream.store.writer import ERASURE_KEEP_TABLES
+from clinstream_devtools.federated.pipeline_fill import LagProbe
+from clinstream_devtools.pipeline.processes import SitePipeline
 from condition_wait import wait_until
 from ports import free_port
 from topic_read import read_values

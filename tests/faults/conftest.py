@@ -20,8 +20,8 @@ PARTICIPANTS = 20
 
 def _ensure_stack() -> None:
     """Start the shared broker and database if a fault left either down, and wait until both answer."""
-    from clinstream.stack.kafka import kafka_is_up, start_kafka
-    from clinstream.stack.postgres import postgres_is_up, start_postgres
+    from clinstream_devtools.stack.kafka import kafka_is_up, start_kafka
+    from clinstream_devtools.stack.postgres import postgres_is_up, start_postgres
 
     base = Settings()
     if not postgres_is_up(base):

@@ -16,7 +16,7 @@ import httpx
 
 from clinstream.core.config import Settings
 from clinstream.core.db import connect
-from clinstream.pipeline.processes import SitePipeline
+from clinstream_devtools.pipeline.processes import SitePipeline
 from condition_wait import wait_until
 from topic_read import read_records, read_values
 
@@ -101,6 +101,16 @@ def hr_block(participant: str, seq: int, start_ms: int) -> dict[str, Any]:
     }
 
 
+def _answer(resp: httpx.Response) -> str:
+    """The status code, and for a 503 its cause (broker_unavailable, database_unavailable, overloaded)."""
+    if resp.status_code != 503:
+        return str(resp.status_code)
+    try:
+        return f"503 {resp.json()['error']}"
+    except (ValueError, KeyError, TypeError):
+        return "503"
+
+
 @dataclass
 class Loader:
     """One thread per participant posts its blocks in order, each retried unchanged until a 202 (ledgered)."""
@@ -125,7 +135,7 @@ class Loader:
         while True:
             try:
                 resp = client.post(f"{self.site.url}/v1/telemetry", json={"blocks": [block]}, headers=headers)
-                self._count(str(resp.status_code))
+                self._count(_answer(resp))
                 if resp.status_code == 202:
                     answer = resp.json()
                     if answer["rejected"]:
@@ -210,7 +220,7 @@ def consent_states(settings: Settings) -> int:
 def settle_and_check(pipeline: SitePipeline, ledger: Ledger, timeout_s: float) -> StoreCounts:
     """Wait until the store holds every ledgered reading and every stage has committed all of its input (so no
     batch is in flight and none can be re-delivered), then return the MINUTE heart-rate counts."""
-    from clinstream.federated.pipeline_fill import LagProbe
+    from clinstream_devtools.federated.pipeline_fill import LagProbe
 
     expected = ledger.readings
     settings = pipeline.settings
@@ -327,3 +337,25 @@ def _record(decoded: Any) -> dict[str, Any]:
         decoded = decoded[1]
     assert isinstance(decoded, dict)
     return decoded
+
+
+def stop_all(pipelines: list[SitePipeline], timeout_s: float) -> None:
+    """Stop every process of several pipelines at once: SIGTERM to all, one shared deadline, then SIGKILL.
+
+    Teardown stays bounded however many instances run (one by one, each would get its own grace period)."""
+    import signal
+    import subprocess
+
+    procs = [p for pipeline in pipelines for p in pipeline.procs.values() if p.popen.poll() is None]
+    for proc in procs:
+        proc.popen.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    for proc in procs:
+        try:
+            proc.popen.wait(max(deadline - time.monotonic(), 0.0))
+        except subprocess.TimeoutExpired:
+            proc.popen.kill()
+            proc.popen.wait(10)
+    for pipeline in pipelines:
+        for proc in pipeline.procs.values():
+            proc.log_file.close()

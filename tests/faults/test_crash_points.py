@@ -35,10 +35,10 @@ from clinstream.core.constants import CRASH_POINT_ENV, CRASH_TIMES_ENV, CRASH_WH
 from clinstream.core.crash_points import CrashPoint
 from clinstream.core.db import connect
 from clinstream.core.topics import AUDIT, ERASURE
-from clinstream.pipeline.processes import SitePipeline
 from clinstream.pseudonymise.keys import load_key_file
 from clinstream.pseudonymise.pseudonyms import Pseudonymiser
 from clinstream.replay.lag import group_lags
+from clinstream_devtools.pipeline.processes import SitePipeline
 from condition_wait import wait_until
 from topic_read import read_values
 

@@ -32,8 +32,8 @@ from faults_harness import (
 )
 
 from clinstream.core.config import Settings
-from clinstream.pipeline.processes import SitePipeline
-from clinstream.stack.common import stack_lock
+from clinstream_devtools.pipeline.processes import SitePipeline
+from clinstream_devtools.stack.common import stack_lock
 from condition_wait import wait_until
 from ports import port_refuses
 
@@ -109,7 +109,7 @@ def test_sigkill_each_worker_at_random_moments(fault_site: FaultSite, seed: int)
 
 
 def test_broker_restart_during_ingest(fault_site: FaultSite) -> None:
-    from clinstream.stack.kafka import broker_address, kafka_is_up, start_kafka, stop_kafka
+    from clinstream_devtools.stack.kafka import broker_address, kafka_is_up, start_kafka, stop_kafka
 
     base = Settings()
     host, port = broker_address(base)
@@ -130,7 +130,7 @@ def test_broker_restart_during_ingest(fault_site: FaultSite) -> None:
 
 
 def test_postgres_stopped_30s_during_ingest(fault_site: FaultSite) -> None:
-    from clinstream.stack.postgres import postgres_is_up, start_postgres, stop_postgres
+    from clinstream_devtools.stack.postgres import postgres_is_up, start_postgres, stop_postgres
 
     base = Settings()
 

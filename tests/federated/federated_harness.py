@@ -21,8 +21,8 @@ from clinstream.core.topic_admin import admin_client
 from clinstream.federated.config import TaskConfig
 from clinstream.federated.dataset import FEATURE_NAMES, SiteDataset, load_site_dataset
 from clinstream.federated.metrics import balanced_accuracy, roc_auc
-from clinstream.federated.model import LogisticModel, Standardiser, TrainParams, train
 from clinstream.federated.roles import connect_reader, drop_reader_role, reader_url
+from clinstream.federated.task import LogisticModel, Standardiser, TrainParams, train
 from clinstream.pseudonymise.keys import KeyRing, write_key_file
 
 

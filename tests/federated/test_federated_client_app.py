@@ -15,10 +15,10 @@ from clinstream.federated import protocol as p
 from clinstream.federated.client_app import app
 from clinstream.federated.config import TaskConfig
 from clinstream.federated.dataset import FEATURE_NAMES
-from clinstream.federated.demo import prepare_site
-from clinstream.federated.model import LogisticModel
 from clinstream.federated.roles import reader_url
 from clinstream.federated.strategy import build_strategy
+from clinstream.federated.task import LogisticModel
+from clinstream_devtools.federated.demo import prepare_site
 
 pytestmark = pytest.mark.integration
 NO_CLIPPING = 1e6  # a clipping norm no update reaches: the DP wrapper is in the path but changes nothing

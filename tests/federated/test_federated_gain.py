@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from clinstream.federated.metrics import roc_auc
-from clinstream.federated.model import LogisticModel, Standardiser, TrainParams, train
+from clinstream.federated.task import LogisticModel, Standardiser, TrainParams, train
 
 SITES = (26, 30, 34)
 EXAMPLES_PER_PARTICIPANT = 3

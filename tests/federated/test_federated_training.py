@@ -29,12 +29,12 @@ from federated_harness import comparison, drop_sites, load_as_reader, new_sites,
 from clinstream.core.config import Settings
 from clinstream.core.db import connect
 from clinstream.federated.config import TaskConfig, report_paths
-from clinstream.federated.demo import PIPELINE, prepare_sites, run_federation, site_nodes
-from clinstream.federated.deployment import Deployment
-from clinstream.federated.pipeline_fill import PipelineFillReport
 from clinstream.federated.report import read_report, write_report
+from clinstream_devtools.federated.demo import PIPELINE, prepare_sites, run_federation, site_nodes
+from clinstream_devtools.federated.local_deployment import Deployment
+from clinstream_devtools.federated.pipeline_fill import PipelineFillReport
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("flower")]  # Flower's fixed ports
 
 ROUNDS = 2
 BIG = ((26, 44), (30, 45), (34, 46))  # (participants, seed) of the sites a, b, c (any seeds: nothing here

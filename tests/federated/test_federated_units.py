@@ -18,9 +18,10 @@ from clinstream.federated import protocol as p
 from clinstream.federated.config import SiteNodeConfig, TaskConfig
 from clinstream.federated.dataset import FEATURE_NAMES, split_by_participant
 from clinstream.federated.deployment import APP_DIR, superlink_command, supernode_command, write_connection
-from clinstream.federated.model import LogisticModel, Standardiser, TrainParams, column_sums, loss, train
 from clinstream.federated.strategy import SiteReply, global_evaluation
-from clinstream.federated.synthetic import CohortSpec, generate_site
+from clinstream.federated.task import LogisticModel, Standardiser, TrainParams, column_sums, loss, train
+from clinstream_devtools.federated.synthetic import CohortSpec, generate_site, synthetic_pseudonym
+from clinstream_devtools.simulate.profiles import make_participant
 
 labels_and_scores = st.integers(2, 80).flatmap(lambda n: st.tuples(
     st.lists(st.integers(0, 1), min_size=n, max_size=n),
@@ -171,3 +172,17 @@ def test_synthetic_cohort_is_deterministic_and_independent_of_the_site_id() -> N
     again = generate_site(CohortSpec("site-a", participants=2, days=20, seed=5))
     assert [r.value for r in again.records] == [r.value for r in a.records]
     assert len(FEATURE_NAMES) == len(set(FEATURE_NAMES))
+
+
+def test_synthetic_cohort_has_the_simulators_physiology() -> None:
+    """The federated fills use the simulators' one model: each sample's flare is its participant's profile flare,
+    and CRP rises with it as in the LIMS simulator."""
+    seed, n = 7, 4
+    site = generate_site(CohortSpec("site-a", participants=n, days=30, seed=seed))
+    people = {synthetic_pseudonym(seed, "participant", f"P-{i:06d}"): make_participant(seed, i) for i in range(n)}
+    assert len({t.participant for t in site.truth}) == n
+    for truth in site.truth:
+        assert truth.flare_intensity == people[truth.participant].flare_level(truth.collected_ms)
+    in_flare = [t.crp_mg_l for t in site.truth if t.flare_intensity >= 0.5]
+    assert in_flare and min(in_flare) > c.CRP_FLARE_MG_L
+

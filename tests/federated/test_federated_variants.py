@@ -15,10 +15,10 @@ from federated_harness import drop_sites, new_sites
 
 from clinstream.core.config import Settings
 from clinstream.federated.config import report_paths
-from clinstream.federated.demo import SYNTHETIC, prepare_sites, run_federation, site_nodes
 from clinstream.federated.report import read_report
+from clinstream_devtools.federated.demo import SYNTHETIC, prepare_sites, run_federation, site_nodes
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("flower")]  # Flower's fixed ports
 
 ROUNDS = 2
 PARTICIPANTS, DAYS = 16, 20

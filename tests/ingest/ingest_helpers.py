@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from clinstream.core.config import Settings
-from clinstream.simulate.telemetry import iso_ms
+from clinstream_devtools.simulate.telemetry import iso_ms
 from topic_read import read_messages
 
 JSON = {"Content-Type": "application/json"}

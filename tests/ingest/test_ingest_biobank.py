@@ -16,7 +16,7 @@ from clinstream.core.avro import get_codec, subject_key
 from clinstream.core.db import connect
 from clinstream.core.topics import RAW_BIOBANK, Stage, dlq
 from clinstream.ingest.credentials import credentials_schema
-from clinstream.simulate.telemetry import iso_ms
+from clinstream_devtools.simulate.telemetry import iso_ms
 
 pytestmark = pytest.mark.integration
 HOUR = 3_600_000

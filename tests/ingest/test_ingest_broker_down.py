@@ -12,8 +12,8 @@ from ingest_helpers import assay_event, auth, blackhole_server, body, free_port,
 
 from clinstream.ingest.app import create_app
 from clinstream.ingest.config import IngestSettings
-from clinstream.stack.common import stack_lock
-from clinstream.stack.kafka import broker_address, kafka_is_up, start_kafka, stop_kafka
+from clinstream_devtools.stack.common import stack_lock
+from clinstream_devtools.stack.kafka import broker_address, kafka_is_up, start_kafka, stop_kafka
 from condition_wait import wait_until
 from ports import port_refuses
 

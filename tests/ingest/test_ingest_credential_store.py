@@ -3,7 +3,6 @@ the real database and real `clinstream gateway` processes."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -19,6 +18,7 @@ from clinstream.core.config import Settings
 from clinstream.core.db import connect
 from clinstream.federated.roles import drop_reader_role, ensure_reader_role, reader_url
 from clinstream.ingest.credentials import credentials_schema, register_device, register_lims
+from condition_wait import wait_until
 
 pytestmark = pytest.mark.integration
 REVOCATION_BOUND_S = 1.0  # the issues' functional bound: a revocation is effective everywhere within 1 s
@@ -94,10 +94,8 @@ def test_a_revocation_through_the_cli_is_refused_by_another_gateway_within_a_sec
         assert 'clinstream_gateway_credential_lookups_total{source="cache"} 2.0' in cached
         revoked = run_cli(site, "devices", "revoke", issued.key_id)
         assert revoked.returncode == 0, revoked.stderr
-        deadline = time.monotonic() + REVOCATION_BOUND_S  # from the moment the revocation committed
-        while (status := _status(b, issued.token)) != 401 and time.monotonic() < deadline:
-            pass
-        assert status == 401
+        wait_until(lambda: _status(b, issued.token) == 401, REVOCATION_BOUND_S,  # from the revocation's commit
+                   "the other gateway to refuse the revoked token", step_s=0.0)
         assert _status(a, issued.token) == 401
 
 
@@ -126,10 +124,7 @@ def test_the_cache_is_off_while_its_listener_is_away(site: Settings) -> None:
         issued = register_device(conn, f"SIM-LSN-{uuid.uuid4().hex[:8]}", "P-000053")
     with TestClient(create_app(site, IngestSettings())) as client:
         gw = client.app.state.gateway  # type: ignore[attr-defined]
-        deadline = time.monotonic() + 10
-        while not gw.db.cache.listening:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_until(lambda: gw.db.cache.listening, 10, "the credential cache's LISTEN connection", step_s=0.01)
         gw.db.cache.reset(listening=False)  # as when the listening connection is lost
         for _ in range(3):
             r = client.post("/v1/telemetry", content=body(hr_block("P-000053")), headers=auth(issued.token))

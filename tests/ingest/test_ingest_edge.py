@@ -33,6 +33,7 @@ from clinstream.ingest.credentials import (
     register_device,
     register_lims,
 )
+from condition_wait import wait_until
 
 pytestmark = pytest.mark.integration
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "nginx" / "clinstream-gateway.conf"
@@ -127,16 +128,15 @@ def test_tls_terminated_by_nginx_with_the_repository_config(site: Settings, tls:
                                   "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             url = f"https://127.0.0.1:{proxy_port}"
-            deadline = time.monotonic() + 20
-            while True:
+
+            def proxy_ready() -> bool:
                 assert proxy.poll() is None, (proxy.stderr.read() if proxy.stderr else b"").decode()
                 try:
-                    if httpx.get(f"{url}/readyz", verify=str(tls.ca), timeout=2).status_code == 200:
-                        break
+                    return httpx.get(f"{url}/readyz", verify=str(tls.ca), timeout=2).status_code == 200
                 except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline, "nginx did not start"
-                time.sleep(0.1)
+                    return False
+
+            wait_until(proxy_ready, 20, "nginx to proxy the gateway's /readyz", step_s=0.1)
             r = httpx.post(f"{url}/v1/telemetry", content=body(hr_block("P-000063")), headers=auth(token),
                            verify=str(tls.ca))
             assert r.status_code == 202, r.text
@@ -166,12 +166,12 @@ def test_over_its_limit_a_device_gets_429_then_202_after_waiting(site: Settings,
     assert r.status_code == 429 and r.json()["error"] == "rate_limited"
     wait_s = int(r.headers["Retry-After"])
     assert wait_s == 1
-    deadline = time.monotonic() + wait_s + 2.0
-    while (status := gateway.post("/v1/telemetry", content=body(hr_block("P-000064")),
-                                  headers=auth(token)).status_code) == 429:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)  # the client waits as Retry-After told it
-    assert status == 202
+
+    def answered_after_the_limit() -> int | None:  # the client waits as Retry-After told it, then tries again
+        status = gateway.post("/v1/telemetry", content=body(hr_block("P-000064")), headers=auth(token)).status_code
+        return None if status == 429 else status
+
+    assert wait_until(answered_after_the_limit, wait_s + 2.0, "an answer other than 429", step_s=0.1) == 202
     limited = re.search(r'clinstream_gateway_rate_limited_total\{unit="requests"\} (\S+)', gateway.get("/metrics").text)
     assert limited is not None and float(limited.group(1)) >= 1
 
@@ -228,9 +228,13 @@ def test_a_scoped_lims_key_is_refused_outside_its_scope(site: Settings, gateway:
     done = run_cli(site, "lims", "scope", issued.key_id, "--event-type", "assay", "--event-type", "consent",
                    "--sample-prefix", "SMP-1")
     assert done.returncode == 0, done.stderr
-    deadline = time.monotonic() + 1.0  # the gateway's cached key is evicted by NOTIFY
-    while (status := post({**consent, "event_id": str(uuid.uuid4())}).status_code) != 202:
-        assert status == 403 and time.monotonic() < deadline
+
+    def consent_accepted() -> bool:
+        status = post({**consent, "event_id": str(uuid.uuid4())}).status_code
+        assert status in (202, 403), status
+        return status == 202
+
+    wait_until(consent_accepted, 1.0, "the widened scope (the gateway's cached key is evicted by NOTIFY)", step_s=0.0)
     assert run_cli(site, "lims", "scope", issued.key_id, "--event-type", "lifecycles").returncode == 2
 
 

@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ingest_helpers import assay_event, hr_block
 
-from clinstream.simulate.lims import LimsOptions, lims_events
-from clinstream.simulate.profiles import make_participant
-from clinstream.simulate.telemetry import DeviceOptions, device_blocks
+from clinstream_devtools.simulate.lims import LimsOptions, lims_events
+from clinstream_devtools.simulate.profiles import make_participant
+from clinstream_devtools.simulate.telemetry import DeviceOptions, device_blocks
 
 pytestmark = pytest.mark.integration
 REQUESTS = 1_100

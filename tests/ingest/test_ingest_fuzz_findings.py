@@ -6,7 +6,6 @@ from __future__ import annotations
 import gzip
 import json
 import logging
-import time
 import uuid
 from typing import Any
 
@@ -25,6 +24,7 @@ from clinstream.ingest.broker_log import BrokerLogSummary
 from clinstream.ingest.credentials import CredentialError, register_device, revoke_devices
 from clinstream.ingest.json_depth import json_depth
 from clinstream.ingest.producer import LIBRDKAFKA_LOG, AsyncDurableProducer
+from condition_wait import wait_until
 
 pytestmark = pytest.mark.integration
 DEPTH = 300  # deeper than orjson.dumps' limit (254), within orjson.loads' (1,024)
@@ -108,17 +108,20 @@ def test_re_registering_an_active_device_puts_no_serial_into_the_server_log(inge
             register_device(conn, serial, "P-000031")
         revoke_devices(conn, device_id=serial)
         conn.execute(f"DO $$ BEGIN RAISE WARNING '{sentinel}'; END $$")  # log lines are written in order
-    deadline = time.monotonic() + 10
-    while sentinel not in (log := _server_log(ingest_site.settings)):
-        assert time.monotonic() < deadline, "the sentinel never reached the server log"
-        time.sleep(0.05)
+
+    def log_through_the_sentinel() -> str:
+        text = _server_log(ingest_site.settings)
+        return text if sentinel in text else ""
+
+    log = wait_until(log_through_the_sentinel, 10, "the sentinel in the server log", step_s=0.05)
     assert serial not in log
 
 
 @pytest.mark.faults
 def test_broker_outage_logs_one_summary_line_not_a_storm(ingest_site, caplog) -> None:
     """Stop the real broker under a connected producer: librdkafka's error lines become one summary line."""
-    from clinstream.stack.kafka import start_kafka, stop_kafka
+    from clinstream_devtools.stack.common import stack_lock
+    from clinstream_devtools.stack.kafka import start_kafka, stop_kafka
 
     settings = ingest_site.settings
     caplog.set_level(logging.DEBUG, logger=LIBRDKAFKA_LOG.name)
@@ -126,19 +129,20 @@ def test_broker_outage_logs_one_summary_line_not_a_storm(ingest_site, caplog) ->
     producer = AsyncDurableProducer(settings, deadline_s=1.0, **{"client.id": client_id})
     try:
         assert producer.probe(5.0)
-        stop_kafka(settings)
-        try:
-            deadline = time.monotonic() + 30
-            while producer.log_summary.total < 30:  # 30 librdkafka error lines (about 1.5 s of the outage)
-                assert time.monotonic() < deadline, f"only {producer.log_summary.total} librdkafka error lines"
-                producer.probe(0.2)
-            lines = [r.getMessage() for r in caplog.records if r.name == LIBRDKAFKA_LOG.name
-                     and r.levelno >= logging.WARNING and f"[{client_id}#" in r.getMessage()]
-        finally:
-            start_kafka(settings)
-        deadline = time.monotonic() + 120
-        while not producer.probe(1.0):
-            assert time.monotonic() < deadline, "the broker did not come back"
+        with stack_lock(settings):  # other processes' `stack up` wait until the outage is over
+            stop_kafka(settings)
+            try:
+
+                def error_lines_seen() -> bool:  # 30 librdkafka error lines (about 1.5 s of the outage)
+                    producer.probe(0.2)  # blocks up to 0.2 s serving the producer's callbacks (its log lines)
+                    return producer.log_summary.total >= 30
+
+                wait_until(error_lines_seen, 30, "30 librdkafka error lines", step_s=0.0)
+                lines = [r.getMessage() for r in caplog.records if r.name == LIBRDKAFKA_LOG.name
+                         and r.levelno >= logging.WARNING and f"[{client_id}#" in r.getMessage()]
+            finally:
+                start_kafka(settings)
+        wait_until(lambda: producer.probe(1.0), 120, "the broker to come back", step_s=0.0)
     finally:
         producer.close_within(1.0)
     assert len(lines) == 1 and lines[0].startswith("broker unreachable since "), lines

@@ -3,7 +3,6 @@ eviction, the zone on the raw telemetry topic, and which source wins (registrati
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -22,7 +21,8 @@ from clinstream.ingest.config import IngestSettings
 from clinstream.ingest.credentials import credentials_schema, parse_token, register_device
 from clinstream.ingest.gateway_db import DevicePrincipal
 from clinstream.ingest.time_zones import is_iana_zone, stamped_time_zone
-from clinstream.simulate.telemetry import iso_ms
+from clinstream_devtools.simulate.telemetry import iso_ms
+from condition_wait import wait_until
 
 if TYPE_CHECKING:
     from conftest import IngestSite
@@ -105,10 +105,8 @@ def _looked_up(client: TestClient, token: str) -> DevicePrincipal:
 
 
 def _wait_for_zone(client: TestClient, token: str, zone: str | None) -> None:
-    deadline = time.monotonic() + EVICTION_DEADLINE_S
-    while (seen := _looked_up(client, token).time_zone) != zone:
-        assert time.monotonic() < deadline, f"the gateway still stamps {seen!r}, not {zone!r}"
-        time.sleep(0.02)
+    wait_until(lambda: _looked_up(client, token).time_zone == zone, EVICTION_DEADLINE_S,
+               f"the gateway to stamp {zone!r}", step_s=0.02)
 
 
 def _stamped(site: IngestSite, client: TestClient, token: str, participant: str) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import random
 import uuid
 
 import orjson
@@ -13,7 +14,7 @@ from ingest_helpers import MIN, assay_event, hr_block, now_ms
 
 from clinstream.ingest.biobank_models import loinc_check_digit
 from clinstream.ingest.biobank_validate import AcceptedEvent, BiobankValidator, RejectedEvent
-from clinstream.ingest.body import gunzip_limited
+from clinstream.ingest.body import decode_body, decodes_within, gunzip_limited
 from clinstream.ingest.config import IngestSettings
 from clinstream.ingest.credentials import bearer_token, matches, new_token, parse_token
 from clinstream.ingest.csv_import import row_to_event
@@ -151,6 +152,35 @@ def test_gunzip_limits() -> None:
     with pytest.raises(ApiError) as err:
         gunzip_limited(gzip.compress(data)[:-8], 100_000)
     assert err.value.status == 400
+
+
+def test_a_gzip_bomb_small_as_sent_is_not_small_work() -> None:
+    """The gateway decodes small bodies in its event loop and others in a thread: a bomb is small only as sent."""
+    bomb = gzip.compress(b'{"blocks": [' + b" " * (8 * 1024 * 1024) + b"]}", 9)
+    assert len(bomb) < 64 * 1024
+    assert not decodes_within(bomb, "gzip", 64 * 1024)
+    assert decodes_within(bomb, None, 64 * 1024)  # as identity, the bytes as sent are all there is
+    assert decodes_within(gzip.compress(b"x" * 64 * 1024), "gzip", 64 * 1024)
+    assert not decodes_within(gzip.compress(b"x" * (64 * 1024 + 1)), "x-gzip", 64 * 1024)
+    assert not decodes_within(b"x" * (64 * 1024 + 1), None, 64 * 1024)
+    assert decodes_within(b"not gzip", "gzip", 64 * 1024)  # refused with a 400 at once, wherever it is decoded
+
+
+def test_a_gzip_body_may_inflate_a_hundredfold_and_always_to_a_mebibyte() -> None:
+    limits = IngestSettings()
+    assert limits.max_inflate_ratio == 100
+    bomb = gzip.compress(b'{"blocks": [' + b" " * (20 * 1024 * 1024) + b"]}", 9)  # ~20 KiB inflating 1,000x
+    with pytest.raises(ApiError) as err:
+        decode_body(bomb, "gzip", limits)
+    assert err.value.status == 413 and "100 times its compressed size" in err.value.body().detail
+    zeros = b'{"values": [' + b"0," * 400_000 + b"0]}"  # constant readings: ~1,000x, but under 1 MiB decoded
+    assert len(zeros) < 1024 * 1024 and len(gzip.compress(zeros)) * 100 < len(zeros)
+    assert decode_body(gzip.compress(zeros), "gzip", limits) == zeros
+    body = random.Random(5).randbytes(5 * 1024 * 1024)  # compresses little: only the decoded-size limit applies
+    assert decode_body(gzip.compress(body), "gzip", limits) == body
+    with pytest.raises(ApiError) as err:
+        decode_body(gzip.compress(body), "gzip", IngestSettings(max_decoded_bytes=4 * 1024 * 1024))
+    assert err.value.status == 413 and "exceeds 4194304 bytes" in err.value.body().detail
 
 
 def test_tokens() -> None:

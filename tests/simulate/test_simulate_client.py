@@ -22,12 +22,12 @@ from clinstream.core.config import Settings
 from clinstream.core.topics import RAW_BIOBANK, RAW_TELEMETRY
 from clinstream.ingest.app import create_app
 from clinstream.ingest.config import IngestSettings
-from clinstream.simulate import client as simulate_client
-from clinstream.simulate.client import GatewayClient, run_devices, run_lims
-from clinstream.simulate.lims import LimsOptions
-from clinstream.simulate.profiles import make_cohort
-from clinstream.simulate.provision import device_tokens, lims_token
-from clinstream.simulate.telemetry import device_blocks
+from clinstream_devtools.simulate import client as simulate_client
+from clinstream_devtools.simulate.client import GatewayClient, run_devices, run_lims
+from clinstream_devtools.simulate.lims import LimsOptions
+from clinstream_devtools.simulate.profiles import make_cohort
+from clinstream_devtools.simulate.provision import device_tokens, lims_token
+from clinstream_devtools.simulate.telemetry import device_blocks
 from condition_wait import wait_until
 
 HOUR = 3_600_000

@@ -14,9 +14,9 @@ from clinstream.core.constants import CRP_FLARE_MG_L
 from clinstream.ingest.biobank_validate import AcceptedEvent, BiobankValidator
 from clinstream.ingest.config import IngestSettings
 from clinstream.ingest.telemetry_validate import AcceptedBlock, TelemetryValidator
-from clinstream.simulate.lims import LimsOptions, lims_events
-from clinstream.simulate.profiles import Participant, make_cohort, make_participant
-from clinstream.simulate.telemetry import SimBlock, batch_payloads, device_blocks, rmssd
+from clinstream_devtools.simulate.lims import LimsOptions, lims_events
+from clinstream_devtools.simulate.profiles import Participant, make_cohort, make_participant
+from clinstream_devtools.simulate.telemetry import SimBlock, batch_payloads, device_blocks, rmssd
 
 DAY = 86_400_000
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z

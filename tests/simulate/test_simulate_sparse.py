@@ -14,9 +14,9 @@ import pytest
 
 from clinstream.ingest.config import IngestSettings
 from clinstream.ingest.telemetry_validate import AcceptedBlock, TelemetryValidator
-from clinstream.simulate.client import GatewayClient, run_devices
-from clinstream.simulate.profiles import make_cohort, make_participant
-from clinstream.simulate.telemetry import DeviceOptions, device_blocks
+from clinstream_devtools.simulate.client import GatewayClient, run_devices
+from clinstream_devtools.simulate.profiles import make_cohort, make_participant
+from clinstream_devtools.simulate.telemetry import DeviceOptions, device_blocks
 
 DAY = 86_400_000
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from clinstream.core.config import Settings
-from clinstream.stack.common import StackError
-from clinstream.stack.kafka import kafka_nodes, local_brokers, server_properties
+from clinstream_devtools.stack.common import StackError
+from clinstream_devtools.stack.kafka import kafka_nodes, local_brokers, server_properties
 
 
 def _settings(tmp: Path, **kw: object) -> Settings:

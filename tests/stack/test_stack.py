@@ -13,10 +13,10 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from clinstream.core.config import Settings
-from clinstream.stack.cli import stack_up
-from clinstream.stack.common import StackError
-from clinstream.stack.kafka import kafka_is_up, kafka_pid
-from clinstream.stack.postgres import postgres_is_up, postgres_pid, start_postgres, timescale_edition
+from clinstream_devtools.stack.cli import stack_up
+from clinstream_devtools.stack.common import StackError
+from clinstream_devtools.stack.kafka import kafka_is_up, kafka_pid
+from clinstream_devtools.stack.postgres import postgres_is_up, postgres_pid, start_postgres, timescale_edition
 
 pytestmark = pytest.mark.integration
 
@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _stack(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "clinstream.stack.cli", *args], cwd=REPO, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "clinstream_devtools.stack.cli", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=180, env={**os.environ, "COLUMNS": "160", **(env or {})}, check=False)
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from clinstream.core.config import Settings
-from clinstream.stack.kafka import kafka_pid
-from clinstream.stack.postgres import OS_USER, cluster_dir, postgres_is_up, postgres_pid
+from clinstream_devtools.stack.kafka import kafka_pid
+from clinstream_devtools.stack.postgres import OS_USER, cluster_dir, postgres_is_up, postgres_pid
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +37,7 @@ def _private_stack_env(data_dir: Path, postgres_port: int) -> dict[str, str]:
 
 
 def _stack(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "clinstream.stack.cli", *args], cwd=REPO, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "clinstream_devtools.stack.cli", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=300, env={**os.environ, "COLUMNS": "200", **env}, check=False)
 
 

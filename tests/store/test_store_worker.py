@@ -34,8 +34,8 @@ from clinstream.core.config import Settings
 from clinstream.core.db import connect
 from clinstream.core.kafka import DurableProducer
 from clinstream.core.topics import AUDIT, ERASURE, FEATURES, SAMPLE_FEATURES, Stage, dlq
-from clinstream.stack.common import stack_lock
 from clinstream.store.worker import erasure_audit_id
+from clinstream_devtools.stack.common import stack_lock
 from condition_wait import wait_for
 
 pytestmark = pytest.mark.integration
@@ -113,7 +113,7 @@ def test_sigkill_mid_stream_then_restart_stores_exactly_the_expected_rows(
 
 @pytest.mark.faults  # stops the shared database
 def test_database_outage_loses_nothing(site: Settings, producer: DurableProducer, worker: StoreProcess) -> None:
-    from clinstream.stack.postgres import start_postgres, stop_postgres
+    from clinstream_devtools.stack.postgres import start_postgres, stop_postgres
 
     s = site.site_id
     before = [feature(s, 1, m) for m in range(1000)]

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -26,6 +28,8 @@ class OutputFormat(StrEnum):
 
 OUTPUT_OPTION = typer.Option(OutputFormat.TABLE, "--output", "-o", help="table (for people), json or csv.")
 _MIN_WIDTH = 80
+_PIPED_WIDTH = 160  # a piped table's width unless $COLUMNS says otherwise; wider only for whole key columns
+_FOLD_ABOVE = 32  # non-key columns wrap between words; only a word longer than this may be cut
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,27 +49,72 @@ def resolve(output: OutputFormat, as_json: bool) -> OutputFormat:
 
 
 def cell(value: Any, column: Column) -> str:
-    """A value as table text; None and "" become the column's reason."""
-    if value is None or value == "":
+    """A value as table text; None, "" and an empty list become the column's reason."""
+    if value is None or value == "" or value == []:
         return column.empty
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
-    if isinstance(value, dict | list):
+    if isinstance(value, list | tuple) and all(isinstance(v, str | int | float) for v in value):
+        return ", ".join(str(v) for v in value)
+    if isinstance(value, dict | list | tuple):
         return json.dumps(value, default=str)
     return str(value)
 
 
-def _width(columns: Sequence[Column], rows: Sequence[Mapping[str, Any]], title: str) -> int:
-    """Width that fits every cell on one line (rich shrinks and cuts columns to the 80-column default otherwise)."""
-    widths = [max([len(c.heading), *(len(cell(r.get(c.key), c)) for r in rows)]) for c in columns]
-    return max(_MIN_WIDTH, len(title) + 4, sum(widths) + 3 * len(columns) + 1)
+def csv_value(value: Any) -> Any:
+    """A value as a CSV field: None empty, lists and objects as JSON (one field, parseable)."""
+    if value is None:
+        return ""
+    if isinstance(value, dict | list | tuple):
+        return json.dumps(value, default=str)
+    return value
 
 
-def table_console(columns: Sequence[Column], rows: Sequence[Mapping[str, Any]], title: str) -> Console:
-    """A console to the terminal; without a TTY, wide enough for the whole table."""
+def timestamp(value: datetime | None) -> str | None:
+    """An instant as ISO 8601 to the second (None stays None, so the column can say why it is empty)."""
+    return None if value is None else value.isoformat(timespec="seconds")
+
+
+def _widths(columns: Sequence[Column], rows: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Each column's width with every cell on one line."""
+    return [max([len(c.heading), *(len(cell(r.get(c.key), c)) for r in rows)]) for c in columns]
+
+
+def _longest_word(column: Column, rows: Sequence[Mapping[str, Any]]) -> int:
+    return max([len(word) for r in rows for word in cell(r.get(column.key), column).split()], default=0)
+
+
+def _min_widths(columns: Sequence[Column], rows: Sequence[Mapping[str, Any]], widths: Sequence[int]) -> list[int]:
+    """How narrow a column may get: a key column never below its longest cell, the others wrap between words (only
+    a word longer than _FOLD_ABOVE may be cut)."""
+    return [w if c.key_column else min(w, max(len(c.heading), min(_longest_word(c, rows), _FOLD_ABOVE)))
+            for c, w in zip(columns, widths, strict=True)]
+
+
+def fitted_widths(columns: Sequence[Column], rows: Sequence[Mapping[str, Any]], total: int) -> list[int]:
+    """Column widths for a table of at most `total` characters, or wider where the key columns need it: every
+    column starts at its least width; the spare width makes the columns that need least whole first, and what
+    then remains is shared evenly by the columns that still wrap."""
+    widths = _widths(columns, rows)
+    fitted = _min_widths(columns, rows, widths)
+    spare = total - (sum(fitted) + 3 * len(columns) + 1)
+    short_first = sorted(range(len(columns)), key=lambda i: widths[i] - fitted[i])
+    for rank, i in enumerate(short_first):
+        share = max(spare, 0) // (len(columns) - rank)
+        grow = min(widths[i] - fitted[i], share)
+        fitted[i] += grow
+        spare -= grow
+    return fitted
+
+
+def _table_width(columns: Sequence[Column], rows: Sequence[Mapping[str, Any]], title: str) -> int:
+    """The width to fill: the terminal's; without a TTY $COLUMNS or _PIPED_WIDTH (rich would use 80), never more than
+    one line per row needs."""
     if sys.stdout.isatty():
-        return Console()
-    return Console(width=_width(columns, rows, title), no_color=True)
+        return Console().width
+    whole = max(_MIN_WIDTH, len(title) + 4, sum(_widths(columns, rows)) + 3 * len(columns) + 1)
+    wanted = int(os.environ["COLUMNS"]) if os.environ.get("COLUMNS", "").isdigit() else _PIPED_WIDTH
+    return min(whole, wanted)
 
 
 def emit(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column], output: OutputFormat, *, title: str = "",
@@ -78,16 +127,19 @@ def emit(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column], output: O
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow([c.key for c in columns])
         for r in rows:
-            writer.writerow(["" if r.get(c.key) is None else r.get(c.key) for c in columns])
+            writer.writerow([csv_value(r.get(c.key)) for c in columns])
         return
-    console = table_console(columns, rows, title)
+    width = _table_width(columns, rows, title)
+    fitted = fitted_widths(columns, rows, width)
+    # the console is as wide as the fitted table, so neither rich nor a narrow terminal setting cuts a key column
+    console = Console(width=max(width, sum(fitted) + 3 * len(columns) + 1), no_color=not sys.stdout.isatty())
     if not rows and empty:
-        console.print(f"{title}: {empty}" if title else empty)
+        console.print(f"{title}: {empty}" if title else empty, soft_wrap=True, highlight=False)
         return
     table = Table(title=title or None)
-    for c in columns:
+    for c, w in zip(columns, fitted, strict=True):
         table.add_column(c.heading, no_wrap=c.key_column, overflow="fold", justify="right" if c.right else "left",
-                         min_width=len(c.heading))
+                         min_width=w, max_width=w)
     for r in rows:
         table.add_row(*(cell(r.get(c.key), c) for c in columns), style="bold" if r.get("_total") else None)
     console.print(table)

@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     min_insync_replicas: int = Field(default=1, ge=1, le=5,
                                      description="Replicas that must hold a record before acks=all returns; "
                                                  "default 2 with 3+ replicas, else 1.")
+    broker_failover_s: float = Field(default=0.0, ge=0, le=60,
+                                     description="How long the cluster takes to fence a dead broker and move its "
+                                                 "partitions; producers that answer clients (the gateway) wait "
+                                                 "this long beyond their deadline. Default: the local cluster's "
+                                                 "broker session timeout on a cluster, 0 on one broker.")
     pseudonym_key_file: Path | None = Field(default=None, description="File holding the site's pseudonym key ring.")
     pseudonym_key: SecretStr | None = Field(default=None, description="Pseudonym secret, if not given as a file.")
     produce_timeout_s: float = Field(default=10.0, gt=0, description="Deadline for broker acknowledgement.")
@@ -61,6 +66,8 @@ class Settings(BaseSettings):
             self.replication_factor = min(self.kafka_brokers, c.CLUSTER_REPLICATION_FACTOR)
         if "min_insync_replicas" not in self.model_fields_set:
             self.min_insync_replicas = default_min_insync_replicas(self.replication_factor)
+        if "broker_failover_s" not in self.model_fields_set and self.replication_factor > 1:
+            self.broker_failover_s = c.KAFKA_BROKER_SESSION_TIMEOUT_MS / 1000
         if self.replication_factor > self.kafka_brokers:
             raise ValueError(f"replication_factor {self.replication_factor} exceeds kafka_brokers "
                              f"{self.kafka_brokers}: a topic cannot have more replicas than the cluster has brokers")

@@ -25,8 +25,11 @@ FLOWER_CLIENTAPPIO_BASE_PORT: Final = 19201
 # A local Kafka cluster: node i (1-based) listens on the configured broker and controller ports + STRIDE * (i - 1).
 KAFKA_NODE_PORT_STRIDE: Final = 2
 KAFKA_MAX_LOCAL_BROKERS: Final = 9
-KAFKA_BROKER_SESSION_TIMEOUT_MS: Final = 6000  # a SIGKILLed broker of the local cluster is fenced after this
-KAFKA_BROKER_HEARTBEAT_INTERVAL_MS: Final = 1000
+# A SIGKILLed broker of the local cluster is fenced (its partitions get new leaders, it leaves every ISR) after the
+# session timeout. With RF 3 on 3 brokers it is in every ISR, so every acks=all write waits for the fencing: the
+# timeout stays well below the gateway's acknowledgement deadline (INGEST_DEADLINE_S), else requests get 503.
+KAFKA_BROKER_SESSION_TIMEOUT_MS: Final = 3000
+KAFKA_BROKER_HEARTBEAT_INTERVAL_MS: Final = 500
 # Raft timeouts of the local cluster's quorum, above Kafka's 2 s / 1 s so a starved JVM on a busy dev box does
 # not trigger an election storm.
 KAFKA_QUORUM_FETCH_TIMEOUT_MS: Final = 10_000
@@ -34,6 +37,14 @@ KAFKA_QUORUM_ELECTION_TIMEOUT_MS: Final = 5_000
 KAFKA_CLUSTER_START_TIMEOUT_S: Final = 180.0
 CLUSTER_REPLICATION_FACTOR: Final = 3  # replicas per topic on a cluster of 3 or more brokers
 CLUSTER_MIN_INSYNC_REPLICAS: Final = 2  # with 3 replicas: every write on 2 brokers, one broker may be down
+# The stream stages' state changelogs (faust tables) are compacted, so a restarted worker restores the live entries
+# plus a bounded uncompacted head, not every write since the site started: a segment becomes compactable after
+# 10 min or 16 MiB (the broker default is 7 days or 1 GiB), and the tombstones of finalised windows and erased
+# entries are dropped 1 h after a compaction (far longer than a restore takes; default 24 h).
+CHANGELOG_SEGMENT_MS: Final = 10 * 60 * 1000
+CHANGELOG_SEGMENT_BYTES: Final = 16 * 2**20
+CHANGELOG_DELETE_RETENTION_MS: Final = 3600 * 1000
+CHANGELOG_MIN_CLEANABLE_DIRTY_RATIO: Final = "0.1"
 
 DEFAULT_SITE_ID: Final = "site-a"
 DEFAULT_DATABASE: Final = "clinstream"
@@ -77,6 +88,10 @@ FEATURES_RR_MIN_MS: Final = 300.0  # RR intervals outside [min, max] are not NN 
 FEATURES_RR_MAX_MS: Final = 2000.0
 FEATURES_SKIN_BASELINE_DAYS: Final = 7  # rolling baseline: mean of the previous N local-day means
 FEATURES_SKIN_BASELINE_MIN_DAYS: Final = 3  # a baseline exists once at least this many of those days have data
+# Plausible ranges of wearable readings (field -> default). Features leave a reading outside out of every feature.
+FEATURES_PLAUSIBLE: Final[Mapping[str, float]] = MappingProxyType({
+    "hr_min_bpm": 20.0, "hr_max_bpm": 250.0, "rr_min_ms": FEATURES_RR_MIN_MS, "rr_max_ms": FEATURES_RR_MAX_MS,
+    "spo2_min_percent": 50.0, "spo2_max_percent": 100.0, "skin_min_c": 15.0, "skin_max_c": 45.0})
 # Feature version 2 (research-grade definitions; see features/catalogue.py for the sources).
 FEATURES_DEFAULT_TIME_ZONE: Final = "UTC"  # IANA zone of participants whose blocks carry none
 FEATURES_ECTOPIC_PERCENT: Final = 20.0  # percent-change rule (Malik et al. 1989): |RR_i - RR_i-1| > this % of RR_i-1
@@ -108,17 +123,30 @@ INGEST_MAX_EVENTS_PER_REQUEST: Final = 1_000  # events per POST /v1/biobank/even
 INGEST_MAX_SLEEP_EPISODES: Final = 16  # sleep episodes per block
 INGEST_MAX_BODY_BYTES: Final = 16 * 1024 * 1024  # request body as sent (possibly gzip-compressed)
 INGEST_MAX_DECODED_BYTES: Final = 32 * 1024 * 1024  # request body after gunzip (zip-bomb guard)
+# A gzip body may inflate to at most this many times its size (but always to 1 MiB): JSON telemetry compresses
+# 5-20x, a gzip bomb about 1,000x, so a bomb is refused after a tenth of the work (Apache POI's zip-bomb guard
+# uses the same bound: a minimum inflate ratio of 0.01).
+INGEST_MAX_INFLATE_RATIO: Final = 100
+INGEST_MIN_INFLATE_ALLOWANCE_BYTES: Final = 1024 * 1024
 INGEST_MAX_FUTURE_SKEW_S: Final = 300  # device clocks may run at most this far ahead (features allow 600 s)
 INGEST_MAX_BLOCK_AGE_DAYS: Final = 366  # blocks that start longer ago than this are refused
 INGEST_MAX_BLOCK_SPAN_MS: Final = 24 * 3600 * 1000  # last offset of a block (Avro int offsets allow ~24.8 days)
 INGEST_DEADLINE_S: Final = 5.0  # broker acknowledgement deadline of one request; then 503 + Retry-After
 INGEST_RETRY_AFTER_S: Final = 5  # Retry-After of 503 answers
+# 401, 413 and 429 answers are held this long: a client hammering with a bad or over-limit credential (or gzip
+# bombs) then costs one waiting coroutine per connection instead of the gateway's CPU.
+INGEST_REFUSAL_DELAY_S: Final = 0.25
 INGEST_BROKER_PROBE_S: Final = 1.0  # while the broker is down, probe its metadata this often
 INGEST_DB_POOL_MAX: Final = 8  # connections of the gateway's credential/idempotency pool
 INGEST_MAX_IN_FLIGHT: Final = 128  # intake requests in progress at once; beyond that: 503 (load shedding)
 INGEST_TOKEN_SECRET_BYTES: Final = 32  # 256-bit random credential secrets
 DEVICE_TOKEN_PREFIX: Final = "csd"  # noqa: S105 (a prefix, not a secret); device tokens look like csd_<key id>.<secret>
 LIMS_TOKEN_PREFIX: Final = "csl"  # noqa: S105 (a prefix, not a secret); LIMS API keys look like csl_<key id>.<secret>
+# Plausible ranges of wearable readings (field -> default): the gateway refuses a block with a reading outside.
+# Wrist skin runs below core temperature: a wide band.
+INGEST_PLAUSIBLE: Final[Mapping[str, float]] = MappingProxyType({
+    "hr_min_bpm": 20.0, "hr_max_bpm": 250.0, "rr_min_ms": 200.0, "rr_max_ms": 3000.0,
+    "spo2_min_percent": 50.0, "spo2_max_percent": 100.0, "skin_min_c": 20.0, "skin_max_c": 43.0})
 # Analytes whose LOINC code and UCUM unit the gateway enforces (analyte -> (LOINC, unit)).
 KNOWN_ASSAYS: Final = {"CRP": ("1988-5", "mg/L"), "HSCRP": ("30522-7", "mg/L")}
 CRP_FLARE_MG_L: Final = 5.0  # CRP above this marks an inflammatory flare (simulator ground truth)

@@ -108,6 +108,22 @@ class Frontier:
             self.moved_at = time.monotonic()
 
 
+async def seek_in_consumer_thread(consumer: Any, tp: Any, offset: int) -> None:
+    """Seek a faust consumer's partition from the thread that fetches its records.
+
+    faust-streaming 0.15's `Consumer.seek` calls aiokafka's `seek` from the caller's thread, which pops the
+    partition's buffered records while the consumer thread drains them: a race that crashed a features worker with
+    `KeyError` in aiokafka's `Fetcher.fetched_records`. Done in the consumer thread (as faust does its own
+    `seek_to_committed`), then faust's read offset is reset as its `seek` does.
+    """
+    thread = getattr(consumer, "_thread", None)
+    if thread is None or not hasattr(thread, "call_thread"):
+        await consumer.seek(tp, offset)
+        return
+    await thread.call_thread(thread.seek, tp, offset)
+    consumer._read_offset[tp] = offset if offset else None
+
+
 class OffsetLedger:
     """Commits a faust agent's input offsets from processed batches; re-seeks partitions faust left behind."""
 
@@ -195,7 +211,7 @@ class OffsetLedger:
         self._rewind[key] = now
         log.info("partition %s/%d: offset gap after %d; seeking back", key[0], key[1], offset)
         try:
-            await self._app.consumer.seek(TP(*key), offset)
+            await seek_in_consumer_thread(self._app.consumer, TP(*key), offset)
         except Exception as exc:  # e.g. revoked meanwhile: the watch tries again
             log.warning("seek of %s/%d failed (%s); the watch tries again", key[0], key[1], type(exc).__name__)
 
@@ -249,7 +265,7 @@ class OffsetLedger:
             frontier.moved_at = now
             self._rewind[key] = now
             try:
-                await self._app.consumer.seek(TP(*key), frontier.next_offset)
+                await seek_in_consumer_thread(self._app.consumer, TP(*key), frontier.next_offset)
             except Exception as exc:  # e.g. revoked meanwhile: a watchdog never stops the worker
                 log.warning("seek of %s/%d failed (%s); the next tick tries again", key[0], key[1],
                             type(exc).__name__)

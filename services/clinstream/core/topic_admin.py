@@ -17,7 +17,15 @@ from confluent_kafka.admin import (
 )
 
 from clinstream.core.config import Settings
-from clinstream.core.topics import ALL_TOPICS, TopicSpec, partitions_of, topic_configs
+from clinstream.core.topics import (
+    ALL_TOPICS,
+    STATE_TABLES,
+    TopicSpec,
+    changelog_configs,
+    changelog_name,
+    partitions_of,
+    topic_configs,
+)
 
 
 @dataclass
@@ -71,10 +79,19 @@ def apply_topics(settings: Settings, specs: tuple[TopicSpec, ...] = ALL_TOPICS,
                 f"{have_parts}")
         updated = _align_configs(admin, name, topic_configs(spec, settings.min_insync_replicas), timeout_s)
         changes.append(TopicChange(name, "configs-updated" if updated else "unchanged"))
-    changelog_isr = {"min.insync.replicas": str(settings.min_insync_replicas)}
+    changelog_cfg = changelog_configs(settings.min_insync_replicas)
+    faust_made = {"min.insync.replicas": str(settings.min_insync_replicas)}
     for name in sorted(n for n in existing if n.startswith(changelog_prefix(settings))):
-        if _align_configs(admin, name, changelog_isr, timeout_s):
+        wanted = changelog_cfg if name.endswith("-changelog") else faust_made
+        if _align_configs(admin, name, wanted, timeout_s):
             changes.append(TopicChange(name, "configs-updated"))
+    if specs is ALL_TOPICS:  # the whole catalogue: the stages' state changelogs too
+        for stage, table in STATE_TABLES.items():
+            name = changelog_name(settings.site_id, stage, table)
+            if name not in existing:
+                to_create.append(NewTopic(name, num_partitions=settings.topic_partitions,
+                                          replication_factor=settings.replication_factor, config=changelog_cfg))
+                changes.append(TopicChange(name, "created"))
     if to_create:
         for name, fut in admin.create_topics(to_create, operation_timeout=timeout_s).items():
             try:

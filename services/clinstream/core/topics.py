@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from clinstream.core import constants as c
 from clinstream.core.config import Settings
 
 DAY_MS = 24 * 3600 * 1000
@@ -97,6 +98,29 @@ def topic_configs(spec: TopicSpec, min_insync_replicas: int = 1) -> dict[str, st
     if spec.compacted:
         cfg["min.cleanable.dirty.ratio"] = "0.1"
     return cfg
+
+
+# The faust table of each stateful stage (the stage modules name theirs alike). Their changelogs are created with
+# the site's topics: a worker's partition assignor ignores a changelog missing from its first metadata, and the
+# new owner of a moved partition then starts without that partition's state.
+STATE_TABLES: dict[Stage, str] = {Stage.PSEUDONYMISE: "consent", Stage.FEATURES: "feature-state"}
+
+
+def changelog_name(site_id: str, stage: Stage, table: str) -> str:
+    """The changelog topic faust gives a stage's table (`<app id>-<table>-changelog`)."""
+    return f"clinstream-{site_id}-{stage.value}-{table}-changelog"
+
+
+def changelog_configs(min_insync_replicas: int = 1) -> dict[str, str]:
+    """Broker-side configs of a state changelog: compacted, with a short uncompacted head (bounded restore)."""
+    return {
+        "cleanup.policy": "compact",
+        "min.insync.replicas": str(min_insync_replicas),
+        "segment.ms": str(c.CHANGELOG_SEGMENT_MS),
+        "segment.bytes": str(c.CHANGELOG_SEGMENT_BYTES),
+        "delete.retention.ms": str(c.CHANGELOG_DELETE_RETENTION_MS),
+        "min.cleanable.dirty.ratio": c.CHANGELOG_MIN_CLEANABLE_DIRTY_RATIO,
+    }
 
 
 def partitions_of(spec: TopicSpec, settings: Settings) -> int:

@@ -2,28 +2,42 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from clinstream.core.config import get_settings
+from clinstream.core.cli_output import OUTPUT_OPTION, Column, OutputFormat, emit
+from clinstream.core.config import Settings, get_settings
 from clinstream.core.topic_admin import PartitionLayoutError, apply_topics, grow_partitions
-from clinstream.core.topics import ALL_TOPICS, partitions_of
+from clinstream.core.topics import ALL_TOPICS, DAY_MS, TopicSpec, partitions_of
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
 console = Console()
 
 
+TOPIC_COLUMNS = (
+    Column("topic", "topic", key_column=True), Column("partitions", "partitions", right=True),
+    Column("policy", "policy"), Column("retention_days", "retention (days)", empty="forever", right=True),
+    Column("value_schema", "value schema"), Column("doc", "doc"),
+)
+
+
+def topic_row(spec: TopicSpec, settings: Settings) -> dict[str, Any]:
+    """One catalogue topic as a listing row; retention_days None means kept forever."""
+    days = spec.retention_ms / DAY_MS
+    return {"topic": spec.name(settings.site_id), "partitions": partitions_of(spec, settings),
+            "policy": "compact" if spec.compacted else "delete",
+            "retention_days": None if spec.retention_ms < 0 else int(days) if days.is_integer() else days,
+            "value_schema": spec.value_schema, "doc": spec.doc}
+
+
 @app.command("list")
-def list_topics() -> None:
-    """Print the catalogue of the configured site."""
-    s = get_settings()
-    table = Table("topic", "partitions", "policy", "retention (days)", "value schema", "doc")
-    for spec in ALL_TOPICS:
-        days = "forever" if spec.retention_ms < 0 else f"{spec.retention_ms / 86_400_000:g}"
-        table.add_row(spec.name(s.site_id), str(partitions_of(spec, s)), "compact" if spec.compacted else "delete",
-                      days, spec.value_schema.rsplit(".", 1)[-1], spec.doc)
-    console.print(table)
+def list_topics(output: OutputFormat = OUTPUT_OPTION) -> None:
+    """Print the catalogue of the configured site (what `topics apply` creates)."""
+    settings = get_settings()
+    emit([topic_row(spec, settings) for spec in ALL_TOPICS], TOPIC_COLUMNS, output,
+         title=f"Topic catalogue of site {settings.site_id}")
 
 
 @app.command("apply")

@@ -28,7 +28,8 @@ class ExportFormat(StrEnum):
 
 
 _TS = pa.timestamp("us", tz="UTC")
-_TYPES: dict[str, pa.DataType] = {
+_TYPES: dict[str, pa.DataType] = {  # the other columns: text in sample exports, else numbers
+    "participant_pseudonym": pa.string(), "feature_set": pa.string(), "window_kind": pa.string(),
     "window_start": _TS, "window_end": _TS, "computed_at": _TS, "collected_at": _TS,
     "utc_offset_minutes": pa.int32(), "version": pa.int32(), "revision": pa.int64(), "is_final": pa.bool_(),
     "completeness": pa.float64(), "freeze_thaw_count": pa.int32(), "temperature_excursions": pa.int32(),
@@ -40,15 +41,12 @@ def arrow_schema(f: ExportFilter) -> pa.Schema:
     """Column types, with each column's unit and definition from the data dictionary as field metadata."""
     fields = []
     for entry in data_dictionary(f):
-        default = pa.string() if f.feature_set == SAMPLE or entry.column in _STRINGS else pa.float64()
+        default = pa.string() if f.feature_set == SAMPLE else pa.float64()
         meta = {"unit": entry.unit, "definition": entry.definition, "quality_flag": str(entry.quality_flag).lower()}
         if entry.citation:
             meta["citation"] = entry.citation
         fields.append(pa.field(entry.column, _TYPES.get(entry.column, default), metadata=meta))
     return pa.schema(fields)
-
-
-_STRINGS = frozenset({"participant_pseudonym", "feature_set", "window_kind"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,19 +13,17 @@ from clinstream.core.records import BatchResult, InRecord, OutRecord
 from clinstream.core.topics import SAMPLE_FEATURES
 from clinstream.features.biobank import compact_event, parent_of, sample_features
 from clinstream.features.context import ProcessorContext
+from clinstream.features.partition_work import PartitionWork
 from clinstream.features.state import Entry, sample_key
 
 _MAX_LINEAGE_DEPTH = 8
 
 
-class BiobankSamples:
+class BiobankSamples(PartitionWork):
     """One partition's biobank events of one batch: record them per sample and emit the affected samples."""
 
     def __init__(self, proc: ProcessorContext, p: int, result: BatchResult) -> None:
-        self.proc = proc
-        self.p = p
-        self.result = result
-        self.state = proc.state
+        super().__init__(proc, p, result)
         self.touched_samples: dict[tuple[str, str], None] = {}
 
     def record_events(self, events: list[tuple[InRecord, dict[str, Any]]]) -> None:
@@ -34,8 +32,7 @@ class BiobankSamples:
             try:
                 compact = compact_event(event)
             except (KeyError, TypeError, ValueError):
-                self.result.out.append(self.proc.dead_letter(rec, "invalid biobank payload", "payload"))
-                self.result.count("dlq")
+                self.reject(rec, "invalid biobank payload", "payload")
                 continue
             if compact is None:
                 self.result.count("events_without_features")

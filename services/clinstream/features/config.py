@@ -6,18 +6,20 @@ from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from clinstream.core import constants as c
+from clinstream.core.plausible_ranges import PlausibleRanges
 
 
-class FeatureSettings(BaseSettings):
+class FeatureSettings(PlausibleRanges):
     """Horizons, thresholds and plausible ranges of the feature processor.
 
     Readings outside a plausible range are left out of every feature (they are not errors of the block).
     """
 
     model_config = SettingsConfigDict(env_prefix=c.ENV_PREFIX + "FEATURES_", extra="ignore")
+    plausible_defaults = c.FEATURES_PLAUSIBLE
 
     horizon_minute_min: int = Field(default=c.FEATURES_HORIZON_MINUTE_MIN, ge=0)
     horizon_hour_min: int = Field(default=c.FEATURES_HORIZON_HOUR_MIN, ge=0)
@@ -28,14 +30,6 @@ class FeatureSettings(BaseSettings):
     resting_hr_percentile: float = Field(default=c.FEATURES_RESTING_HR_PERCENTILE, gt=0, lt=100)
     spo2_low_percent: float = c.FEATURES_SPO2_LOW_PERCENT
     nn50_ms: float = c.FEATURES_NN50_MS
-    rr_min_ms: float = c.FEATURES_RR_MIN_MS
-    rr_max_ms: float = c.FEATURES_RR_MAX_MS
-    hr_min_bpm: float = 20.0
-    hr_max_bpm: float = 250.0
-    spo2_min_percent: float = 50.0
-    spo2_max_percent: float = 100.0
-    skin_min_c: float = 15.0
-    skin_max_c: float = 45.0
     skin_baseline_days: int = Field(default=c.FEATURES_SKIN_BASELINE_DAYS, ge=1)
     skin_baseline_min_days: int = Field(default=c.FEATURES_SKIN_BASELINE_MIN_DAYS, ge=1)
     version: int = Field(default=1, ge=1, le=2,
@@ -50,11 +44,7 @@ class FeatureSettings(BaseSettings):
     spo2_max_hold_s: int = Field(default=c.FEATURES_SPO2_MAX_HOLD_S, ge=1)
 
     @model_validator(mode="after")
-    def _ranges(self) -> FeatureSettings:
-        for lo, hi in ((self.rr_min_ms, self.rr_max_ms), (self.hr_min_bpm, self.hr_max_bpm),
-                       (self.spo2_min_percent, self.spo2_max_percent), (self.skin_min_c, self.skin_max_c)):
-            if lo >= hi:
-                raise ValueError("every plausible range needs min < max")
+    def _zone_and_baseline(self) -> FeatureSettings:
         try:
             ZoneInfo(self.default_time_zone)
         except (ZoneInfoNotFoundError, ValueError):

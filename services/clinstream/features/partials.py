@@ -122,6 +122,53 @@ def quantise(v: F64, scale: int) -> I64:
     return np.rint(v * scale).astype(np.int64)
 
 
+def plausible(blocks: Sequence[tuple[int, Block]], lo: float, hi: float, feature_set: str) -> tuple[Columns, I64]:
+    """The readings of blocks within [lo, hi] and their fixed-point values."""
+    cols = columns(blocks)
+    cols = cols.select(np.isfinite(cols.v) & (cols.v >= lo) & (cols.v <= hi))
+    return cols, quantise(cols.v, SCALE[feature_set])
+
+
+@dataclass(frozen=True, slots=True)
+class Groups:
+    """The (block, window) groups of columns in (block, event time) order for one window kind: runs of rows."""
+
+    ws: I64  # window start of every row
+    starts: I64  # first row of every group
+    blk: I64
+    rows: int
+
+    @classmethod
+    def of(cls, cols: Columns, kind: WindowKind) -> Groups:
+        """The groups of one window kind."""
+        ws = cols.starts(kind)
+        return cls(ws, runs(cols.blk, ws), cols.blk, len(cols))
+
+    def keys(self) -> list[tuple[int, int]]:
+        """(block, window start) of every group."""
+        return list(zip(self.blk[self.starts].tolist(), self.ws[self.starts].tolist(), strict=True))
+
+    def counts(self) -> list[int]:
+        """Rows of every group."""
+        return list(np.diff(np.append(self.starts, self.rows)).tolist())
+
+    def sums(self, x: I64) -> list[int]:
+        """Sum of x over every group."""
+        return list(np.add.reduceat(x, self.starts).tolist())
+
+    def mins(self, x: I64) -> list[int]:
+        """Minimum of x over every group."""
+        return list(np.minimum.reduceat(x, self.starts).tolist())
+
+
+def add_partials(out: list[Partial], feature_set: str, kind: WindowKind, keys: list[tuple[int, int]],
+                 accs: list[dict[str, Any]]) -> dict[tuple[int, int], dict[str, Any]]:
+    """Append one partial per (block, window) key to out; the accumulators by key."""
+    parts = [Partial(b, feature_set, kind, w, acc) for (b, w), acc in zip(keys, accs, strict=True)]
+    out.extend(parts)
+    return {(p.block, p.start): p.acc for p in parts}
+
+
 def minute_bits(cols: Columns, mask: BOOL, kind: WindowKind, index: dict[tuple[int, int], dict[str, Any]],
                  field: str) -> None:
     """OR into each group's `field` the bits of the window-relative minutes holding a selected sample."""
@@ -138,35 +185,26 @@ def minute_bits(cols: Columns, mask: BOOL, kind: WindowKind, index: dict[tuple[i
 
 def heart_rate(blocks: Sequence[tuple[int, Block]], s: FeatureSettings) -> list[Partial]:
     """n, sum, sum of squares, min, max (milli-bpm), wear minutes and, on day windows, the 1-bpm histogram."""
-    cols = columns(blocks)
-    cols = cols.select(np.isfinite(cols.v) & (cols.v >= s.hr_min_bpm) & (cols.v <= s.hr_max_bpm))
+    cols, q = plausible(blocks, s.hr_min_bpm, s.hr_max_bpm, cat.HEART_RATE)
     if not len(cols):
         return []
-    q = quantise(cols.v, SCALE[cat.HEART_RATE])
     bins = np.clip((q + 500) // 1000, 0, (1 << _HIST_BITS) - 1)  # round half up to whole bpm
     everything = np.ones(len(cols), dtype=np.bool_)
     out: list[Partial] = []
     for kind in ALL_KINDS:
-        ws = cols.starts(kind)
-        starts = runs(cols.blk, ws)
-        counts = np.diff(np.append(starts, len(cols)))
-        s1 = np.add.reduceat(q, starts).tolist()
-        s2 = np.add.reduceat(q * q, starts).tolist()
-        mn = np.minimum.reduceat(q, starts).tolist()
-        mx = np.maximum.reduceat(q, starts).tolist()
-        index: dict[tuple[int, int], dict[str, Any]] = {}
-        parts: list[Partial] = []
-        for g, (b, w) in enumerate(zip(cols.blk[starts].tolist(), ws[starts].tolist(), strict=True)):
-            acc: dict[str, Any] = {"n": int(counts[g]), "s1": s1[g], "s2": s2[g], "mn": mn[g], "mx": mx[g], "w": 0}
-            index[(b, w)] = acc
-            parts.append(Partial(b, cat.HEART_RATE, kind, w, acc))
+        g = Groups.of(cols, kind)
+        mx = np.maximum.reduceat(q, g.starts).tolist()
+        accs: list[dict[str, Any]] = [
+            {"n": n, "s1": s1, "s2": s2, "mn": mn, "mx": x, "w": 0}
+            for n, s1, s2, mn, x in zip(g.counts(), g.sums(q), g.sums(q * q), g.mins(q), mx, strict=True)]
+        first = len(out)
+        index = add_partials(out, cat.HEART_RATE, kind, g.keys(), accs)
         minute_bits(cols, everything, kind, index, "w")
         if kind in DAY_KINDS:
-            keys, n_in_bin = np.unique((_group_ids(starts, len(cols)) << _HIST_BITS) | bins, return_counts=True)
+            keys, n_in_bin = np.unique((_group_ids(g.starts, len(cols)) << _HIST_BITS) | bins, return_counts=True)
             for key, n in zip(keys.tolist(), n_in_bin.tolist(), strict=True):
-                hist = parts[key >> _HIST_BITS].acc.setdefault("h", {})
+                hist = out[first + (key >> _HIST_BITS)].acc.setdefault("h", {})
                 hist[str(key & ((1 << _HIST_BITS) - 1))] = n
-        out.extend(parts)
     return out
 
 
@@ -209,24 +247,25 @@ def steps(blocks: Sequence[tuple[int, Block]], s: FeatureSettings) -> list[Parti
     cols = columns(blocks)
     if not len(cols):
         return []
-    q = cols.v.astype(np.int64)
-    minute = cols.t // MINUTE_MS
+    return step_partials(cols, cols.v.astype(np.int64), cols.t // MINUTE_MS)
+
+
+def step_partials(cols: Columns, amount: I64, minute: I64) -> list[Partial]:
+    """Totals of `amount` per (block, window) and, on windows longer than a minute, per window-relative minute.
+
+    `minute` is each row's minute (rows of one block and minute are contiguous).
+    """
     minute_runs = runs(cols.blk, minute)
-    run_steps = np.add.reduceat(q, minute_runs).tolist()
+    per_minute = np.add.reduceat(amount, minute_runs).tolist()
     out: list[Partial] = []
     for kind in ALL_KINDS:
-        ws = cols.starts(kind)
-        starts = runs(cols.blk, ws)
-        total = np.add.reduceat(q, starts).tolist()
-        index: dict[tuple[int, int], dict[str, Any]] = {}
-        for g, (b, w) in enumerate(zip(cols.blk[starts].tolist(), ws[starts].tolist(), strict=True)):
-            acc: dict[str, Any] = {"tot": total[g]}
-            if kind is not WindowKind.MINUTE:
-                acc["b"] = {}
-            index[(b, w)] = acc
-            out.append(Partial(b, cat.STEPS, kind, w, acc))
-        if kind is not WindowKind.MINUTE:
-            add_minute_bins(index, cols.blk[minute_runs], minute[minute_runs], ws[minute_runs], run_steps)
+        g = Groups.of(cols, kind)
+        binned = kind is not WindowKind.MINUTE
+        accs: list[dict[str, Any]] = [{"tot": total, "b": {}} if binned else {"tot": total}
+                                      for total in g.sums(amount)]
+        index = add_partials(out, cat.STEPS, kind, g.keys(), accs)
+        if binned:
+            add_minute_bins(index, cols.blk[minute_runs], minute[minute_runs], g.ws[minute_runs], per_minute)
     return out
 
 
@@ -242,9 +281,7 @@ def add_minute_bins(index: dict[tuple[int, int], dict[str, Any]], blk: I64, minu
 
 def plausible_spo2(blocks: Sequence[tuple[int, Block]], s: FeatureSettings) -> tuple[Columns, I64]:
     """The plausible SpO2 readings of blocks and their fixed-point values."""
-    cols = columns(blocks)
-    cols = cols.select(np.isfinite(cols.v) & (cols.v >= s.spo2_min_percent) & (cols.v <= s.spo2_max_percent))
-    return cols, quantise(cols.v, SCALE[cat.SPO2])
+    return plausible(blocks, s.spo2_min_percent, s.spo2_max_percent, cat.SPO2)
 
 
 def spo2(blocks: Sequence[tuple[int, Block]], s: FeatureSettings) -> list[Partial]:
@@ -255,35 +292,23 @@ def spo2(blocks: Sequence[tuple[int, Block]], s: FeatureSettings) -> list[Partia
     low = cols.v < s.spo2_low_percent
     out: list[Partial] = []
     for kind in ALL_KINDS:
-        ws = cols.starts(kind)
-        starts = runs(cols.blk, ws)
-        counts = np.diff(np.append(starts, len(cols))).tolist()
-        s1 = np.add.reduceat(q, starts).tolist()
-        mn = np.minimum.reduceat(q, starts).tolist()
-        index: dict[tuple[int, int], dict[str, Any]] = {}
-        for g, (b, w) in enumerate(zip(cols.blk[starts].tolist(), ws[starts].tolist(), strict=True)):
-            acc: dict[str, Any] = {"n": counts[g], "s1": s1[g], "mn": mn[g], "lo": 0}
-            index[(b, w)] = acc
-            out.append(Partial(b, cat.SPO2, kind, w, acc))
-        minute_bits(cols, low, kind, index, "lo")
+        g = Groups.of(cols, kind)
+        accs: list[dict[str, Any]] = [{"n": n, "s1": s1, "mn": mn, "lo": 0}
+                                      for n, s1, mn in zip(g.counts(), g.sums(q), g.mins(q), strict=True)]
+        minute_bits(cols, low, kind, add_partials(out, cat.SPO2, kind, g.keys(), accs), "lo")
     return out
 
 
 def skin_temperature(blocks: Sequence[tuple[int, Block]], s: FeatureSettings) -> list[Partial]:
     """n and sum (1e-4 degC) of plausible skin temperatures."""
-    cols = columns(blocks)
-    cols = cols.select(np.isfinite(cols.v) & (cols.v >= s.skin_min_c) & (cols.v <= s.skin_max_c))
+    cols, q = plausible(blocks, s.skin_min_c, s.skin_max_c, cat.SKIN_TEMPERATURE)
     if not len(cols):
         return []
-    q = quantise(cols.v, SCALE[cat.SKIN_TEMPERATURE])
     out: list[Partial] = []
     for kind in ALL_KINDS:
-        ws = cols.starts(kind)
-        starts = runs(cols.blk, ws)
-        counts = np.diff(np.append(starts, len(cols))).tolist()
-        s1 = np.add.reduceat(q, starts).tolist()
-        for g, (b, w) in enumerate(zip(cols.blk[starts].tolist(), ws[starts].tolist(), strict=True)):
-            out.append(Partial(b, cat.SKIN_TEMPERATURE, kind, w, {"n": counts[g], "s1": s1[g]}))
+        g = Groups.of(cols, kind)
+        add_partials(out, cat.SKIN_TEMPERATURE, kind, g.keys(),
+                     [{"n": n, "s1": s1} for n, s1 in zip(g.counts(), g.sums(q), strict=True)])
     return out
 
 

@@ -26,7 +26,7 @@ from clinstream.features import partials as v1
 from clinstream.features.blocks import Block
 from clinstream.features.config import FeatureSettings
 from clinstream.features.local_days import day_starts
-from clinstream.features.partials import SCALE, Columns, Partial, columns, quantise, runs
+from clinstream.features.partials import Columns, Groups, Partial, runs
 from clinstream.features.windows import ALL_KINDS, DAY_KINDS, WindowKind, window_starts
 
 EPOCH_MS = 5 * MINUTE_MS  # resting heart rate epoch
@@ -45,11 +45,9 @@ def _zoned(blocks: Sequence[tuple[int, Block]], blk: v1.I64, t: v1.I64) -> v1.I6
 def heart_rate(blocks: Sequence[tuple[int, Block]], s: FeatureSettings) -> list[Partial]:
     """Version 1's heart-rate partials plus, on day windows, per-epoch sample counts and sums (e5n, e5s)."""
     out = v1.heart_rate(blocks, s)
-    cols = columns(blocks)
-    cols = cols.select(np.isfinite(cols.v) & (cols.v >= s.hr_min_bpm) & (cols.v <= s.hr_max_bpm))
+    cols, q = v1.plausible(blocks, s.hr_min_bpm, s.hr_max_bpm, cat.HEART_RATE)
     if not len(cols):
         return out
-    q = quantise(cols.v, SCALE[cat.HEART_RATE])
     index = {(p.block, p.kind, p.start): p.acc for p in out}
     for kind in DAY_KINDS:
         ws = cols.starts(kind)
@@ -89,24 +87,7 @@ def steps(blocks: Sequence[tuple[int, Block]], s: FeatureSettings) -> list[Parti
     milli = np.where(d > 0, (n[rep] * 1000 * (hi - lo) * 2 + d) // np.maximum(2 * d, 1), n[rep] * 1000)
     order = np.lexsort((lo, blk[rep]))
     pb, pt, po, pm, pmin = blk[rep][order], lo[order], off[rep][order], milli[order], minute[order]
-    cols = Columns(pb, pt, po, pm.astype(np.float64), _zoned(blocks, pb, pt))
-    out: list[Partial] = []
-    for kind in ALL_KINDS:
-        ws = cols.starts(kind)
-        starts = runs(pb, ws)
-        total = np.add.reduceat(pm, starts).tolist()
-        index: dict[tuple[int, int], dict[str, Any]] = {}
-        for g, (b, w) in enumerate(zip(pb[starts].tolist(), ws[starts].tolist(), strict=True)):
-            acc: dict[str, Any] = {"tot": total[g]}
-            if kind is not WindowKind.MINUTE:
-                acc["b"] = {}
-            index[(b, w)] = acc
-            out.append(Partial(b, cat.STEPS, kind, w, acc))
-        if kind is not WindowKind.MINUTE:
-            mstarts = runs(pb, pmin)
-            v1.add_minute_bins(index, pb[mstarts], pmin[mstarts], ws[mstarts],
-                               np.add.reduceat(pm, mstarts).tolist())
-    return out
+    return v1.step_partials(Columns(pb, pt, po, pm.astype(np.float64), _zoned(blocks, pb, pt)), pm, pmin)
 
 
 def _held_ms(cols: Columns, cap_ms: int) -> v1.I64:
@@ -134,16 +115,10 @@ def spo2(blocks: Sequence[tuple[int, Block]], s: FeatureSettings) -> list[Partia
     below = np.where(cols.v < s.spo2_low_percent, held, 0)
     out: list[Partial] = []
     for kind in ALL_KINDS:
-        ws = cols.starts(kind)
-        starts = runs(cols.blk, ws)
-        counts = np.diff(np.append(starts, len(cols))).tolist()
-        s1 = np.add.reduceat(q, starts).tolist()
-        mn = np.minimum.reduceat(q, starts).tolist()
-        ht = np.add.reduceat(held, starts).tolist()
-        tb = np.add.reduceat(below, starts).tolist()
-        for g, (b, w) in enumerate(zip(cols.blk[starts].tolist(), ws[starts].tolist(), strict=True)):
-            out.append(Partial(b, cat.SPO2, kind, w, {"n": counts[g], "s1": s1[g], "mn": mn[g], "ht": ht[g],
-                                                       "tb": tb[g]}))
+        g = Groups.of(cols, kind)
+        v1.add_partials(out, cat.SPO2, kind, g.keys(), [
+            {"n": n, "s1": s1, "mn": mn, "ht": ht, "tb": tb}
+            for n, s1, mn, ht, tb in zip(g.counts(), g.sums(q), g.mins(q), g.sums(held), g.sums(below), strict=True)])
     return out
 
 

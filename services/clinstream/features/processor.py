@@ -38,6 +38,7 @@ from clinstream.features import catalogue as cat
 from clinstream.features.biobank_processor import BiobankSamples
 from clinstream.features.blocks import Block, BlockError, decode_block
 from clinstream.features.config import FeatureSettings, get_feature_settings
+from clinstream.features.partition_work import PartitionWork
 from clinstream.features.state import Entry, FeatureState, tombstone_key
 from clinstream.features.wearable_processor import WearableWindows
 from clinstream.features.windows import deadlines
@@ -104,14 +105,13 @@ class FeatureProcessor:
         return OutRecord(self.topic_dlq, key, value, headers)
 
 
-class _Batch:
+class _Batch(PartitionWork):
     """The work on one partition's records of one batch: decode, erase, then the wearable and biobank halves."""
 
+    proc: FeatureProcessor
+
     def __init__(self, proc: FeatureProcessor, p: int, result: BatchResult) -> None:
-        self.proc = proc
-        self.p = p
-        self.result = result
-        self.state = proc.state
+        super().__init__(proc, p, result)
         self.wearables = WearableWindows(proc, p, result)
         self.samples = BiobankSamples(proc, p, result)
         self._erased: dict[str, bool] = {}
@@ -134,8 +134,7 @@ class _Batch:
                 if request is not None:
                     erasures.append(request["participant_pseudonym"])
             else:
-                self.result.out.append(self.proc.dead_letter(rec, "unexpected input topic"))
-                self.result.count("dlq")
+                self.reject(rec, "unexpected input topic")
         for pseudonym in erasures:
             self._erase(pseudonym)
         self.wearables.fold_blocks([(r, b) for r, b in blocks if not self._is_erased(b.pseudonym, "blocks")])
@@ -151,20 +150,17 @@ class _Batch:
                 raise DecodeError(f"not a {schema.rsplit('.', 1)[-1]}")
             return self.proc.codec.decode(rec.value)
         except DecodeError as exc:
-            self.result.out.append(self.proc.dead_letter(rec, str(exc)))
-            self.result.count("dlq")
+            self.reject(rec, str(exc))
             return None
 
     def _decode_block(self, rec: InRecord) -> Block | None:
         try:
             block = decode_block(self.proc.codec, rec.value, self.proc.future_skew_ms)
         except BlockError as exc:
-            self.result.out.append(self.proc.dead_letter(rec, exc.reason, exc.field_path))
-            self.result.count("dlq")
+            self.reject(rec, exc.reason, exc.field_path)
             return None
         except DecodeError as exc:
-            self.result.out.append(self.proc.dead_letter(rec, str(exc)))
-            self.result.count("dlq")
+            self.reject(rec, str(exc))
             return None
         self.result.count("blocks")
         self.result.count("readings", block.size)

@@ -31,6 +31,7 @@ from clinstream.features.context import ProcessorContext
 from clinstream.features.local_days import day_end, local_ordinal, offset_minutes
 from clinstream.features.partials import PARTIALS, SCALE, Partial
 from clinstream.features.partials_v2 import PARTIALS_V2
+from clinstream.features.partition_work import PartitionWork
 from clinstream.features.state import Entry, baseline_key, parse_window_key, window_key
 from clinstream.features.windows import LENGTH_MS, WindowKind
 
@@ -40,14 +41,11 @@ _FINALISE_ORDER = {s: i for i, s in enumerate((*[s for s in cat.WEARABLE_SETS if
                                               cat.HEART_RATE))}
 
 
-class WearableWindows:
+class WearableWindows(PartitionWork):
     """One partition's telemetry of one batch: fold blocks into windows, finalise and emit window rows."""
 
     def __init__(self, proc: ProcessorContext, p: int, result: BatchResult) -> None:
-        self.proc = proc
-        self.p = p
-        self.result = result
-        self.state = proc.state
+        super().__init__(proc, p, result)
         self.settings = proc.settings
         self.zoned = proc.version >= ZONED_VERSION  # version 2: zoned local days and the v2 definitions
         self.partials = PARTIALS_V2 if self.zoned else PARTIALS

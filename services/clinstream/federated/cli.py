@@ -1,8 +1,7 @@
-"""`clinstream federated`: SuperLink, SuperNodes, runs and a one-shot demo of the federated CRP task."""
+"""`clinstream federated`: a site's reader role, SuperLink, SuperNodes and runs of the federated CRP task."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ SUMMARY_COLUMNS = (
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
 
-_SET_HELP = "Extra run-config override key=value (repeatable), e.g. --set local-epochs=80 --set dp=server-fixed."
+SET_HELP = "Extra run-config override key=value (repeatable), e.g. --set local-epochs=80 --set dp=server-fixed."
 
 
 @app.callback()
@@ -30,7 +29,17 @@ def federated() -> None:
     """Federated training across sites with Flower (deployment engine, no Ray, telemetry off)."""
 
 
-def _site(site_id: str) -> Settings:
+def print_summary(report: dict[str, Any], run_id: int, output: OutputFormat) -> None:
+    """The federated model beside the local-only models and the pooled reference (table, JSON or CSV)."""
+    from clinstream.federated.report import summary_rows
+
+    emit(summary_rows(report), SUMMARY_COLUMNS, output, title=f"Federated run {run_id}: ROC AUC on held-out "
+         "participants", json_document={"final": report["final"], "declines": report["declines"],
+                                         "comparison": report.get("comparison")})
+
+
+def site_settings(site_id: str) -> Settings:
+    """The settings of `site_id` (the environment's, with that site id)."""
     return Settings(**{**get_settings().model_dump(), "site_id": site_id})
 
 
@@ -58,8 +67,9 @@ def _parse_sets(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def _run_config(rounds: int | None, strategy: str | None, dp: str | None, sets: list[str],
-                report_dir: Path | None) -> dict[str, Any]:
+def run_config_of(rounds: int | None, strategy: str | None, dp: str | None, sets: list[str],
+                  report_dir: Path | None) -> dict[str, Any]:
+    """The run config from the options (`--set` pairs first, then the named options); checked before use."""
     from clinstream.federated.config import TaskConfig
 
     config: dict[str, Any] = _parse_sets(sets)
@@ -72,7 +82,8 @@ def _run_config(rounds: int | None, strategy: str | None, dp: str | None, sets: 
     return config
 
 
-def _work_dir(work_dir: Path | None) -> Path:
+def federated_work_dir(work_dir: Path | None) -> Path:
+    """The federated work directory (created): the given one, else <data dir>/federated."""
     path = work_dir or get_settings().data_dir / "federated"
     path = path.resolve()
     path.mkdir(parents=True, exist_ok=True)
@@ -85,65 +96,9 @@ def grant(site: list[str] = typer.Option(..., "--site", help="Site id (repeatabl
     from clinstream.federated.roles import ensure_reader_role, reader_url
 
     for site_id in site:
-        settings = _site(site_id)
+        settings = site_settings(site_id)
         role = ensure_reader_role(settings)
         typer.echo(f"{site_id}: role {role} -> {reader_url(settings.database_url, site_id)}")
-
-
-_SOURCE_HELP = ("synthetic: a synthetic pseudonymised cohort through the feature processor and store writer "
-                "in-process (fast); pipeline: each site's real pipeline (gateway + workers) driven by the device "
-                "and LIMS simulators over HTTP.")
-
-
-def _source(source: str) -> str:
-    from clinstream.federated.demo import SOURCES
-
-    if source not in SOURCES:
-        raise typer.BadParameter(f"source must be one of {', '.join(SOURCES)}")
-    return source
-
-
-def _fill_with_progress(sites: list[tuple[Settings, int, int]], days: int | None, source: str,
-                        work_dir: Path) -> list[Any]:
-    """Fill the sites behind a progress bar on stderr: site by site in-process, or all pipelines at once."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    from clinstream.federated.demo import PIPELINE, prepare_sites
-
-    reports: list[Any] = []
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True)) as bar:
-        task = bar.add_task(f"fill {len(sites)} site(s) from {source}", total=len(sites))
-        batches = [sites] if source == PIPELINE else [[one] for one in sites]  # pipelines run side by side
-        for batch in batches:
-            bar.update(task, description=f"fill {', '.join(s.site_id for s, _, _ in batch)} from {source}")
-            reports.extend(prepare_sites(batch, days=days, source=source, work_dir=work_dir))
-            bar.advance(task, len(batch))
-        bar.update(task, description=f"filled {len(sites)} site(s) from {source}")
-    return reports
-
-
-@app.command("fill")
-def fill(site: list[str] = typer.Option(..., "--site", help="Site id (repeatable)."),
-         participants: int = typer.Option(30, min=1),
-         days: int | None = typer.Option(None, min=14, help="Days of data (default: 40 synthetic, 24 pipeline)."),
-         seed: int = typer.Option(0), source: str = typer.Option("synthetic", help=_SOURCE_HELP),
-         work_dir: Path | None = typer.Option(None, help="Pipeline keys, state and logs (default: data dir).")) -> None:
-    """Demo data: migrate each site and fill it (seed + i for the i-th site) from the chosen source."""
-    from clinstream.federated.pipeline_fill import PipelineFillReport
-
-    reports = _fill_with_progress([(_site(s), participants, seed + i) for i, s in enumerate(site)], days,
-                                  _source(source), _work_dir(work_dir))
-    for report in reports:
-        assert report is not None
-        extra = ""
-        if isinstance(report, PipelineFillReport):
-            extra = (f"; {report.blocks} blocks, {report.readings} readings and {report.lims_events} LIMS events "
-                     f"through the gateway")
-        typer.echo(f"{report.site_id}: {report.participants} participants, {report.samples} samples, "
-                   f"{report.wearable_rows} day-window rows in {report.seconds:.1f} s{extra}")
 
 
 @app.command("superlink")
@@ -156,7 +111,7 @@ def superlink(port: int = typer.Option(c.FLOWER_SUPERLINK_PORT, help="Fleet + Co
     from clinstream.federated.deployment import flower_env, superlink_command
 
     cmd = superlink_command(port, _tls(ssl_ca_certfile, ssl_certfile, ssl_keyfile), database)
-    os.execve(cmd[0], cmd, flower_env(_work_dir(work_dir) / "flwr-home" / "superlink"))  # noqa: S606 (fixed argv)
+    os.execve(cmd[0], cmd, flower_env(federated_work_dir(work_dir) / "flwr-home" / "superlink"))  # noqa: S606 (fixed argv)
 
 
 @app.command("supernode")
@@ -173,11 +128,11 @@ def supernode(site: str = typer.Option(..., "--site"),
     from clinstream.federated.deployment import flower_env, supernode_command
     from clinstream.federated.roles import reader_url
 
-    settings = _site(site)
+    settings = site_settings(site)
     node = SiteNodeConfig(site, database_url or reader_url(settings.database_url, site), min_participants)
     cmd = supernode_command(node, c.FLOWER_CLIENTAPPIO_BASE_PORT + index, superlink,
                             _tls(root_certificates, auth_key=auth_supernode_private_key))
-    os.execve(cmd[0], cmd, flower_env(_work_dir(work_dir) / "flwr-home" / f"supernode-{site}"))  # noqa: S606
+    os.execve(cmd[0], cmd, flower_env(federated_work_dir(work_dir) / "flwr-home" / f"supernode-{site}"))  # noqa: S606
 
 
 @app.command("run")
@@ -185,56 +140,27 @@ def run(superlink: str = typer.Option(f"127.0.0.1:{c.FLOWER_SUPERLINK_PORT}"),
         root_certificates: Path | None = typer.Option(None),
         rounds: int | None = typer.Option(None, min=1), strategy: str | None = typer.Option(None),
         dp: str | None = typer.Option(None, help="off | client-fixed | server-fixed"),
-        set_: list[str] = typer.Option([], "--set", help=_SET_HELP),
+        set_: list[str] = typer.Option([], "--set", help=SET_HELP),
         report_dir: Path | None = typer.Option(None), work_dir: Path | None = typer.Option(None),
-        timeout: float = typer.Option(c.FEDERATED_RUN_TIMEOUT_S)) -> None:
+        timeout: float = typer.Option(c.FEDERATED_RUN_TIMEOUT_S), output: OutputFormat = OUTPUT_OPTION) -> None:
     """Submit the app to a running SuperLink (`flwr run`), wait for the end and print the report summary."""
     from clinstream.federated.config import report_paths
     from clinstream.federated.deployment import start_run, wait_run, write_connection
     from clinstream.federated.report import read_report
 
-    work = _work_dir(work_dir)
+    work = federated_work_dir(work_dir)
     reports = (report_dir or work / "reports").resolve()
-    config = _run_config(rounds, strategy, dp, set_, reports)
+    config = run_config_of(rounds, strategy, dp, set_, reports)
     home = work / "flwr-cli"
     write_connection(home, superlink, _tls(root_certificates))
     run_id = start_run(home, config)
-    typer.echo(f"run {run_id} submitted")
+    notes = output is not OutputFormat.TABLE  # json/csv keep stdout for the summary alone
+    typer.echo(f"run {run_id} submitted", err=notes)
     status = wait_run(home, run_id, timeout, done_file=report_paths(reports, run_id)[0])
     json_path, png_path = report_paths(reports, run_id)
-    typer.echo(f"run {run_id}: {status}")
+    typer.echo(f"run {run_id}: {status}", err=notes)
     if json_path.exists():
-        report = read_report(json_path)
-        typer.echo(json.dumps({"final": report["final"], "declines": report["declines"]}, indent=2))
-        typer.echo(f"report: {json_path}\nchart:  {png_path}")
+        print_summary(read_report(json_path), run_id, output)
+        typer.echo(f"report: {json_path}\nchart:  {png_path}", err=notes)
     if status != "finished:completed":
         raise typer.Exit(1)
-
-
-@app.command("demo")
-def demo(sites: str = typer.Option("site-a,site-b,site-c", help="Comma-separated site ids."),
-         participants: int = typer.Option(30, help="Participants per site (0: use existing data)."),
-         days: int | None = typer.Option(None, min=14, help="Days of data (default: 40 synthetic, 24 pipeline)."),
-         seed: int = typer.Option(0), source: str = typer.Option("synthetic", help=_SOURCE_HELP),
-         rounds: int | None = typer.Option(None, min=1), strategy: str | None = typer.Option(None),
-         dp: str | None = typer.Option(None, help="off | client-fixed | server-fixed"),
-         set_: list[str] = typer.Option([], "--set", help=_SET_HELP),
-         work_dir: Path | None = typer.Option(None), timeout: float = typer.Option(c.FEDERATED_RUN_TIMEOUT_S),
-         output: OutputFormat = OUTPUT_OPTION) -> None:
-    """Fill the sites (synthetic cohort or real pipelines), start SuperLink + one SuperNode per site, train, stop.
-
-    Prints the federated model beside local-only models and a pooled reference, each over participant splits.
-    """
-    from clinstream.federated.demo import demo as run_demo
-    from clinstream.federated.report import summary_rows
-
-    work = _work_dir(work_dir)
-    config = _run_config(rounds, strategy, dp, set_, None)
-    result = run_demo([_site(s.strip()) for s in sites.split(",") if s.strip()], work, config,
-                      participants=participants, days=days, seed=seed, timeout_s=timeout, source=_source(source))
-    report = result.report()
-    emit(summary_rows(report), SUMMARY_COLUMNS, output, title=f"Federated run {result.run_id}: ROC AUC on held-out "
-         "participants", json_document={"final": report["final"], "declines": report["declines"],
-                                         "comparison": report.get("comparison")})
-    typer.echo(f"run {result.run_id}: {result.status} in {result.seconds:.0f} s\nreport: {result.report_json}\n"
-               f"chart:  {result.report_png}\nlogs:   {work / 'logs'}")

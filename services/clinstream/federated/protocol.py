@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
-from clinstream.federated.model import LogisticModel
+from clinstream.federated.task import LogisticModel
 
 ARRAYS = "arrays"
 METRICS = "metrics"

@@ -21,9 +21,9 @@ from clinstream.core.config import get_settings
 from clinstream.federated import protocol as p
 from clinstream.federated.config import TaskConfig
 from clinstream.federated.dataset import FEATURE_NAMES
-from clinstream.federated.model import LogisticModel, Standardiser
 from clinstream.federated.report import build_report, write_report
 from clinstream.federated.strategy import SiteAwareStrategy, build_strategy, parse_reply
+from clinstream.federated.task import LogisticModel, Standardiser
 
 app = ServerApp()
 

@@ -26,7 +26,7 @@ from clinstream.core.topics import Stage, dlq
 from clinstream.ingest import biobank_models, telemetry_models
 from clinstream.ingest.biobank_intake import BiobankIntake
 from clinstream.ingest.biobank_models import BiobankAnswer, BiobankBatch
-from clinstream.ingest.body import NestingTooDeep, check_media_type, decode_and_parse, read_limited
+from clinstream.ingest.body import NestingTooDeep, check_media_type, decode_and_parse, decodes_within, read_limited
 from clinstream.ingest.config import IngestSettings, get_ingest_settings
 from clinstream.ingest.credentials import ParsedToken, bearer_token, parse_token
 from clinstream.ingest.delivery import deliver
@@ -44,7 +44,7 @@ P = TypeVar("P", DevicePrincipal, LimsPrincipal)
 
 log = logging.getLogger("clinstream.ingest.gateway")
 BODY_READ_TIMEOUT_S = 60.0
-INLINE_BODY_BYTES = 64 * 1024  # bodies above this are parsed and validated in a worker thread
+INLINE_BODY_BYTES = 64 * 1024  # bodies above this, as sent or decoded, are parsed and validated in a worker thread
 _REF = "#/components/schemas/{model}"
 
 
@@ -226,7 +226,7 @@ class Gateway:
         raw = await self.raw_body(request)
         encoding = request.headers.get("content-encoding")
         try:
-            if len(raw) > INLINE_BODY_BYTES:
+            if not decodes_within(raw, encoding, INLINE_BODY_BYTES):
                 value, size = await asyncio.to_thread(decode_and_parse, raw, encoding, self.limits)
             else:
                 value, size = decode_and_parse(raw, encoding, self.limits)
@@ -249,9 +249,11 @@ class Gateway:
             body, size = decode_and_parse(raw, encoding, self.limits)
             return intake.prepare(body, device, received_ms), size
 
-        # Validation and encoding are CPU work: big bodies go to a thread so the event loop keeps serving.
+        # Validation and encoding are CPU work: big bodies (as sent or inflated) go to a thread so the event loop keeps
+        # serving.
         try:
-            prepared, size = await asyncio.to_thread(prepare) if len(raw) > INLINE_BODY_BYTES else prepare()
+            small = decodes_within(raw, encoding, INLINE_BODY_BYTES)
+            prepared, size = prepare() if small else await asyncio.to_thread(prepare)
         except NestingTooDeep as refused:
             context = context_headers(telemetry_context(received_ms, device.device_id, device.participant_id))
             await self.dead_letter_body(refused, "telemetry", subject_key(self.settings.site_id,
@@ -319,11 +321,18 @@ def _rejected_item(index: int, item_id: str | None, path: str | None, reason: st
     return {"index": index, "id": item_id, "field_path": path, "reason": reason}
 
 
-async def _guarded(handler: Callable[[], Awaitable[Response]]) -> Response:
-    """Run a handler: ApiError becomes its answer; anything else a 500 that logs no message (it may hold data)."""
+TARPIT_STATUSES = frozenset({401, 413, 429})  # the refusals a misbehaving client repeats as fast as it can
+
+
+async def _guarded(handler: Callable[[], Awaitable[Response]], refusal_delay_s: float = 0.0,
+                   sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> Response:
+    """Run a handler: ApiError becomes its answer (401/413/429 held `refusal_delay_s`: a hammering client waits on
+    its own connection instead of taking the event loop from others); anything else a 500 that logs no message."""
     try:
         return await handler()
     except ApiError as exc:
+        if exc.status in TARPIT_STATUSES and refusal_delay_s > 0:
+            await sleep(refusal_delay_s)
         return _error_response(exc)
     except Exception as exc:
         frames = "".join(traceback.format_tb(exc.__traceback__))
@@ -424,7 +433,7 @@ def create_app(settings: Settings | None = None, limits: IngestSettings | None =
                                                                           "device is not registered for."}),
               openapi_extra=_body_doc("TelemetryBatch", "deviceToken"))
     async def post_telemetry(request: Request) -> Response:
-        return await _guarded(lambda: gw.shed(lambda: gw.post_telemetry(request)))
+        return await _guarded(lambda: gw.shed(lambda: gw.post_telemetry(request)), gw.limits.refusal_delay_s)
 
     @app.post("/v1/biobank/events", status_code=202, summary="Submit LIMS sample, assay and consent events.",
               description=biobank_models.__doc__ or "",
@@ -432,7 +441,7 @@ def create_app(settings: Settings | None = None, limits: IngestSettings | None =
                   403: "An event lies outside the LIMS key's scope (event type or sample-type prefix)."}),
               openapi_extra=_body_doc("BiobankBatch", "limsKey"))
     async def post_biobank(request: Request) -> Response:
-        return await _guarded(lambda: gw.shed(lambda: gw.post_biobank(request)))
+        return await _guarded(lambda: gw.shed(lambda: gw.post_biobank(request)), gw.limits.refusal_delay_s)
 
     app.openapi = _custom_openapi(app)  # type: ignore[method-assign]
     app.add_middleware(_MetricsMiddleware, metrics=gw.metrics)

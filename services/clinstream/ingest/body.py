@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 from starlette.requests import ClientDisconnect, Request
 
+from clinstream.core import constants as c
 from clinstream.core.dlq import Rejection
 from clinstream.ingest.config import IngestSettings
 from clinstream.ingest.errors import ApiError
@@ -70,6 +71,20 @@ def gunzip_limited(data: bytes, limit: int) -> bytes:
             return b"".join(out)
 
 
+def decodes_within(raw: bytes, content_encoding: str | None, bound: int) -> bool:
+    """Whether the body, as sent and as decoded, is at most `bound` bytes: a gzip body is inflated up to the bound
+    to find out (a gzip bomb is small as sent), so deciding costs at most `bound` bytes of inflation."""
+    if len(raw) > bound:
+        return False
+    if (content_encoding or "").strip().lower() not in ("gzip", "x-gzip"):
+        return True
+    try:
+        gunzip_limited(raw, bound)
+    except ApiError as exc:
+        return exc.status != 413  # malformed gzip fails as fast in place
+    return True
+
+
 async def read_limited(request: Request, limits: IngestSettings) -> bytes:
     """The body as sent: 413 as soon as Content-Length or the bytes streamed so far exceed the limit."""
     declared = request.headers.get("content-length")
@@ -93,10 +108,23 @@ async def read_limited(request: Request, limits: IngestSettings) -> bytes:
     return b"".join(chunks)
 
 
+def inflate_limit(sent_bytes: int, limits: IngestSettings) -> int:
+    """How far a gzip body of `sent_bytes` may inflate: the decoded-size limit, the inflate ratio, 1 MiB at least."""
+    allowance = max(c.INGEST_MIN_INFLATE_ALLOWANCE_BYTES, sent_bytes * limits.max_inflate_ratio)
+    return min(limits.max_decoded_bytes, allowance)
+
+
 def decode_body(raw: bytes, content_encoding: str | None, limits: IngestSettings) -> bytes:
     """The JSON text: gunzipped if declared so, and never longer than the decoded-size limit."""
     if (content_encoding or "").strip().lower() in ("gzip", "x-gzip"):
-        return gunzip_limited(raw, limits.max_decoded_bytes)
+        limit = inflate_limit(len(raw), limits)
+        try:
+            return gunzip_limited(raw, limit)
+        except ApiError as exc:
+            if exc.status == 413 and limit < limits.max_decoded_bytes:
+                raise ApiError(413, "payload_too_large", f"the decompressed body exceeds {limits.max_inflate_ratio} "
+                               "times its compressed size (a gzip bomb?)") from None
+            raise
     if len(raw) > limits.max_decoded_bytes:
         raise _too_large(limits.max_decoded_bytes, "body")
     return raw

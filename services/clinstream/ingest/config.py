@@ -4,29 +4,23 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import SettingsConfigDict
 
 from clinstream.core import constants as c
+from clinstream.core.plausible_ranges import PlausibleRanges
 from clinstream.ingest.time_zones import is_iana_zone
 
 
-class IngestSettings(BaseSettings):
+class IngestSettings(PlausibleRanges):
     """Plausible ranges, clock-skew tolerance, size limits and the broker deadline of the gateway.
 
     A reading outside its plausible range rejects its whole block (the block goes to the ingest DLQ).
     """
 
     model_config = SettingsConfigDict(env_prefix=c.ENV_PREFIX + "INGEST_", extra="ignore")
+    plausible_defaults = c.INGEST_PLAUSIBLE
 
-    hr_min_bpm: float = 20.0
-    hr_max_bpm: float = 250.0
-    rr_min_ms: float = 200.0
-    rr_max_ms: float = 3000.0
-    spo2_min_percent: float = 50.0
-    spo2_max_percent: float = 100.0
-    skin_min_c: float = Field(default=20.0, description="Wrist skin runs below core temperature: a wide band.")
-    skin_max_c: float = 43.0
     accel_max_m_s2: float = Field(default=160.0, gt=0, description="Absolute bound per axis (16 g).")
     max_step_rate_per_s: float = Field(default=5.0, gt=0, description="Steps per second of a counting interval.")
     max_future_skew_s: int = Field(default=c.INGEST_MAX_FUTURE_SKEW_S, ge=0)
@@ -37,11 +31,16 @@ class IngestSettings(BaseSettings):
     max_events_per_request: int = Field(default=c.INGEST_MAX_EVENTS_PER_REQUEST, ge=1)
     max_body_bytes: int = Field(default=c.INGEST_MAX_BODY_BYTES, ge=1024)
     max_decoded_bytes: int = Field(default=c.INGEST_MAX_DECODED_BYTES, ge=1024)
+    max_inflate_ratio: int = Field(default=c.INGEST_MAX_INFLATE_RATIO, ge=10, description="A gzip body may inflate "
+                                   "to this many times its size (and always to 1 MiB); beyond: 413.")
     max_json_depth: int = Field(default=c.INGEST_MAX_JSON_DEPTH, ge=4, le=200,
                                 description="Nesting levels of a JSON body; deeper bodies are refused (422).")
     deadline_s: float = Field(default=c.INGEST_DEADLINE_S, gt=0, le=120,
                               description="Broker acknowledgement deadline of one request; then 503.")
     retry_after_s: int = Field(default=c.INGEST_RETRY_AFTER_S, ge=1)
+    refusal_delay_s: float = Field(default=c.INGEST_REFUSAL_DELAY_S, ge=0, le=10,
+                                   description="401, 413 and 429 answers are held this long (a tarpit for "
+                                               "clients that repeat them as fast as they can).")
     broker_probe_s: float = Field(default=c.INGEST_BROKER_PROBE_S, gt=0)
     db_pool_max: int = Field(default=c.INGEST_DB_POOL_MAX, ge=1)
     credential_cache_ttl_s: float = Field(default=c.INGEST_CREDENTIAL_CACHE_TTL_S, ge=0,
@@ -74,14 +73,6 @@ class IngestSettings(BaseSettings):
         if value is not None and not is_iana_zone(value):
             raise ValueError("CLINSTREAM_INGEST_TIME_ZONE: an IANA name such as Europe/Berlin")
         return value
-
-    @model_validator(mode="after")
-    def _ranges(self) -> IngestSettings:
-        for lo, hi in ((self.hr_min_bpm, self.hr_max_bpm), (self.rr_min_ms, self.rr_max_ms),
-                       (self.spo2_min_percent, self.spo2_max_percent), (self.skin_min_c, self.skin_max_c)):
-            if lo >= hi:
-                raise ValueError("every plausible range needs min < max")
-        return self
 
 
 @lru_cache(maxsize=1)

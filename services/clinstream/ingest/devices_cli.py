@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from clinstream.core.config import get_settings
-from clinstream.core.db import connect_with_retry
-from clinstream.ingest.credential_cli import run_update
-from clinstream.ingest.credentials import CredentialError, list_devices, register_device, revoke_devices
-from clinstream.store.migrate import migrate
+from clinstream.core.cli_output import Column
+from clinstream.ingest.credential_cli import listing_command, run_register, run_update
+from clinstream.ingest.credentials import list_devices, register_device, revoke_devices
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
-console = Console()
-err = Console(stderr=True)
+
+DEVICE_COLUMNS = (
+    Column("key_id", "key id", key_column=True), Column("device_id", "device", key_column=True),
+    Column("participant_id", "participant", key_column=True), Column("created_at", "created"),
+    Column("revoked_at", "revoked", empty="(active)"),
+    Column("time_zone", "time zone", empty="(from LIMS consent, else site default)"),
+)
 
 
 @app.command("register")
@@ -30,21 +31,10 @@ def register(
                                                     help="Override the site's readings limit for this device."),
 ) -> None:
     """Issue a device token; it is printed once and only its hash is stored."""
-    settings = get_settings()
-    migrate(settings)
-    with connect_with_retry(settings, max_wait_s=30.0) as conn:
-        try:
-            issued = register_device(conn, device_id, participant,
-                                     time_zone=time_zone,
-                                     max_requests_per_min=max_requests_per_min,
-                                     max_readings_per_min=max_readings_per_min)
-        except CredentialError as exc:
-            err.print(f"[red]error:[/] {exc}", highlight=False)
-            raise typer.Exit(2) from None
-        conn.commit()
-    err.print(f"key id {issued.key_id}; the token below is shown once (send it as 'Authorization: Bearer <token>'):",
-              highlight=False)
-    typer.echo(issued.token)
+    run_register(lambda conn: register_device(conn, device_id, participant, time_zone=time_zone,
+                                              max_requests_per_min=max_requests_per_min,
+                                              max_readings_per_min=max_readings_per_min),
+                 "the token below is shown once (send it as 'Authorization: Bearer <token>'):")
 
 
 @app.command("revoke")
@@ -58,15 +48,5 @@ def revoke(
                "revoked {count} credential(s)")
 
 
-@app.command("list")
-def list_(include_revoked: bool = typer.Option(False, "--all", help="Include revoked credentials.")) -> None:
-    """Device credentials (never secrets)."""
-    settings = get_settings()
-    migrate(settings)
-    with connect_with_retry(settings, max_wait_s=30.0) as conn:
-        rows = list_devices(conn, include_revoked=include_revoked)
-    table = Table("key id", "device", "participant", "time zone", "created", "revoked")
-    for row in rows:
-        table.add_row(row.key_id, row.device_id, row.participant_id, row.time_zone or "",
-                      f"{row.created_at:%Y-%m-%d %H:%M}", f"{row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "")
-    console.print(table)
+app.command("list")(listing_command(list_devices, DEVICE_COLUMNS, title="Device credentials",
+                                    noun="device credentials"))

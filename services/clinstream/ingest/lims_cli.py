@@ -8,24 +8,33 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
+from clinstream.core.cli_output import OUTPUT_OPTION, Column, OutputFormat, emit
 from clinstream.core.config import get_settings
-from clinstream.core.db import connect_with_retry
 from clinstream.core.kafka import BrokerUnavailable
 from clinstream.core.logging import configure_logging
 from clinstream.ingest.config import get_ingest_settings
-from clinstream.ingest.credential_cli import run_update
-from clinstream.ingest.credentials import CredentialError, list_lims, register_lims, revoke_lims, scope_lims
+from clinstream.ingest.credential_cli import listing_command, run_register, run_update
+from clinstream.ingest.credentials import list_lims, register_lims, revoke_lims, scope_lims
 from clinstream.ingest.csv_import import CsvFormatError, count_rows
 from clinstream.ingest.csv_runner import import_csv
 from clinstream.ingest.gateway_db import DatabaseUnavailable
 from clinstream.store.migrate import migrate
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
-console = Console()
 err = Console(stderr=True)
 MAX_REPORTED_ERRORS = 200
+
+KEY_COLUMNS = (
+    Column("key_id", "key id", key_column=True), Column("lims_name", "LIMS", key_column=True),
+    Column("created_at", "created"), Column("revoked_at", "revoked", empty="(active)"),
+    Column("event_types", "event types", empty="(all)"), Column("sample_prefixes", "sample prefixes", empty="(all)"),
+)
+REJECTED_COLUMNS = (
+    Column("row", "row", key_column=True, right=True),
+    Column("event_id", "event_id", key_column=True, empty="(no event id)"),
+    Column("field", "field", empty="(whole row)"), Column("reason", "reason"),
+)
 
 
 _EVENT_TYPES_HELP = "Event types the key may post (repeat): lifecycle, assay, consent; default all."
@@ -43,18 +52,11 @@ def register_key(
                                                   help="Override the site's events limit for this key."),
 ) -> None:
     """Issue a LIMS API key; it is printed once and only its hash is stored."""
-    settings = get_settings()
-    migrate(settings)
-    with connect_with_retry(settings, max_wait_s=30.0) as conn:
-        try:
-            issued = register_lims(conn, name, event_types=event_types or None, sample_prefixes=sample_prefixes or None,
-                                   max_requests_per_min=max_requests_per_min, max_events_per_min=max_events_per_min)
-        except CredentialError as exc:
-            err.print(f"[red]error:[/] {exc}", highlight=False)
-            raise typer.Exit(2) from None
-        conn.commit()
-    err.print(f"key id {issued.key_id}; the key below is shown once:", highlight=False)
-    typer.echo(issued.token)
+    run_register(lambda conn: register_lims(conn, name, event_types=event_types or None,
+                                            sample_prefixes=sample_prefixes or None,
+                                            max_requests_per_min=max_requests_per_min,
+                                            max_events_per_min=max_events_per_min),
+                 "the key below is shown once:")
 
 
 @app.command("scope")
@@ -71,34 +73,20 @@ def scope(
 @app.command("revoke-key")
 def revoke_key(key_id: str = typer.Argument(..., help="Key id (see `lims list-keys`).")) -> None:
     """Revoke a LIMS API key at once."""
-    with connect_with_retry(get_settings(), max_wait_s=30.0) as conn:
-        count = revoke_lims(conn, key_id)
-        conn.commit()
-    console.print(f"revoked {count} key(s)")
-    raise typer.Exit(0 if count else 1)
+    run_update(lambda conn: revoke_lims(conn, key_id), "revoked {count} key(s)")
 
 
-@app.command("list-keys")
-def list_keys(include_revoked: bool = typer.Option(False, "--all", help="Include revoked keys.")) -> None:
-    """LIMS API keys (never secrets)."""
-    settings = get_settings()
-    migrate(settings)
-    with connect_with_retry(settings, max_wait_s=30.0) as conn:
-        rows = list_lims(conn, include_revoked=include_revoked)
-    table = Table("key id", "LIMS", "event types", "sample prefixes", "created", "revoked")
-    for row in rows:
-        table.add_row(row.key_id, row.lims_name, ",".join(row.event_types or ["all"]),
-                      ",".join(row.sample_prefixes or ["all"]), f"{row.created_at:%Y-%m-%d %H:%M}",
-                      f"{row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "")
-    console.print(table)
+app.command("list-keys")(listing_command(list_lims, KEY_COLUMNS, title="LIMS API keys", noun="LIMS API keys"))
 
 
 @app.command("import")
 def import_(path: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True,
-                                        help="LIMS CSV export (columns: see clinstream.ingest.csv_import).")) -> None:
+                                        help="LIMS CSV export (columns: see clinstream.ingest.csv_import)."),
+            output: OutputFormat = OUTPUT_OPTION) -> None:
     """Validate and produce a LIMS CSV export like POST /v1/biobank/events; exit 1 if any row is rejected.
 
     Re-importing a file changes nothing (idempotent by event_id). Rejected rows go to the ingest DLQ.
+    csv prints the rejected rows; json the counts and every rejected row.
     """
     configure_logging("lims-import")
     settings = get_settings()
@@ -120,13 +108,19 @@ def import_(path: Path = typer.Argument(..., exists=True, dir_okay=False, readab
         err.print("[red]error:[/] the broker or database is unavailable; import again later (nothing doubles)",
                   highlight=False)
         raise typer.Exit(3) from None
-    console.print(f"{report.rows} rows: {report.accepted} accepted, {report.duplicates} already imported, "
-                  f"{len(report.errors)} rejected", highlight=False)
+    rejected = [{"row": row, "event_id": event_id, "field": field_path, "reason": reason}
+                for row, event_id, field_path, reason in report.errors]
+    counts = (f"{report.rows} rows: {report.accepted} accepted, {report.duplicates} already imported, "
+              f"{len(report.errors)} rejected")
+    if output is OutputFormat.TABLE:
+        print(counts)
+        if rejected:
+            title = "rejected rows (sent to the ingest DLQ)"
+            if len(rejected) > MAX_REPORTED_ERRORS:
+                title += f": the first {MAX_REPORTED_ERRORS} (--output csv or json lists all)"
+            emit(rejected[:MAX_REPORTED_ERRORS], REJECTED_COLUMNS, output, title=title)
+    else:
+        emit(rejected, REJECTED_COLUMNS, output, json_document={
+            "rows": report.rows, "accepted": report.accepted, "duplicates": report.duplicates, "rejected": rejected})
     if report.errors:
-        table = Table("row", "event_id", "field", "reason", title="rejected rows (sent to the ingest DLQ)")
-        for row, event_id, field_path, reason in report.errors[:MAX_REPORTED_ERRORS]:
-            table.add_row(str(row), event_id or "", field_path or "", reason)
-        console.print(table)
-        if len(report.errors) > MAX_REPORTED_ERRORS:
-            console.print(f"... and {len(report.errors) - MAX_REPORTED_ERRORS} more", highlight=False)
         raise typer.Exit(1)

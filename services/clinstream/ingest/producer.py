@@ -4,7 +4,8 @@ the broker is reachable.
 `send_async` produces without a thread per request: delivery reports (served by DurableProducer's poll thread)
 resolve an asyncio future. Records that fail early with a transient error are produced again (tenacity) while the
 deadline allows; when the deadline passes the caller answers 503 and the client resends (blocks and events keep
-their ids, consumers deduplicate). While the broker is known to be down, requests fail fast instead of waiting.
+their ids, consumers deduplicate). While the broker is known to be down (a metadata probe failed), requests fail
+fast instead of waiting.
 """
 
 from __future__ import annotations
@@ -42,9 +43,11 @@ class AsyncDurableProducer(DurableProducer):
         self._up = threading.Event()
         self._probe_wanted = threading.Event()
         self._fatal = False
-        self.deadline_s = deadline_s
+        # With replicas, an acks=all write also waits while a dead broker is fenced (it is still in the ISR until
+        # then): the deadline covers that, or every request in flight when a broker dies would get 503.
+        self.deadline_s = deadline_s + settings.broker_failover_s
         self.log_summary = BrokerLogSummary(LIBRDKAFKA_LOG)  # an outage's librdkafka errors: one line per interval
-        cfg: dict[str, Any] = {"message.timeout.ms": max(1000, int(deadline_s * 1000)), "error_cb": self._on_error,
+        cfg: dict[str, Any] = {"message.timeout.ms": max(1000, int(self.deadline_s * 1000)), "error_cb": self._on_error,
                                "logger": self.log_summary}
         cfg.update(overrides)
         super().__init__(settings, **cfg)
@@ -52,7 +55,8 @@ class AsyncDurableProducer(DurableProducer):
 
     @property
     def broker_up(self) -> bool:
-        """False once a send missed its deadline or a probe failed, until a delivery or a probe succeeds."""
+        """False once a probe failed (one is made after a send missed its deadline), until a delivery or a probe
+        succeeds."""
         return self._up.is_set() and not self._fatal
 
     def _on_error(self, err: KafkaError) -> None:
@@ -79,7 +83,8 @@ class AsyncDurableProducer(DurableProducer):
 
     @property
     def probe_wanted(self) -> bool:
-        """Whether librdkafka reported every broker connection down since the last probe."""
+        """Whether a send missed its deadline or librdkafka reported every broker connection down since the last
+        probe."""
         return self._probe_wanted.is_set()
 
     async def _attempt(self, topic: str, messages: Sequence[Message], deadline: float) -> None:
@@ -121,7 +126,9 @@ class AsyncDurableProducer(DurableProducer):
         try:
             await asyncio.wait_for(done, max(0.0, deadline - time.monotonic()))
         except TimeoutError:
-            self._up.clear()
+            # Slow is not down: on a cluster one partition's acks can be late (its leader just moved, a loaded
+            # broker) while every broker answers. A metadata probe decides; only a failed probe fails requests fast.
+            self._probe_wanted.set()
             raise BrokerUnavailable("broker did not acknowledge in time") from None
         if failed:
             errors = [err for _, err in failed]

@@ -79,22 +79,27 @@ class _Block(BaseModel):
         "The device's offset from UTC at `start`, in minutes (60 for CET)."))]
 
 
-class HeartRateBlock(_Block):
+class ValuesBlock(_Block):
+    """A block of one number per offset (in the field order schema, unit, offsets_ms, values)."""
+
+    kind: str = Field(alias="schema")
+    unit: str
+    offsets_ms: OffsetsMs
+    values: Numbers
+
+
+class HeartRateBlock(ValuesBlock):
     """Heart rate (Open mHealth heart-rate; LOINC 8867-4)."""
 
     kind: Literal["heart-rate"] = Field(alias="schema")
     unit: Literal["beats/min"]
-    offsets_ms: OffsetsMs
-    values: Numbers
 
 
-class RRIntervalBlock(_Block):
+class RRIntervalBlock(ValuesBlock):
     """A contiguous run of RR (inter-beat) intervals (Open mHealth rr-interval)."""
 
     kind: Literal["rr-interval"] = Field(alias="schema")
     unit: Literal["ms"]
-    offsets_ms: OffsetsMs
-    values: Numbers
 
 
 class StepCountBlock(_Block):
@@ -108,23 +113,19 @@ class StepCountBlock(_Block):
     values: Annotated[Counts, Field(description="Steps counted in each interval.")]
 
 
-class OxygenSaturationBlock(_Block):
+class OxygenSaturationBlock(ValuesBlock):
     """SpO2 by peripheral pulse oximetry (Open mHealth oxygen-saturation; LOINC 59408-5)."""
 
     kind: Literal["oxygen-saturation"] = Field(alias="schema")
     unit: Literal["%"]
-    offsets_ms: OffsetsMs
-    values: Numbers
 
 
-class BodyTemperatureBlock(_Block):
+class BodyTemperatureBlock(ValuesBlock):
     """Skin temperature (Open mHealth body-temperature at a skin location)."""
 
     kind: Literal["body-temperature"] = Field(alias="schema")
     unit: Literal["Cel", "°C"]
     location: Literal["wrist", "finger", "chest", "other"] = "other"
-    offsets_ms: OffsetsMs
-    values: Numbers
 
 
 class AccelerationBlock(_Block):

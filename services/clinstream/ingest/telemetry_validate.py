@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,6 +27,7 @@ from clinstream.ingest.telemetry_models import (
     SleepEpisodeBlock,
     StepCountBlock,
     TelemetryBlockIn,
+    ValuesBlock,
 )
 from clinstream.ingest.validation_errors import field_path, first_rejection
 
@@ -55,6 +57,28 @@ class RejectedBlock:
     block_id: str | None
     rejection: Rejection
     original: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _ValuesCheck:
+    """How a block of one number per offset is checked and written to Avro."""
+
+    branch: str  # the Avro measurement branch
+    field: str  # its array of values
+    unit: str  # named in a range error
+    bounds: Callable[[IngestSettings], tuple[float, float]]  # the plausible range of the values
+    strict: bool = False  # offsets strictly increasing (RR: one interval per beat)
+
+
+_VALUES_CHECKS: dict[type[ValuesBlock], _ValuesCheck] = {
+    HeartRateBlock: _ValuesCheck("HeartRateSamples", "bpm", "beats/min", lambda lim: (lim.hr_min_bpm, lim.hr_max_bpm)),
+    RRIntervalBlock: _ValuesCheck("RRIntervalSamples", "rr_ms", "ms", lambda lim: (lim.rr_min_ms, lim.rr_max_ms),
+                                  strict=True),
+    OxygenSaturationBlock: _ValuesCheck("OxygenSaturationSamples", "spo2_percent", "%",
+                                        lambda lim: (lim.spo2_min_percent, lim.spo2_max_percent)),
+    BodyTemperatureBlock: _ValuesCheck("SkinTemperatureSamples", "celsius", "Cel",
+                                       lambda lim: (lim.skin_min_c, lim.skin_max_c)),
+}
 
 
 class _Reject(Exception):
@@ -195,16 +219,14 @@ class TelemetryValidator:
         vpath = f"{prefix}.values"
         last = offsets[-1]
         body: dict[str, Any]
-        if isinstance(block, HeartRateBlock):
+        if isinstance(block, ValuesBlock):
+            check = _VALUES_CHECKS[type(block)]
             _equal_lengths(prefix, offsets_ms=offsets, values=block.values)
-            _check_offsets(offsets, strict=False, span_ms=span, path=opath)
-            _check_range(block.values, lim.hr_min_bpm, lim.hr_max_bpm, "beats/min", vpath)
-            branch, body = "HeartRateSamples", {"offsets_ms": offsets, "bpm": block.values}
-        elif isinstance(block, RRIntervalBlock):
-            _equal_lengths(prefix, offsets_ms=offsets, values=block.values)
-            _check_offsets(offsets, strict=True, span_ms=span, path=opath)
-            _check_range(block.values, lim.rr_min_ms, lim.rr_max_ms, "ms", vpath)
-            branch, body = "RRIntervalSamples", {"offsets_ms": offsets, "rr_ms": block.values}
+            _check_offsets(offsets, strict=check.strict, span_ms=span, path=opath)
+            _check_range(block.values, *check.bounds(lim), check.unit, vpath)
+            branch, body = check.branch, {"offsets_ms": offsets, check.field: block.values}
+            if isinstance(block, BodyTemperatureBlock):
+                body["location"] = block.location.upper()
         elif isinstance(block, StepCountBlock):
             _equal_lengths(prefix, offsets_ms=offsets, durations_s=block.durations_s, values=block.values)
             _check_offsets(offsets, strict=False, span_ms=span, path=opath)
@@ -212,17 +234,6 @@ class TelemetryValidator:
             last = offsets[-1] + block.durations_s[-1] * 1000
             branch, body = "StepCountSamples", {"offsets_ms": offsets, "durations_s": block.durations_s,
                                                 "steps": block.values}
-        elif isinstance(block, OxygenSaturationBlock):
-            _equal_lengths(prefix, offsets_ms=offsets, values=block.values)
-            _check_offsets(offsets, strict=False, span_ms=span, path=opath)
-            _check_range(block.values, lim.spo2_min_percent, lim.spo2_max_percent, "%", vpath)
-            branch, body = "OxygenSaturationSamples", {"offsets_ms": offsets, "spo2_percent": block.values}
-        elif isinstance(block, BodyTemperatureBlock):
-            _equal_lengths(prefix, offsets_ms=offsets, values=block.values)
-            _check_offsets(offsets, strict=False, span_ms=span, path=opath)
-            _check_range(block.values, lim.skin_min_c, lim.skin_max_c, "Cel", vpath)
-            branch, body = "SkinTemperatureSamples", {"offsets_ms": offsets, "celsius": block.values,
-                                                      "location": block.location.upper()}
         else:
             assert isinstance(block, AccelerationBlock)
             _equal_lengths(prefix, offsets_ms=offsets, x=block.x, y=block.y, z=block.z)

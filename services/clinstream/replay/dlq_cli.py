@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import typer
 from rich.console import Console
@@ -39,6 +38,7 @@ _RECORD_COLUMNS = (
     Column("source", "source", empty="(hashed: raw-zone source)"), Column("replay_run", "replay run", empty="(live)"),
     Column("redriven", "re-driven", empty="no"),
 )
+_VIEW_COLUMNS = (Column("field", "field", key_column=True), Column("value", "value", empty="(none)"))
 _GROUP_COLUMNS = (
     Column("reason", "reason", key_column=True), Column("field_path", "field path", empty="(whole record)"),
     Column("records", "records", right=True), Column("sources", "sources", right=True),
@@ -87,8 +87,9 @@ def show(position: str = typer.Argument(..., help="partition:offset in the stage
          show_payload: bool = typer.Option(False, "--show-payload",
                                            help="Also print the original bytes (may hold identifiers in raw-zone "
                                                 "stages: ingest, pseudonymise)."),
-         as_json: bool = typer.Option(False, "--json")) -> None:
-    """One dead letter: its envelope; the original bytes only with --show-payload."""
+         output: OutputFormat = OUTPUT_OPTION,
+         as_json: bool = typer.Option(False, "--json", help="Same as --output json.")) -> None:
+    """One dead letter: its envelope; the original bytes only with --show-payload (json: one object)."""
     from clinstream.replay.dlq import is_raw_zone, parse_position, read_dead_letters, safe_view
 
     settings = get_settings()
@@ -106,21 +107,8 @@ def show(position: str = typer.Argument(..., help="partition:offset in the stage
     if show_payload and is_raw_zone(st):
         err.print("[yellow]warning:[/yellow] raw-zone payload: it may contain direct identifiers")
     view = safe_view(rec, st, show_payload=show_payload)
-    if as_json:
-        console.print_json(json.dumps(view, default=str))
-        return
-    table = Table("field", "value", title=f"dead letter {position}")
-    for k, v in view.items():
-        table.add_row(k, _text(v))
-    console.print(table)
-
-
-def _text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, dict | list):
-        return json.dumps(value, default=str)[:4000]
-    return str(value)
+    emit([{"field": k, "value": v} for k, v in view.items()], _VIEW_COLUMNS, resolve(output, as_json),
+         title=f"dead letter {position}", json_document=view)
 
 
 @app.command("redrive")

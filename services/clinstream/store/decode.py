@@ -48,13 +48,26 @@ def _nonempty(value: Any) -> bool:
     return isinstance(value, str) and value != "" and "\x00" not in value
 
 
-def check_feature(rec: Mapping[str, Any], site_id: str) -> Rejection | None:
-    """Why a decoded FeatureRecord cannot be stored, or None."""
+def _check_names(rec: Mapping[str, Any], site_id: str, names: Sequence[str]) -> Rejection | None:
+    """A record of another site, or one whose named text fields are empty or invalid."""
     if rec["site_id"] != site_id:
         return Rejection("record of another site", "site_id")
-    for name in ("participant_pseudonym", "feature_set"):
+    for name in names:
         if not _nonempty(rec[name]):
             return Rejection(f"empty or invalid {name}", name)
+    return None
+
+
+def _check_revision(rec: Mapping[str, Any]) -> Rejection | None:
+    if rec["revision"] < 0 or rec["version"] < 1:
+        return Rejection("negative revision or version below 1", "revision")
+    return None
+
+
+def check_feature(rec: Mapping[str, Any], site_id: str) -> Rejection | None:
+    """Why a decoded FeatureRecord cannot be stored, or None."""
+    if problem := _check_names(rec, site_id, ("participant_pseudonym", "feature_set")):
+        return problem
     if rec["window_end"] <= rec["window_start"]:
         return Rejection("window does not end after it starts", "window_end")
     if not _finite(rec["completeness"]) or not 0.0 <= rec["completeness"] <= 1.0:
@@ -64,18 +77,13 @@ def check_feature(rec: Mapping[str, Any], site_id: str) -> Rejection | None:
         return Rejection("non-finite feature value", "values")
     if not all(_nonempty(k) for k in values):
         return Rejection("empty or invalid feature name", "values")
-    if rec["revision"] < 0 or rec["version"] < 1:
-        return Rejection("negative revision or version below 1", "revision")
-    return None
+    return _check_revision(rec)
 
 
 def check_sample(rec: Mapping[str, Any], site_id: str) -> Rejection | None:
     """Why a decoded SampleFeatureRecord cannot be stored, or None."""
-    if rec["site_id"] != site_id:
-        return Rejection("record of another site", "site_id")
-    for name in ("participant_pseudonym", "sample_pseudonym", "sample_type", "status"):
-        if not _nonempty(rec[name]):
-            return Rejection(f"empty or invalid {name}", name)
+    if problem := _check_names(rec, site_id, ("participant_pseudonym", "sample_pseudonym", "sample_type", "status")):
+        return problem
     for name in ("parent_sample_pseudonym", "sprec"):
         if rec.get(name) is not None and not _nonempty(rec[name]):
             return Rejection(f"invalid {name}", name)
@@ -87,18 +95,12 @@ def check_sample(rec: Mapping[str, Any], site_id: str) -> Rejection | None:
     assays = rec.get("assays") or {}
     if not all(_finite(v) for v in assays.values()) or not all(_nonempty(k) for k in assays):
         return Rejection("invalid assay value or code", "assays")
-    if rec["revision"] < 0 or rec["version"] < 1:
-        return Rejection("negative revision or version below 1", "revision")
-    return None
+    return _check_revision(rec)
 
 
 def check_erasure(rec: Mapping[str, Any], site_id: str) -> Rejection | None:
     """Why a decoded ErasureRequest cannot be honoured, or None."""
-    if rec["site_id"] != site_id:
-        return Rejection("record of another site", "site_id")
-    if not _nonempty(rec["participant_pseudonym"]):
-        return Rejection("empty or invalid participant_pseudonym", "participant_pseudonym")
-    return None
+    return _check_names(rec, site_id, ("participant_pseudonym",))
 
 
 class BatchDecoder:

@@ -25,9 +25,9 @@ from clinstream.core.config import Settings
 from clinstream.core.db import connect_with_retry
 from clinstream.core.records import InRecord, OutRecord
 from clinstream.features.processor import make_processor
-from clinstream.federated.synthetic import CohortSpec, SyntheticSite, Truth, generate_site
 from clinstream.store.decode import SAMPLE, WEARABLE, BatchDecoder, records_of
 from clinstream.store.writer import StoreWriter
+from clinstream_devtools.federated.synthetic import CohortSpec, SyntheticSite, Truth, generate_site
 
 DAY_WINDOWS: frozenset[str] = frozenset({"DAY", "LOCAL_DAY"})
 

@@ -19,9 +19,9 @@ import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from clinstream.core.timeutil import DAY_MS
-from clinstream.simulate.lims import LimsOptions, SimEvent, lims_events
-from clinstream.simulate.profiles import Participant
-from clinstream.simulate.telemetry import DeviceOptions, SimBlock, batch_payloads, device_blocks
+from clinstream_devtools.simulate.lims import LimsOptions, SimEvent, lims_events
+from clinstream_devtools.simulate.profiles import Participant
+from clinstream_devtools.simulate.telemetry import DeviceOptions, SimBlock, batch_payloads, device_blocks
 
 Progress = Callable[[int], None]  # called with the simulated time reached (epoch ms)
 Pace = Callable[[int], Awaitable[None]]  # awaited with the simulated time reached (epoch ms)

@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -16,11 +17,11 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from clinstream.core.config import get_settings
 from clinstream.core.logging import configure_logging
 from clinstream.core.timeutil import DAY_MS, HOUR_MS, MINUTE_MS, now_ms
-from clinstream.simulate.client import GatewayClient, RunStats, run_devices, run_lims
-from clinstream.simulate.lims import LimsOptions
-from clinstream.simulate.profiles import make_cohort
-from clinstream.simulate.provision import device_tokens, lims_token
-from clinstream.simulate.telemetry import DeviceOptions
+from clinstream_devtools.simulate.client import GatewayClient, RunStats, run_devices, run_lims
+from clinstream_devtools.simulate.lims import LimsOptions
+from clinstream_devtools.simulate.profiles import make_cohort
+from clinstream_devtools.simulate.provision import device_tokens, lims_token
+from clinstream_devtools.simulate.telemetry import DeviceOptions
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
 console = Console()
@@ -72,16 +73,45 @@ def _progress() -> Progress:
                     TimeElapsedColumn(), console=console, transient=False)
 
 
+def _send_with_progress(what: str, connect: Callable[[], GatewayClient], start_ms: int, end_ms: int,
+                        send: Callable[[GatewayClient, Callable[[int], None]], Awaitable[RunStats]]) -> None:
+    """Run `send` against the gateway behind a progress bar over the simulated window; report, exit 1 on failures."""
+
+    async def main() -> RunStats:
+        client = connect()
+        try:
+            await _require_gateway(client)
+            with _progress() as bar:
+                task = bar.add_task(what, total=end_ms - start_ms)
+                stats = await send(client, lambda t: bar.update(task, completed=t - start_ms))
+                bar.update(task, completed=end_ms - start_ms)
+                return stats
+        finally:
+            await client.close()
+
+    began = time.monotonic()
+    stats = asyncio.run(main())
+    _report(stats, what, time.monotonic() - began)
+    raise typer.Exit(1 if stats.failed_requests else 0)
+
+
+# Options both simulators take.
+_SPEEDUP = typer.Option(0.0, help="Simulated seconds per wall-clock second; 0 = as fast as possible.")
+_START = typer.Option(None, help="Window start (RFC 3339); default: now minus the duration.")
+_GATEWAY = typer.Option(None, help="Gateway URL; default from CLINSTREAM_GATEWAY_HOST/PORT.")
+_FIRST = typer.Option(1, min=0, help="Index of the first participant.")
+
+
 @app.command("devices")
 def devices(
     participants: int = typer.Option(10, min=1, help="Number of simulated participants (one device each)."),
     duration: str = typer.Option("1d", help="Simulated time span, e.g. 6h, 1d, 2w."),
-    speedup: float = typer.Option(0.0, help="Simulated seconds per wall-clock second; 0 = as fast as possible."),
+    speedup: float = _SPEEDUP,
     seed: int = typer.Option(1, help="Seed of the cohort (same seed, same people and data)."),
-    start: str | None = typer.Option(None, help="Window start (RFC 3339); default: now minus the duration."),
-    gateway: str | None = typer.Option(None, help="Gateway URL; default from CLINSTREAM_GATEWAY_HOST/PORT."),
+    start: str | None = _START,
+    gateway: str | None = _GATEWAY,
     prefix: str = typer.Option("P", help="Participant id prefix (P -> P-000001)."),
-    first: int = typer.Option(1, min=0, help="Index of the first participant."),
+    first: int = _FIRST,
     credentials: Path | None = typer.Option(None, help="JSON file {device_id: token}; default: register the "
                                                        "simulated devices in the site's database."),
     batch_blocks: int = typer.Option(100, min=1, help="Blocks per request."),
@@ -97,36 +127,24 @@ def devices(
     tokens = json.loads(credentials.read_text()) if credentials else device_tokens(get_settings(), cohort)
     options = DeviceOptions(hr_period_s=hr_period_s, acceleration=acceleration)
 
-    async def main() -> RunStats:
-        client = GatewayClient(_gateway_url(gateway), use_gzip=use_gzip)
-        try:
-            await _require_gateway(client)
-            with _progress() as bar:
-                task = bar.add_task("devices", total=end_ms - start_ms)
-                stats = await run_devices(client, cohort, tokens, start_ms, end_ms, seed=seed, options=options,
-                                         speedup=speedup, batch_blocks=batch_blocks, concurrency=concurrency,
-                                         progress=lambda t: bar.update(task, completed=t - start_ms))
-                bar.update(task, completed=end_ms - start_ms)
-                return stats
-        finally:
-            await client.close()
+    async def send(client: GatewayClient, progress: Callable[[int], None]) -> RunStats:
+        return await run_devices(client, cohort, tokens, start_ms, end_ms, seed=seed, options=options, speedup=speedup,
+                                 batch_blocks=batch_blocks, concurrency=concurrency, progress=progress)
 
-    began = time.monotonic()
-    stats = asyncio.run(main())
-    _report(stats, "devices", time.monotonic() - began)
-    raise typer.Exit(1 if stats.failed_requests else 0)
+    _send_with_progress("devices", lambda: GatewayClient(_gateway_url(gateway), use_gzip=use_gzip), start_ms, end_ms,
+                        send)
 
 
 @app.command("lims")
 def lims(
     participants: int = typer.Option(10, min=1, help="Number of simulated participants."),
     duration: str = typer.Option("30d", help="Simulated time span, e.g. 7d, 30d."),
-    speedup: float = typer.Option(0.0, help="Simulated seconds per wall-clock second; 0 = as fast as possible."),
+    speedup: float = _SPEEDUP,
     seed: int = typer.Option(1, help="Seed of the cohort (use the devices' seed: same people, same flares)."),
-    start: str | None = typer.Option(None, help="Window start (RFC 3339); default: now minus the duration."),
-    gateway: str | None = typer.Option(None, help="Gateway URL; default from CLINSTREAM_GATEWAY_HOST/PORT."),
+    start: str | None = _START,
+    gateway: str | None = _GATEWAY,
     prefix: str = typer.Option("P", help="Participant id prefix."),
-    first: int = typer.Option(1, min=0, help="Index of the first participant."),
+    first: int = _FIRST,
     lims_key: str | None = typer.Option(None, envvar="CLINSTREAM_LIMS_KEY", show_default=False,
                                         help="LIMS API key; default: register a new one in the site's database."),
     visit_every_days: float = typer.Option(7.0, min=0.5, help="Mean days between routine visits."),
@@ -141,23 +159,12 @@ def lims(
     token = lims_key or lims_token(get_settings())
     withdrawing = frozenset(p.index for p in cohort[:withdraw])
 
-    async def main() -> RunStats:
-        client = GatewayClient(_gateway_url(gateway))
-        try:
-            await _require_gateway(client)
-            with _progress() as bar:
-                task = bar.add_task("lims", total=end_ms - start_ms)
-                options = LimsOptions(visit_every_days=visit_every_days, bad_fraction=bad_fraction)
-                stats, _ = await run_lims(client, cohort, token, start_ms, end_ms, seed=seed, options=options,
-                                          withdrawing=withdrawing, speedup=speedup, batch_events=batch_events,
-                                          progress=lambda t: bar.update(task, completed=t - start_ms))
-                bar.update(task, completed=end_ms - start_ms)
-                return stats
-        finally:
-            await client.close()
+    options = LimsOptions(visit_every_days=visit_every_days, bad_fraction=bad_fraction)
 
-    began = time.monotonic()
-    stats = asyncio.run(main())
-    _report(stats, "lims", time.monotonic() - began)
-    raise typer.Exit(1 if stats.failed_requests else 0)
+    async def send(client: GatewayClient, progress: Callable[[int], None]) -> RunStats:
+        stats, _ = await run_lims(client, cohort, token, start_ms, end_ms, seed=seed, options=options,
+                                  withdrawing=withdrawing, speedup=speedup, batch_events=batch_events,
+                                  progress=progress)
+        return stats
 
+    _send_with_progress("lims", lambda: GatewayClient(_gateway_url(gateway)), start_ms, end_ms, send)

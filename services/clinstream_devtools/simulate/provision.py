@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from clinstream.core.config import Settings
 from clinstream.core.db import connect_with_retry
 from clinstream.ingest.credentials import register_device, register_lims, revoke_devices
-from clinstream.simulate.profiles import Participant
 from clinstream.store.migrate import migrate
+from clinstream_devtools.simulate.profiles import Participant
 
 
 def device_tokens(settings: Settings, cohort: Sequence[Participant]) -> dict[str, str]:

@@ -49,15 +49,15 @@ from clinstream.core.topics import (
     TopicSpec,
     partitions_of,
 )
-from clinstream.federated.fill import FillReport
-from clinstream.pipeline.processes import SitePipeline
 from clinstream.pseudonymise.keys import init_key_file
-from clinstream.simulate.client import GatewayClient, Pace, RunStats, run_devices, run_lims
-from clinstream.simulate.lims import LimsOptions, SimEvent
-from clinstream.simulate.profiles import FLARE_EPOCH_MS, Participant, make_cohort
-from clinstream.simulate.provision import device_tokens, lims_token
-from clinstream.simulate.telemetry import DeviceOptions
 from clinstream.store.migrate import migrate
+from clinstream_devtools.federated.fill import FillReport
+from clinstream_devtools.pipeline.processes import SitePipeline
+from clinstream_devtools.simulate.client import GatewayClient, Pace, RunStats, run_devices, run_lims
+from clinstream_devtools.simulate.lims import LimsOptions, SimEvent
+from clinstream_devtools.simulate.profiles import FLARE_EPOCH_MS, Participant, make_cohort
+from clinstream_devtools.simulate.provision import device_tokens, lims_token
+from clinstream_devtools.simulate.telemetry import DeviceOptions
 
 # The input topics of each stage's consumer group (clinstream-<site>-<stage>).
 STAGE_INPUTS: dict[Stage, tuple[TopicSpec, ...]] = {

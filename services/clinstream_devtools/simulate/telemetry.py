@@ -28,7 +28,16 @@ from typing import Any
 import numpy as np
 
 from clinstream.core.timeutil import DAY_MS, HOUR_MS, MINUTE_MS
-from clinstream.simulate.profiles import Participant, rng_for
+from clinstream_devtools.simulate.profiles import (
+    FLARE_ACTIVITY_DROP,
+    FLARE_HR_BPM,
+    FLARE_RMSSD_DROP,
+    FLARE_SKIN_C,
+    FLARE_SLEEP_H,
+    FLARE_SPO2_DROP,
+    Participant,
+    rng_for,
+)
 
 SECONDS_PER_DAY = 86_400
 FloatArray = np.ndarray[Any, np.dtype[np.float64]]
@@ -128,7 +137,7 @@ def night(p: Participant, local_day: int, seed: int) -> Night:
     lights_out = local_midnight_utc + int((p.sleep_start_h + rng.normal(0, 0.4)) * HOUR_MS)
     flare = float(p.flare_level(lights_out))
     flare *= p.flare_gains[3]
-    hours = p.sleep_hours + rng.normal(0, 0.6) - 0.3 * flare
+    hours = p.sleep_hours + rng.normal(0, 0.6) - FLARE_SLEEP_H * flare
     wake = lights_out + int(float(np.clip(hours, 4.5, 10.5)) * HOUR_MS)
     return Night(lights_out, wake, float(rng.uniform(5, 30) + 10 * flare), float(rng.uniform(10, 45) + 25 * flare),
                  int(rng.integers(1, 5) + round(2 * flare)), bool(rng.random() > 0.04))
@@ -213,7 +222,7 @@ def _day(p: Participant, day_start: int, seed: int, step_s: int = 1) -> _Day:
     flare = np.asarray(p.flare_level(t), dtype=np.float64)
     awake_day = (~asleep) & (local_hour >= 7) & (local_hour < 22.5)
     cadence = np.zeros(t.size)
-    n_bouts = rng.poisson(9 * p.activity * (1 - min(0.9, 0.4 * p.flare_gains[3] * float(flare.mean()))))
+    n_bouts = rng.poisson(9 * p.activity * (1 - min(0.9, FLARE_ACTIVITY_DROP * p.flare_gains[3] * float(flare.mean()))))
     candidates = np.flatnonzero(awake_day)
     if candidates.size and n_bouts:
         for start in rng.choice(candidates, size=n_bouts):
@@ -224,7 +233,7 @@ def _day(p: Participant, day_start: int, seed: int, step_s: int = 1) -> _Day:
     sleep_drop = _smooth(asleep.astype(np.float64), 600 / step_s) * -7.0
     activity_rise = _smooth(cadence * 0.28, 45 / step_s)
     noise = _smooth(rng.normal(0, _noise_sd(9.0, 20, step_s), t.size), 20 / step_s)
-    hr = p.resting_hr + 3.0 + circadian + sleep_drop + activity_rise + 9.0 * p.flare_gains[0] * flare + noise
+    hr = p.resting_hr + 3.0 + circadian + sleep_drop + activity_rise + FLARE_HR_BPM * p.flare_gains[0] * flare + noise
     offsets = None
     if p.day_variability > 0:
         local_days = ((t + offset_ms) // DAY_MS).astype(np.int64)
@@ -282,7 +291,7 @@ def _rr_recordings(p: Participant, day: _Day, opt: DeviceOptions,
         wiggle = rsa + 0.7 * ar
         flare = float(day.flare[i0])
         walking = float(np.mean(day.cadence[i0:i1] > 0))
-        target = (p.rmssd_ms * (1 - 0.5 * p.flare_gains[1] * flare) * (1.25 if day.asleep[i0] else 1.0)
+        target = (p.rmssd_ms * (1 - FLARE_RMSSD_DROP * p.flare_gains[1] * flare) * (1.25 if day.asleep[i0] else 1.0)
                   * (1 - 0.5 * walking))
         if day.offsets is not None:
             target *= float(np.exp(day.offsets[i0, 1]))
@@ -321,7 +330,7 @@ def _spo2(p: Participant, day: _Day, opt: DeviceOptions,
     steps = seconds // day.step_s
     take = day.worn[steps] & (day.asleep[steps] | (seconds % opt.spo2_awake_period_s == 0))
     idx = steps[take]
-    level = p.spo2_percent - 0.6 * day.flare[idx] + rng.normal(0, 0.7, idx.size) + _day_offset(day, 3, idx)
+    level = p.spo2_percent - FLARE_SPO2_DROP * day.flare[idx] + rng.normal(0, 0.7, idx.size) + _day_offset(day, 3, idx)
     asleep_idx = np.flatnonzero(day.asleep[idx])
     for _ in range(int(rng.integers(0, 4))):  # nocturnal desaturation dips of a few minutes
         if asleep_idx.size:
@@ -340,7 +349,7 @@ def _skin(p: Participant, day: _Day, opt: DeviceOptions,
     warm = _smooth(day.asleep.astype(np.float64), 1200 / day.step_s)[idx] * 0.9
     cool = _smooth((day.cadence > 0).astype(np.float64), 300 / day.step_s)[idx] * -0.3
     drift = np.cumsum(rng.normal(0, 0.02 * np.sqrt(opt.skin_period_s / 60), idx.size))  # the same drift per hour
-    level = (p.skin_temp_c + warm + cool + 0.6 * p.flare_gains[2] * day.flare[idx] + drift - drift.mean()
+    level = (p.skin_temp_c + warm + cool + FLARE_SKIN_C * p.flare_gains[2] * day.flare[idx] + drift - drift.mean()
              + rng.normal(0, 0.05, idx.size))
     level = level + _day_offset(day, 2, idx)
     yield from _regular_blocks("body-temperature", "Cel", day.t[idx], {"values": np.round(level, 2)},

@@ -1,8 +1,8 @@
-"""Synthetic participants: physiological baselines, habits and an inflammatory-flare schedule, all seeded.
+"""The physiology model of synthetic participants: baselines, habits, an inflammatory-flare schedule, responses.
 
-Every participant is a deterministic function of (seed, index). The device and LIMS simulators share these
-profiles, so a flare shows in both sources: resting heart rate and skin temperature rise, HRV falls, and
-samples taken during a flare have raised CRP.
+Every participant is a deterministic function of (seed, index). The device and LIMS simulators and the federated
+fills share this one model, so a flare shows in every source: resting heart rate and skin temperature rise, HRV,
+SpO2, activity and sleep fall, and samples taken during a flare have raised CRP (`Participant.crp_mg_l`).
 """
 
 from __future__ import annotations
@@ -28,6 +28,15 @@ FLARE_RAMP_MS = 18 * HOUR_MS
 FLARE_HORIZON_DAYS = 400  # flares are scheduled from this long before the epoch...
 FLARE_FUTURE_DAYS = 3650  # ...until this long after it (windows relative to "now" keep their flares for years)
 FLARE_EPOCH_MS = 1_735_689_600_000  # 2025-01-01T00:00:00Z: a fixed origin, so schedules do not depend on "now"
+# The response to a flare at level 1 (times the person's flare_gains where one applies).
+FLARE_HR_BPM = 9.0  # heart rate rises by this many beats/min (gain 0)
+FLARE_RMSSD_DROP = 0.5  # RMSSD loses this fraction (gain 1)
+FLARE_SKIN_C = 0.6  # wrist skin temperature rises by this many degC (gain 2)
+FLARE_SPO2_DROP = 0.6  # SpO2 falls by this many percentage points
+FLARE_ACTIVITY_DROP = 0.4  # walking bouts fall by this fraction (gain 3)
+FLARE_SLEEP_H = 0.3  # time in bed shortens by this many hours (gain 3)
+FLARE_CRP_MG_L = (12.0, 70.0)  # CRP rises by a uniform draw from this range over the person's baseline
+CRP_MAX_MG_L = 400.0
 
 
 def rng_for(seed: int, *parts: int) -> np.random.Generator:
@@ -80,6 +89,12 @@ class Participant:
         z = rng_for(seed, 8, self.index, local_day).normal(0.0, self.day_variability, 4)
         return (float(z[0]) * DAY_SD_HR, float(z[1]) * DAY_SD_LN_RMSSD, float(z[2]) * DAY_SD_SKIN_C,
                 float(z[3]) * DAY_SD_SPO2)
+
+    def crp_mg_l(self, at_ms: int, rng: np.random.Generator) -> float:
+        """The CRP (mg/L, one decimal) of a blood sample drawn at `at_ms`: baseline noise plus the flare's rise."""
+        level = float(self.flare_level(at_ms))
+        baseline = self.crp_baseline_mg_l * float(rng.lognormal(0, 0.25))
+        return round(min(baseline + level * float(rng.uniform(*FLARE_CRP_MG_L)), CRP_MAX_MG_L), 1)
 
     def in_flare(self, t_ms: int, threshold: float = 0.5) -> bool:
         """Whether the flare level at an instant is at least `threshold`."""

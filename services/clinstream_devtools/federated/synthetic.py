@@ -4,12 +4,12 @@ This stands in for the simulators + pseudonymiser when filling a site for the fe
 the records of the PSEUDO_TELEMETRY and PSEUDO_BIOBANK topics (the real Avro contracts), which the feature
 processor turns into the feature store's rows. Pseudonyms are made-up 64-hex strings (no key, no real person).
 
-Physiology (per participant: a personal baseline, day-to-day noise, and flares). A flare is an episode of a few
-days with an intensity; on flare days resting heart rate and skin temperature rise, RMSSD, steps and sleep fall,
-and CRP in a blood sample rises with that day's intensity. Some flares are mild (CRP stays under the threshold),
-and CRP has its own noise, so the task is learnable but not trivial. Each cohort (seed) draws its own flare rate,
-skin-temperature sensor bias and time zone, so sites filled with different seeds differ and local models see
-different data. Everything depends on the seed only (not on the site id), so a test is reproducible.
+Physiology is the simulators' one model (`simulate.profiles`): each participant is `make_participant(seed, i)`
+with day-to-day variability, and each day's levels follow that person's baselines, flare schedule and flare
+responses; nights come from `simulate.telemetry.night`, and a blood sample's CRP from `Participant.crp_mg_l`, as
+in the LIMS simulator. Only the sampling is coarser than the device simulator's (one value per day and signal).
+Each cohort (seed) also draws a skin-temperature sensor bias, so sites filled with different seeds differ and local
+models see different data. Everything depends on the seed only (not on the site id), so a test is reproducible.
 
 Sparse sampling keeps the processor's work small: heart rate in one-minute bursts every hour, one RR run per
 night, 4-hourly step counts, 2-hourly skin temperature, night-time SpO2 and one sleep episode per night, all
@@ -32,10 +32,22 @@ from clinstream.core.avro import Codec, get_codec, subject_key
 from clinstream.core.records import InRecord
 from clinstream.core.timeutil import DAY_MS, HOUR_MS, MINUTE_MS
 from clinstream.core.topics import PSEUDO_BIOBANK, PSEUDO_TELEMETRY
+from clinstream_devtools.simulate.profiles import (
+    FLARE_ACTIVITY_DROP,
+    FLARE_HR_BPM,
+    FLARE_RMSSD_DROP,
+    FLARE_SKIN_C,
+    FLARE_SPO2_DROP,
+    Participant,
+    make_participant,
+)
+from clinstream_devtools.simulate.telemetry import Night, night
 
 NS = "org.clinstream.telemetry."
 T0_MS = 1_767_571_200_000  # 2026-01-05T00:00:00Z, a Monday
-UTC_OFFSETS_MIN = (0, 60, 120, -300)
+DAY_VARIABILITY = 1.0  # the profiles' day-to-day variability at its typical scale
+FLARE_RESPONSE = 0.3  # between-person spread of the flare response (SD of the log gain)
+STEPS_PER_DAY = 7000.0  # walking of a person of activity 1 outside flares
 F64 = npt.NDArray[np.float64]
 
 
@@ -50,7 +62,6 @@ class CohortSpec:
     start_ms: int = T0_MS
     first_visit_day: int = 10  # leaves a run-in for the 7-day window and a baseline before it
     visit_gap_days: tuple[int, int] = (3, 5)  # blood samples every 3-5 days after that
-    flare_rate_per_day: float | None = None  # None: drawn per site from the seed
 
 
 @dataclass
@@ -61,6 +72,7 @@ class Truth:
     day: int
     crp_mg_l: float
     flare_intensity: float
+    collected_ms: int
 
 
 @dataclass
@@ -78,21 +90,6 @@ def synthetic_pseudonym(seed: int, kind: str, label: str) -> str:
     return hashlib.sha256(f"clinstream-synthetic:{seed}:{kind}:{label}".encode()).hexdigest()
 
 
-def _flare_profile(rng: np.random.Generator, days: int, rate: float) -> F64:
-    """Per-day flare intensity in [0, 1]: episodes with a 2-day ramp, a plateau and a 2-day recovery."""
-    intensity = np.zeros(days, dtype=np.float64)
-    day = int(rng.exponential(1 / rate))
-    while day < days:
-        length = int(rng.integers(3, 8))
-        peak = float(rng.uniform(0.15, 1.0))
-        ramp = np.minimum(1.0, (np.arange(length) + 1) / 2.0)
-        shape = np.concatenate((ramp, [0.5, 0.25])) * peak
-        end = min(days, day + len(shape))
-        intensity[day:end] = np.maximum(intensity[day:end], shape[: end - day])
-        day = end + int(rng.exponential(1 / rate))
-    return intensity
-
-
 class _Generator:
     """Builds the records of one site."""
 
@@ -100,9 +97,7 @@ class _Generator:
         self.spec = spec
         self.codec = codec
         self.rng = np.random.default_rng(spec.seed)  # the data depends on the seed only, not on the site id
-        self.rate = spec.flare_rate_per_day or float(self.rng.uniform(0.04, 0.10))
         self.skin_bias = float(self.rng.normal(0, 0.4))  # the site's sensor model
-        self.offset_min = int(self.rng.choice(UTC_OFFSETS_MIN))  # the site's time zone
         self.topic_t = PSEUDO_TELEMETRY.name(spec.site_id)
         self.topic_b = PSEUDO_BIOBANK.name(spec.site_id)
 
@@ -121,22 +116,23 @@ class _Generator:
         return out
 
     def _participant(self, i: int, pseudonym: str, truth: list[Truth]) -> Iterator[tuple[int, str, bytes]]:
-        spec, rng = self.spec, self.rng
+        spec = self.spec
         days = spec.days
         device = synthetic_pseudonym(spec.seed, "device", f"DEV-{i:06d}")
-        flare = _flare_profile(rng, days, self.rate * float(rng.gamma(2.0, 0.5)))
-        rhr = float(rng.normal(62, 7)) + 7.0 * flare + rng.normal(0, 1.8, days)
-        rmssd = float(rng.lognormal(np.log(40), 0.3)) * np.exp(-0.35 * flare + rng.normal(0, 0.12, days))
-        skin = float(rng.normal(33.0, 0.5)) + self.skin_bias + 0.5 * flare + rng.normal(0, 0.15, days)
-        steps = float(rng.lognormal(np.log(7000), 0.4)) * np.exp(-0.45 * flare + rng.normal(0, 0.3, days))
-        tst = float(rng.normal(420, 30)) - 35.0 * flare + rng.normal(0, 35, days)
-        spo2 = 96.5 - 0.6 * flare + rng.normal(0, 0.5, days)
-        offset_ms = self.offset_min * MINUTE_MS
+        person = make_participant(spec.seed, i, day_variability=DAY_VARIABILITY, flare_response=FLARE_RESPONSE)
+        offset_min = person.utc_offset_minutes
+        first_local_day = (spec.start_ms + offset_min * MINUTE_MS) // DAY_MS
+        local_days = first_local_day + np.arange(days)
+        noon = local_days * DAY_MS - offset_min * MINUTE_MS + 12 * HOUR_MS
+        flare = np.asarray(person.flare_level(noon), dtype=np.float64)
+        rhr, rmssd, skin, spo2, steps = self._daily_levels(person, local_days, flare)
+        offset_ms = offset_min * MINUTE_MS
         seq = 0
         blocks: list[tuple[int, dict[str, Any]]] = []
         for d in range(days):
-            day0 = spec.start_ms + d * DAY_MS - offset_ms  # local midnight as a UTC instant
-            made = list(self._day(d, day0, rhr[d], rmssd[d], skin[d], steps[d], tst[d], spo2[d]))
+            day0 = int(local_days[d]) * DAY_MS - offset_ms  # local midnight as a UTC instant
+            sleep = night(person, int(local_days[d]), spec.seed)
+            made = list(self._day(day0, rhr[d], rmssd[d], skin[d], steps[d], spo2[d], sleep))
             # The phone syncs once a day, on waking: the night's sleep episode first, then the day before it. The
             # sleep block moves the partition's watermark past that day, so the processor refuses the day's
             # minute and hour windows as late and only computes the (complete) day windows - much less work.
@@ -147,17 +143,30 @@ class _Generator:
                 blocks.append((received, {
                     "block_id": str(uuid.UUID(bytes=hashlib.sha256(f"{device}/{seq}".encode()).digest()[:16])),
                     "site_id": spec.site_id, "participant_pseudonym": pseudonym, "device_pseudonym": device,
-                    "key_version": 1, "sequence": seq, "start": start, "utc_offset_minutes": self.offset_min,
+                    "key_version": 1, "sequence": seq, "start": start, "utc_offset_minutes": offset_min,
                     "received_at": received, "measurement": (NS + measurement, body),
                 }))
                 seq += 1
         encoded = self.codec.encode_many(PSEUDO_TELEMETRY.value_schema, [b for _, b in blocks])
         for (received, _), value in zip(blocks, encoded, strict=True):
             yield received, self.topic_t, value
-        yield from self._visits(i, pseudonym, flare, truth)
+        yield from self._visits(i, person, pseudonym, offset_min, truth)
 
-    def _day(self, d: int, day0: int, rhr: float, rmssd: float, skin: float, steps: float, tst: float,
-             spo2: float) -> Iterator[tuple[str, int, dict[str, Any]]]:
+    def _daily_levels(self, person: Participant, local_days: npt.NDArray[np.int64],
+                      flare: F64) -> tuple[F64, F64, F64, F64, F64]:
+        """Per local day: resting HR, RMSSD, skin temperature (with the site's sensor bias), SpO2 and steps."""
+        offsets = np.array([person.day_offsets(self.spec.seed, int(d)) for d in local_days]).reshape(-1, 4)
+        hr_gain, rmssd_gain, skin_gain, activity_gain = person.flare_gains
+        rhr = person.resting_hr + FLARE_HR_BPM * hr_gain * flare + offsets[:, 0]
+        rmssd = person.rmssd_ms * (1 - FLARE_RMSSD_DROP * rmssd_gain * flare) * np.exp(offsets[:, 1])
+        skin = person.skin_temp_c + self.skin_bias + FLARE_SKIN_C * skin_gain * flare + offsets[:, 2]
+        spo2 = person.spo2_percent - FLARE_SPO2_DROP * flare + offsets[:, 3]
+        walking = 1 - np.minimum(0.9, FLARE_ACTIVITY_DROP * activity_gain * flare)
+        steps = STEPS_PER_DAY * person.activity * walking * np.exp(self.rng.normal(0, 0.3, len(flare)))
+        return rhr, rmssd, skin, spo2, steps
+
+    def _day(self, day0: int, rhr: float, rmssd: float, skin: float, steps: float, spo2: float,
+             sleep: Night) -> Iterator[tuple[str, int, dict[str, Any]]]:
         rng = self.rng
         hours = np.arange(24)
         activity = np.where((hours >= 7) & (hours < 23), 18.0, 2.0) * rng.uniform(0.6, 1.0, 24)
@@ -182,26 +191,27 @@ class _Generator:
         sp = np.minimum(100.0, spo2 + rng.normal(0, 0.5, 4))
         yield "OxygenSaturationSamples", day0, {"offsets_ms": ((np.arange(4) + 1) * HOUR_MS + 21 * MINUTE_MS).tolist(),
                                                 "spo2_percent": np.round(sp, 1).tolist()}
-        tst = float(np.clip(tst, 180, 600))
-        tib = tst / float(np.clip(rng.normal(0.9, 0.03), 0.75, 0.98))
-        start = day0 + 23 * HOUR_MS  # 23:00 local; the episode ends on local day d + 1
-        yield "SleepEpisodes", start, {"episodes": [{
-            "start_offset_ms": 0, "end_offset_ms": int(tib * MINUTE_MS), "total_sleep_time_min": round(tst, 1),
-            "wake_after_sleep_onset_min": round(tib - tst, 1), "latency_to_sleep_onset_min": 10.0,
-            "number_of_awakenings": int(rng.integers(0, 5)), "is_main_sleep": True}]}
+        in_bed_min = (sleep.wake_ms - sleep.lights_out_ms) / MINUTE_MS
+        tst = max(in_bed_min - sleep.latency_min - sleep.waso_min, 60.0)
+        # the episode starts at lights out on the evening of the local day and ends the next morning
+        yield "SleepEpisodes", sleep.lights_out_ms, {"episodes": [{
+            "start_offset_ms": 0, "end_offset_ms": sleep.wake_ms - sleep.lights_out_ms,
+            "total_sleep_time_min": round(tst, 1), "wake_after_sleep_onset_min": round(sleep.waso_min, 1),
+            "latency_to_sleep_onset_min": round(sleep.latency_min, 1), "number_of_awakenings": sleep.awakenings,
+            "is_main_sleep": True}]}
 
-    def _visits(self, i: int, pseudonym: str, flare: F64, truth: list[Truth]) -> Iterator[tuple[int, str, bytes]]:
+    def _visits(self, i: int, person: Participant, pseudonym: str, offset_min: int,
+                truth: list[Truth]) -> Iterator[tuple[int, str, bytes]]:
         spec, rng = self.spec, self.rng
-        base_crp = float(rng.lognormal(np.log(1.2), 0.5))
         lo, hi = spec.visit_gap_days
         day = spec.first_visit_day + int(rng.integers(0, hi))
         n = 0
         events: list[tuple[int, dict[str, Any]]] = []
         while day < spec.days:
-            crp = base_crp * float(np.exp(rng.normal(0, 0.45))) * (1.0 + 20.0 * float(flare[day]))
             sample = synthetic_pseudonym(spec.seed, "sample", f"S-{i:06d}-{n:03d}")
-            collected = spec.start_ms + day * DAY_MS - self.offset_min * MINUTE_MS + int(rng.integers(8, 12)) * HOUR_MS
-            truth.append(Truth(pseudonym, day, crp, float(flare[day])))
+            collected = spec.start_ms + day * DAY_MS - offset_min * MINUTE_MS + int(rng.integers(8, 12)) * HOUR_MS
+            crp = person.crp_mg_l(collected, rng)
+            truth.append(Truth(pseudonym, day, crp, float(person.flare_level(collected)), collected))
             for at, payload in _sample_lifecycle(sample, collected, crp):
                 events.append((at, {
                     "event_id": str(uuid.UUID(bytes=hashlib.sha256(f"{sample}/{at}/{payload[0]}".encode())

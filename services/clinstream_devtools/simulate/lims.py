@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from clinstream.core.timeutil import DAY_MS, HOUR_MS, MINUTE_MS
-from clinstream.simulate.profiles import Participant, rng_for
-from clinstream.simulate.telemetry import iso_ms, seeded_uuid
+from clinstream_devtools.simulate.profiles import Participant, rng_for
+from clinstream_devtools.simulate.telemetry import iso_ms, seeded_uuid
 
 FIRST_NAMES = ("Testa", "Probanda", "Simula", "Ficta", "Exempla", "Modela", "Synthia", "Imaga")
 LAST_NAMES = ("Synthetica", "Fabricata", "Artificialis", "Inventa", "Placeholder", "Dummyson")
@@ -48,12 +48,6 @@ class LimsOptions:
     flare_visit_probability: float = 0.8
     bad_fraction: float = 0.02
     withdraw: bool = False  # the participant withdraws consent at the end of the window
-
-
-def _crp(p: Participant, at_ms: int, rng: np.random.Generator) -> float:
-    level = float(p.flare_level(at_ms))
-    baseline = p.crp_baseline_mg_l * float(rng.lognormal(0, 0.25))
-    return round(min(baseline + level * float(rng.uniform(12, 70)), 400.0), 1)
 
 
 class _Builder:
@@ -116,7 +110,7 @@ class _Builder:
                                    "quantity_unit": "mL", "temperature_c": round(room, 1)})
         assay_at = aliquoted + int(rng.uniform(0.5, 4) * HOUR_MS)
         self.event(assay_at, {"kind": "assay", "sample_id": children[0], "analyte": CRP[0], "loinc_code": CRP[1],
-                              "value": _crp(p, at, rng), "unit": CRP[2]})
+                              "value": p.crp_mg_l(at, rng), "unit": CRP[2]})
         frozen = aliquoted + int(rng.uniform(10, 60) * MINUTE_MS)
         for k, child in enumerate(children[1:], start=1):
             self.event(frozen, {"kind": "sample", "event_type": "FROZEN", "sample_id": child,

@@ -12,8 +12,8 @@ from rich.table import Table
 
 from clinstream.core import constants as c
 from clinstream.core.config import Settings, get_settings
-from clinstream.stack.common import ServiceStatus, StackError, stack_lock
-from clinstream.stack.kafka import (
+from clinstream_devtools.stack.common import ServiceStatus, StackError, stack_lock
+from clinstream_devtools.stack.kafka import (
     check_kafka_prerequisites,
     cluster_bootstrap,
     ensure_kafka,
@@ -22,7 +22,7 @@ from clinstream.stack.kafka import (
     local_brokers,
     stop_kafka,
 )
-from clinstream.stack.postgres import (
+from clinstream_devtools.stack.postgres import (
     check_postgres_prerequisites,
     cluster_dir,
     ensure_postgres,

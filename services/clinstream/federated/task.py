@@ -1,12 +1,16 @@
-"""The model: class-weighted, L2-regularised logistic regression in numpy, trained by full-batch gradient descent.
+"""The federated task, in Flower's `task.py` shape: the model, a site's data, local training and evaluation.
 
-Its parameters are two arrays, `coef` (one weight per feature) and `intercept`, which is all a site ever sends.
-Class weighting is "balanced" per site: each class contributes half of the loss, so a site with few raised-CRP
-samples still learns from them. FedProx adds mu/2 * ||w - w_global||^2 to the local loss.
+Model: class-weighted, L2-regularised logistic regression in numpy, trained by full-batch gradient descent. Its
+parameters are two arrays, `coef` (one weight per feature) and `intercept`, which is all a site ever sends. Class
+weighting is "balanced" per site: each class contributes half of the loss, so a site with few raised-CRP samples
+still learns from them. FedProx adds mu/2 * ||w - w_global||^2 to the local loss.
 
 Standardisation: features are centred and scaled with a mean and scale vector, then NaN (missing) becomes 0, i.e.
 the mean. `Standardiser.fit` computes them from local training data (per-site mode); `from_sums` from the sums
 that sites report (federated mode).
+
+Data: `load_data` reads a site's examples as its read-only role (`roles.py`, SQL in `dataset.py`) and refuses
+(`Declined`) a role broader than the feature views or a cohort under the minimum.
 """
 
 from __future__ import annotations
@@ -15,6 +19,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+import psycopg
+
+from clinstream.core.config import get_settings
+from clinstream.federated import metrics as m
+from clinstream.federated.config import SiteNodeConfig, TaskConfig
+from clinstream.federated.dataset import SiteDataset, load_site_dataset
+from clinstream.federated.roles import connect_reader, privilege_violations, reader_url
 
 F64 = npt.NDArray[np.float64]
 I8 = npt.NDArray[np.int8]
@@ -126,3 +137,51 @@ def train(model: LogisticModel, z: F64, y: I8, params: TrainParams,
         coef -= params.learning_rate * grad_w
         b -= params.learning_rate * grad_b
     return LogisticModel(coef, b)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A model's scores on one side of a site's data: loss, ROC AUC, balanced accuracy and score histograms."""
+
+    loss: float
+    roc_auc: float
+    balanced_accuracy: float
+    hist_neg: list[int]
+    hist_pos: list[int]
+
+
+def evaluate(model: LogisticModel, z: F64, y: I8, score_bins: int) -> Evaluation:
+    """The unpenalised loss, ROC AUC, balanced accuracy and (with score_bins > 0) the per-class score histograms."""
+    scores = model.predict_proba(z)
+    neg, pos = m.score_histograms(y, scores, score_bins) if score_bins else ([], [])
+    return Evaluation(loss(model, z, y, 0.0), m.roc_auc(y, scores), m.balanced_accuracy(y, scores), neg, pos)
+
+
+class Declined(Exception):
+    """The site does not take part in this round; the reason is sent to the server (no identifiers in it)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def load_data(site: SiteNodeConfig, cfg: TaskConfig, test: bool) -> SiteDataset:
+    """The site's examples, read as its reader role; declines unless the training (or held-out) side is big enough.
+
+    The minimum cohort is the larger of the run's and the site's own setting.
+    """
+    url = site.database_url or reader_url(get_settings().database_url, site.site_id)
+    try:
+        with connect_reader(site.site_id, url) as conn:
+            violations = privilege_violations(conn, site.site_id)
+            if violations:
+                raise Declined("database role is broader than the feature views: " + "; ".join(violations))
+            data = load_site_dataset(conn, cfg)
+    except psycopg.Error as exc:  # the class name only: server messages may quote values
+        raise Declined(f"feature store not readable ({type(exc).__name__})") from None
+    needed = max(cfg.min_participants, site.min_participants)
+    have = data.participant_count(test)
+    if have < needed:
+        side = "held-out" if test else "training"
+        raise Declined(f"only {have} {side} participants with examples; the minimum cohort is {needed}")
+    return data

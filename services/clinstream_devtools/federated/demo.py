@@ -15,14 +15,14 @@ from clinstream.core.config import Settings
 from clinstream.core.db import connect_with_retry
 from clinstream.federated.config import SiteNodeConfig, TaskConfig, report_paths
 from clinstream.federated.dataset import FEATURE_NAMES, SiteDataset, load_site_dataset, split_by_participant
-from clinstream.federated.deployment import Deployment
-from clinstream.federated.fill import FillReport, fill_site
 from clinstream.federated.metrics import roc_auc
-from clinstream.federated.model import LogisticModel, Standardiser, TrainParams, train
-from clinstream.federated.pipeline_fill import PipelineCohort, fill_sites_via_pipeline
 from clinstream.federated.report import read_report, write_report
 from clinstream.federated.roles import ensure_reader_role, reader_url
+from clinstream.federated.task import LogisticModel, Standardiser, TrainParams, train
 from clinstream.store.migrate import migrate
+from clinstream_devtools.federated.fill import FillReport, fill_site
+from clinstream_devtools.federated.local_deployment import Deployment
+from clinstream_devtools.federated.pipeline_fill import PipelineCohort, fill_sites_via_pipeline
 
 SYNTHETIC = "synthetic"
 PIPELINE = "pipeline"

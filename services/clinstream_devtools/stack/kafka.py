@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import os
 import shutil
@@ -17,7 +18,7 @@ from typing import Any
 
 from clinstream.core import constants as c
 from clinstream.core.config import Settings
-from clinstream.stack.common import (
+from clinstream_devtools.stack.common import (
     ServiceStatus,
     StackError,
     port_in_use,
@@ -102,6 +103,16 @@ def kafka_nodes(settings: Settings, brokers: int) -> list[KafkaNode]:
         raise StackError(f"the {brokers} Kafka nodes' ports {sorted(ports)} collide or exceed 65535: choose "
                          "CLINSTREAM_KAFKA_BOOTSTRAP and CLINSTREAM_KAFKA_CONTROLLER_PORT further apart")
     return nodes
+
+
+def quorum_leader(node: KafkaNode) -> int | None:
+    """The node id of the active controller as `node` last recorded it (its raft quorum state); None if unknown."""
+    path = node.directory / "data" / "__cluster_metadata-0" / "quorum-state"
+    try:
+        leader = json.loads(path.read_text(encoding="utf-8")).get("leaderId", -1)
+    except (OSError, ValueError):
+        return None
+    return int(leader) if isinstance(leader, int) and leader >= 0 else None
 
 
 def cluster_bootstrap(settings: Settings, brokers: int) -> str:

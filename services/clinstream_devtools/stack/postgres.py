@@ -26,7 +26,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from clinstream.core import constants as c
 from clinstream.core.config import Settings
-from clinstream.stack.common import (
+from clinstream_devtools.stack.common import (
     ServiceStatus,
     StackError,
     port_in_use,

@@ -1,0 +1,1 @@
+"""Demo data for the federated task (synthetic or through each site's pipeline) and a one-machine federation."""
