@@ -626,21 +626,44 @@ def watermarks(consumer: Consumer, topic: str, partition: int, timeout_s: float 
 
 
 def bounded_batches(consumer: Consumer, ranges: Sequence[OffsetRange], nxt: dict[str, int], batch_max: int, *,
-                    stop: threading.Event | None = None,
-                    timeout_s: float | None = None) -> Iterator[list[KafkaMessage]]:
+                    stop: threading.Event | None = None, timeout_s: float | None = None,
+                    contiguous: bool = False) -> Iterator[list[KafkaMessage]]:
     """Batches of the ranges' messages from `nxt` (advanced past each yielded batch) until every range is done.
 
     A batch may be empty (a poll that found nothing), so a caller can checkpoint on time. Per partition in offset
     order; tombstones included. Partitions are paused when done. Ends early when `stop` is set.
+
+    Offsets a partition's reading passes without a record (a record beyond `nxt`, or the consumer's position past
+    the end after idle polls) are gaps of the log when its topic is compacted or transactional. With `contiguous`
+    (topics neither compacted nor transactional: every offset of [start, end) holds a record) such a skip is the
+    consumer's, not the log's: the partition is read again from `nxt` (a seek), and a skip is accepted only when that
+    fresh read confirms it (records deleted by retention), with a warning naming the offsets.
     """
     active = {r.tp: r for r in ranges if nxt.setdefault(r.tp, r.start) < r.end}
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     if active:
         consumer.assign([TopicPartition(r.topic, r.partition, nxt[tp]) for tp, r in active.items()])
+    reread_from: dict[str, int] = {}  # partition -> the `nxt` it was last read again from
 
     def finish(rng: OffsetRange) -> None:
+        nxt[rng.tp] = max(nxt[rng.tp], rng.end)
         if active.pop(rng.tp, None) is not None:
             consumer.pause([TopicPartition(rng.topic, rng.partition)])
+
+    def skip_accepted(rng: OffsetRange, seen: int) -> bool:
+        """Whether reading may pass [nxt, seen) without records; if not, the partition is read again from nxt."""
+        first = nxt[rng.tp]
+        if not contiguous:
+            return True
+        if reread_from.get(rng.tp) == first:
+            log.warning("%s: offsets %d..%d hold no records after a fresh read (retention?); passed", rng.tp,
+                        first, seen - 1)
+            return True
+        reread_from[rng.tp] = first
+        log.warning("%s: the consumer passed offsets %d..%d without their records; reading again from %d", rng.tp,
+                    first, seen - 1, first)
+        consumer.seek(TopicPartition(rng.topic, rng.partition, first))
+        return False
 
     idle = 0
     while active and not (stop is not None and stop.is_set()):
@@ -648,6 +671,7 @@ def bounded_batches(consumer: Consumer, ranges: Sequence[OffsetRange], nxt: dict
             raise TimeoutError(f"reading did not reach the end of {sorted(active)} in {timeout_s:.0f} s")
         msgs = consumer.consume(batch_max, REPLAY_POLL_S)
         batch: list[KafkaMessage] = []
+        stale: set[str] = set()  # partitions read again from nxt: the rest of this poll's records are stale
         for msg in msgs:
             err = msg.error()
             if err is not None:
@@ -657,7 +681,10 @@ def bounded_batches(consumer: Consumer, ranges: Sequence[OffsetRange], nxt: dict
             tp = f"{msg.topic()}/{msg.partition()}"
             rng = active.get(tp)
             offset = msg.offset() or 0
-            if rng is None or offset < nxt[tp]:
+            if rng is None or tp in stale or offset < nxt[tp]:
+                continue
+            if offset > nxt[tp] and not skip_accepted(rng, min(offset, rng.end)):
+                stale.add(tp)
                 continue
             if offset >= rng.end:
                 finish(rng)
@@ -670,8 +697,7 @@ def bounded_batches(consumer: Consumer, ranges: Sequence[OffsetRange], nxt: dict
         if idle >= REPLAY_IDLE_CHECKS and active:  # compaction, control records: trust the position
             for pos in consumer.position([TopicPartition(r.topic, r.partition) for r in active.values()]):
                 rng = active.get(f"{pos.topic}/{pos.partition}")
-                if rng is not None and pos.offset >= rng.end:
-                    nxt[rng.tp] = rng.end
+                if rng is not None and pos.offset >= rng.end and skip_accepted(rng, rng.end):
                     finish(rng)
         yield batch
 
@@ -722,7 +748,8 @@ def run_bounded(settings: Settings, group_id: str, ranges: Sequence[OffsetRange]
 
     Per batch: process; deliver the outputs and wait for them; then, when due (and at the end, and when asked
     to stop), the state with the next offsets; then those offsets are committed to the run's group (informational:
-    `clinstream lag` shows the progress; a resume uses the saved state).
+    `clinstream lag` shows the progress; a resume uses the saved state). A replay's input topics are neither
+    compacted nor transactional, so the reading is `contiguous`: offsets passed without their records are read again.
     """
     crash = CrashPoints(crash_dir if crash_dir is not None else settings.state_dir / "bounded", stage="bounded")
     consumer = tool_consumer(settings, group_id)
@@ -743,7 +770,7 @@ def run_bounded(settings: Settings, group_id: str, ranges: Sequence[OffsetRange]
             after_batch(records, result)
 
     try:
-        for msgs in bounded_batches(consumer, ranges, nxt, batch_max, stop=stop):
+        for msgs in bounded_batches(consumer, ranges, nxt, batch_max, stop=stop, contiguous=True):
             one_batch([from_kafka_message(m) for m in msgs])
         done = all(nxt[r.tp] >= r.end for r in ranges)
         checkpoint.save_state(nxt, completed=done, force=True)  # done, or asked to stop: remember where we are
