@@ -93,26 +93,3 @@ def test_a_seek_runs_in_the_consumer_thread_and_resets_faust_read_offset() -> No
     asyncio.run(seek_in_consumer_thread(consumer, "tp", 17))
     assert consumer._thread.seeks == [("tp", 17, "consumer-thread")]
     assert consumer._read_offset == {"tp": 17}
-
-
-def test_faust_never_drops_records_of_the_ledger_topics_by_its_read_offset() -> None:
-    """Records fetched before a seek back set faust's read offset past the frontier again; re-fetched records below
-    it were dropped and the partition stalled. faust's fetch loop reads `_read_offset[tp]`: None lets a record by."""
-    import faust
-    from faust.types import TP
-
-    from clinstream.core.config import Settings
-    from clinstream.core.offset_ledger import OffsetLedger
-
-    settings = Settings(site_id="tledger")  # type: ignore[call-arg]
-    app = faust.App("tledger-host", broker=f"kafka://{settings.kafka_bootstrap}", store="memory://")
-    ledger = OffsetLedger(app, settings, "tledger-host", ["tledger.pseudo.telemetry.v1"])
-    try:
-        read_offset = app.consumer._read_offset
-        ours, other = TP("tledger.pseudo.telemetry.v1", 0), TP("tledger-host-table-changelog", 0)
-        for tp in (ours, other):
-            read_offset[tp] = 17  # as a seek, then the records handed on, set it
-        assert read_offset[ours] is None  # the ledger alone decides (below the frontier: skipped)
-        assert read_offset[other] == 17  # faust's own topics keep faust's filter
-    finally:
-        ledger.close()

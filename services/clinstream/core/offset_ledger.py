@@ -19,9 +19,6 @@ worker host reports each batch here once its outputs are durable:
   (stale generation after a rebalance, flow control suspended) while delivering later ones of the same
   partition; processing those first let later event times advance the features watermark, so that the
   skipped blocks, redelivered only after `stall_s`, were judged late and lost from their windows;
-* faust's own filter, which drops fetched records below a partition's read offset, is blind for these topics
-  (`ReadOffsets`): after a seek back, records fetched before it moved that offset past the frontier again and
-  faust dropped the re-fetched ones;
 * `watch()` (a timer) finds partitions whose frontier has not moved for `stall_s` while records wait beyond it,
   and seeks them back to the frontier: whatever faust skipped is delivered again.
 
@@ -33,8 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -128,29 +124,6 @@ async def seek_in_consumer_thread(consumer: Any, tp: Any, offset: int) -> None:
     consumer._read_offset[tp] = offset if offset else None
 
 
-class ReadOffsets(defaultdict[Any, int | None]):
-    """faust's per-partition read offsets (`Consumer._read_offset`), never read for the ledger's topics.
-
-    faust's fetch loop drops a fetched record whose offset is below its partition's read offset, and sets the read
-    offset to each record it hands on. After a seek back to the frontier, the records fetched before the seek were
-    still being handed on: they set the read offset past the frontier again, so faust dropped the re-fetched
-    records from the frontier up to there. If no later record came, nothing showed the gap and the partition
-    stalled until the watch sought again after `stall_s` (seen after a SIGKILL restart: two seeks 1.2 s apart,
-    then 8-10 s without progress; a run of the features SIGKILL test timed out that way). The ledger needs no such
-    filter: `admit` skips what is below the frontier and never passes a gap.
-    """
-
-    def __init__(self, topics: Iterable[str], current: Mapping[Any, int | None]) -> None:
-        super().__init__(lambda: None, current)
-        self.topics = frozenset(topics)
-
-    def __getitem__(self, tp: Any) -> int | None:
-        if tp.topic in self.topics:
-            return None
-        value: int | None = super().__getitem__(tp)
-        return value
-
-
 class OffsetLedger:
     """Commits a faust agent's input offsets from processed batches; re-seeks partitions faust left behind."""
 
@@ -167,8 +140,6 @@ class OffsetLedger:
                                  "enable.auto.commit": False, "client.id": f"{group_id}-offset-lookup"})
         app.on_partitions_assigned.connect(self._forget)
         app.on_partitions_revoked.connect(self._forget)
-        consumer = app.consumer  # before its fetch loop starts (the loop binds the mapping's methods once)
-        consumer._read_offset = ReadOffsets(self._topics, consumer._read_offset)
 
     def _forget(self, sender: Any, /, *args: Any, signal: Any = None, **kwargs: Any) -> None:
         self._frontiers.clear()
