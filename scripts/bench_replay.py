@@ -24,13 +24,12 @@ from clinstream.core.avro import get_codec, subject_key
 from clinstream.core.config import Settings
 from clinstream.core.db import connect
 from clinstream.core.kafka import DurableProducer
+from clinstream.core.stream_host import tool_consumer
 from clinstream.core.topic_admin import apply_topics, delete_site_topics
 from clinstream.core.topics import PSEUDO_TELEMETRY
-from clinstream.replay.engine import ReplayEngine
-from clinstream.replay.kafka_io import tool_consumer
+from clinstream.replay.engine import Delivery, ReplayEngine, make_adapter
 from clinstream.replay.plan import make_plan
-from clinstream.replay.sink import ReplaySink
-from clinstream.replay.stages import FeaturesStage
+from clinstream.replay.specs import SINK
 from clinstream.store.migrate import migrate
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -96,14 +95,15 @@ def main() -> None:
         with TemporaryDirectory() as tmp:
             local = settings.model_copy(update={"data_dir": Path(tmp)})
             consumer = tool_consumer(local, f"clinstream-{local.site_id}-replay-planner")
-            stage = FeaturesStage(local, version=2)
+            stage = make_adapter(local, "features", 2, ())
             try:
                 plan = make_plan(consumer, run_id="bench", site_id=local.site_id, stage="features",
                                  topics=stage.input_topics(), version=2, in_place=False)
             finally:
                 consumer.close()
             producer = DurableProducer(local)
-            sink = ReplaySink(local, plan.run_id, producer)
+            assert SINK.sink is not None
+            sink = Delivery(local, plan.run_id, producer, SINK.sink(local))
             engine = ReplayEngine(local, plan, stage, sink, batch_max=args.batch_size)
             t1 = time.perf_counter()
             outcome = engine.run()

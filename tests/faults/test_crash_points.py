@@ -139,7 +139,7 @@ def test_withdrawals_survive_a_stop_between_state_and_offsets(fault_site: FaultS
     first = (int(time.time() * 1000) // MINUTE_MS - 60) * MINUTE_MS  # windows within the 2 h MINUTE horizon
     loader = Loader(site, ledger, BLOCKS, 1.0, first)
     monkeypatch.setenv(CRASH_POINT_ENV, CrashPoint.AFTER_STATE_BEFORE_ACK.value)  # the site's processes inherit
-    monkeypatch.setenv(CRASH_WHEN_ENV, when)
+    monkeypatch.setenv(CRASH_WHEN_ENV, f"{worker}:{when}")  # only that worker dies (the store counts erasures too)
     monkeypatch.setenv(CRASH_TIMES_ENV, str(SEEDS_PER_RUN))
     with running(site) as pipeline, Supervisor(pipeline, worker) as supervisor:
         loader.start()

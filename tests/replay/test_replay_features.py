@@ -264,13 +264,13 @@ def test_a_replay_honours_every_erasure_requested_until_now_through_the_processo
 
     from clinstream.core.avro import subject_key
     from clinstream.core.topics import ERASURE
-    from clinstream.replay.stages import FeaturesStage
+    from clinstream.replay.engine import make_adapter
 
     site = kafka_site.site_id
     data = generate(n_participants=2, hours=2, seed=5, site_id=site)
     erased, kept = data.participants
     produce(kafka_site, ERASURE.name(site), [(subject_key(site, erased), erasure(erased, site_id=site))])
-    stage = FeaturesStage(kafka_site, version=2)
+    stage = make_adapter(kafka_site, "features", 2, ())
     stage.prepare(None)
     records = [r for who in data.participants for r in in_records(
         [b for b in data.blocks if b.participant == who], site_id=site,

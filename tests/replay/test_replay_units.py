@@ -12,11 +12,11 @@ from hypothesis import strategies as st
 from clinstream.core.avro import get_codec
 from clinstream.core.config import Settings
 from clinstream.core.constants import REDRIVE_METADATA_MAX_CHARS
-from clinstream.core.dead_letters import DeadLetterRecord
+from clinstream.core.dead_letters import DeadLetterRecord, decode_envelope
 from clinstream.core.dlq import Rejection, dead_letter
 from clinstream.core.topics import Stage
 from clinstream.replay import checkpoint as ckpt
-from clinstream.replay.dlq import decode_envelope, safe_view, summarise
+from clinstream.replay.dlq import safe_view, summarise
 from clinstream.replay.lag import group_kind
 from clinstream.replay.plan import PartitionRange, PlanError, ReplayPlan, check_run_id, parse_instant, parse_offsets
 from clinstream.replay.redrive import Pending, _PartitionRun, decode_pending, encode_pending

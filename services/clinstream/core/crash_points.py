@@ -24,10 +24,12 @@ class CrashPoint(StrEnum):
 class CrashPoints:
     """Dies (exit 71, no flush, no commit) at the configured point; a no-op unless the environment enables it."""
 
-    def __init__(self, state_dir: Path, environ: Mapping[str, str] = os.environ) -> None:
+    def __init__(self, state_dir: Path, environ: Mapping[str, str] = os.environ, stage: str | None = None) -> None:
         raw = environ.get(CRASH_POINT_ENV, "")
-        self.point = CrashPoint(raw) if raw else None
-        self.when = environ.get(CRASH_WHEN_ENV, "")
+        when = environ.get(CRASH_WHEN_ENV, "")  # "counter" or "stage:counter" (only that stage's workers die)
+        only, _, counter = when.rpartition(":")
+        self.point = CrashPoint(raw) if raw and (not only or only == stage) else None
+        self.when = counter
         self.times = int(environ.get(CRASH_TIMES_ENV, "1"))
         self._fired_file = state_dir / f"crash-{raw}.fired"
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from clinstream.core.avro import Codec, DecodeError
 from clinstream.core.constants import HEADER_REDRIVEN_FROM, HEADER_REPLAY_RUN
 from clinstream.core.dlq import Rejection
 from clinstream.core.kafka import Message
+from clinstream.core.records import InRecord, OutRecord
+from clinstream.core.topics import DLQ_SCHEMA
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,3 +94,42 @@ class Redriver(Protocol):
 def redriven_header(rec: DeadLetterRecord) -> tuple[str, bytes]:
     """The header that marks a re-driven record with the dead letter it comes from."""
     return (HEADER_REDRIVEN_FROM, f"{rec.envelope.get('stage') if rec.envelope else ''}:{rec.position}".encode())
+
+
+def decode_envelope(codec: Codec, value: bytes) -> dict[str, Any] | None:
+    """The DeadLetter record of a DLQ value, or None if it is not one."""
+    try:
+        if codec.writer_name(value) != DLQ_SCHEMA:
+            return None
+        return codec.decode(value)
+    except DecodeError:
+        return None
+
+
+def reinjection(rec: DeadLetterRecord, topic: str) -> list[tuple[str, Message]]:
+    """The original key and bytes, back to `topic`, marked with where they come from."""
+    return [(topic, (rec.original_key, rec.original_value, [redriven_header(rec)]))]
+
+
+def source_record(rec: DeadLetterRecord, allowed: Sequence[str]) -> InRecord | Rejection:
+    """The dead letter as the input record it was, if it came from one of the stage's input topics."""
+    env = rec.envelope
+    if env is None:
+        return Rejection("unreadable dead-letter envelope")
+    topic = env.get("source_topic")
+    if not isinstance(topic, str) or topic not in allowed:
+        return Rejection("source topic is not an input of the stage")
+    return InRecord(topic=topic, partition=int(env.get("source_partition") or 0),
+                    offset=int(env.get("source_offset") or 0), key=rec.original_key, value=rec.original_value,
+                    timestamp_ms=rec.timestamp_ms)
+
+
+def judged_by_processor(codec: Codec, rec: DeadLetterRecord, src: InRecord, outs: Sequence[OutRecord],
+                        dlq_topic: str) -> Verdict:
+    """A processor's verdict on a re-run dead letter: its first dead letter's reason, or hand the record back."""
+    for out in outs:
+        if out.topic == dlq_topic and out.value:
+            env = decode_envelope(codec, out.value)
+            return Verdict(rejection=Rejection(str(env["reason"]), env.get("field_path")) if env
+                           else Rejection("rejected"))
+    return Verdict(reinjection(rec, src.topic))

@@ -30,11 +30,11 @@ from clinstream.core.stream_host import StageTraits, TableState
 from clinstream.core.stream_host import app_id as host_app_id
 from clinstream.core.stream_host import run as host_run
 from clinstream.core.topics import Stage
+from clinstream.features import STATE_TABLE
 from clinstream.features.processor import FeatureProcessor, make_processor
 from clinstream.features.state import WM_PREFIX, Entry, partition_of
 
 STAGE = Stage.FEATURES.value
-STATE_TABLE = "feature-state"
 _BIG_JSON = b"J"  # prefix of values written by the stdlib (integers beyond 64 bits)
 
 log = logging.getLogger("clinstream.features.worker")

@@ -29,13 +29,13 @@ from clinstream.core.stream_host import StageTraits, TableState
 from clinstream.core.stream_host import app_id as host_app_id
 from clinstream.core.stream_host import run as host_run
 from clinstream.core.topics import RAW_BIOBANK, RAW_TELEMETRY, Stage
+from clinstream.pseudonymise import CONSENT_TABLE
 from clinstream.pseudonymise.consent import ConsentEntry
 from clinstream.pseudonymise.keys import KeyRingError, KeyRingSource
 from clinstream.pseudonymise.metrics import observe
 from clinstream.pseudonymise.processor import PseudonymiseProcessor, order_for_processing
 
 STAGE = Stage.PSEUDONYMISE.value
-CONSENT_TABLE = "consent"
 
 log = logging.getLogger("clinstream.pseudonymise.worker")
 

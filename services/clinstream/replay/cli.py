@@ -27,7 +27,6 @@ from clinstream.core.config import Settings, get_settings
 from clinstream.core.constants import REPLAY_BATCH_MAX, REPLAY_CHECKPOINT_EVERY_S
 from clinstream.core.timeutil import from_ms
 from clinstream.core.topics import Stage, dlq
-from clinstream.features.catalogue import FEATURE_VERSION
 from clinstream.replay import checkpoint as ckpt
 from clinstream.replay.plan import (
     PlanError,
@@ -38,6 +37,7 @@ from clinstream.replay.plan import (
     parse_instant,
     parse_offsets,
 )
+from clinstream.replay.specs import live_feature_version
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
 console = Console()
@@ -69,7 +69,7 @@ def _fail(message: str) -> typer.Exit:
 def _targets(settings: Settings, plan: ReplayPlan) -> list[str]:
     site = settings.site_id
     if plan.stage == Stage.FEATURES.value:
-        where = (f"version {plan.version} beside the live version {FEATURE_VERSION}" if not plan.in_place
+        where = (f"version {plan.version} beside the live version {live_feature_version()}" if not plan.in_place
                  else f"in place (version {plan.version}, idempotent upserts)")
         return [f"feature store {settings.db_schema}.wearable_features and .sample_features: {where} "
                 "(written directly by the replay with the store writer)",
@@ -180,8 +180,8 @@ def replay(
 def _new_plan(settings: Settings, stage: ReplayStageName | None, from_: str | None, to: str | None,
               offsets: str | None, participants: list[str], version: int | None, in_place: bool,
               run_id: str) -> ReplayPlan:
-    from clinstream.replay.kafka_io import tool_consumer
-    from clinstream.replay.stages import make_stage
+    from clinstream.core.stream_host import tool_consumer
+    from clinstream.replay.engine import make_adapter
 
     if stage is None:
         raise PlanError("--stage is required (or --resume <run id>)")
@@ -190,22 +190,23 @@ def _new_plan(settings: Settings, stage: ReplayStageName | None, from_: str | No
     if stage is ReplayStageName.features:
         if (version is None) == (not in_place):
             raise PlanError("features: give --version N (a new version beside the live one) or --in-place")
-        if version is not None and version == FEATURE_VERSION:
-            raise PlanError(f"version {FEATURE_VERSION} is the live version: say --in-place to overwrite it")
-        target = version if version is not None else FEATURE_VERSION
+        if version is not None and version == live_feature_version():
+            raise PlanError(f"version {live_feature_version()} is the live version: say --in-place to overwrite it")
+        target = version if version is not None else live_feature_version()
     else:
         if version is not None or not in_place:
             raise PlanError("pseudonymise has no versions: its replay writes into the live pseudonymised topics; "
                             "say --in-place")
         target = 0
-    topics = make_stage(settings, stage.value, target, participants).input_topics()
+    adapter = make_adapter(settings, stage.value, target, participants)
+    topics = adapter.input_topics()
     consumer = tool_consumer(settings, f"clinstream-{settings.site_id}-replay-planner")
     try:
         return make_plan(consumer, run_id=run_id, site_id=settings.site_id, stage=stage.value, topics=topics,
                          version=target, in_place=in_place,
                          from_ms=parse_instant(from_) if from_ else None, to_ms=parse_instant(to) if to else None,
                          offsets=parse_offsets(offsets, topics[0]) if offsets else None,
-                         participants=participants, key_partitioned=stage is ReplayStageName.features)
+                         participants=participants, key_partitioned=adapter.key_partitioned)
     finally:
         consumer.close()
 
@@ -213,9 +214,8 @@ def _new_plan(settings: Settings, stage: ReplayStageName | None, from_: str | No
 def _execute(settings: Settings, plan: ReplayPlan, resumed: ckpt.Checkpoint | None, batch_size: int,
              checkpoint_every: float, max_rate: float | None) -> Any:
     from clinstream.core.kafka import DurableProducer
-    from clinstream.replay.engine import ReplayEngine
-    from clinstream.replay.sink import ReplaySink
-    from clinstream.replay.stages import make_stage
+    from clinstream.replay.engine import Delivery, ReplayEngine, make_adapter
+    from clinstream.replay.specs import SINK
 
     stop = threading.Event()
 
@@ -225,7 +225,8 @@ def _execute(settings: Settings, plan: ReplayPlan, resumed: ckpt.Checkpoint | No
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     producer = DurableProducer(settings)
-    sink = ReplaySink(settings, plan.run_id, producer)
+    assert SINK.sink is not None
+    delivery = Delivery(settings, plan.run_id, producer, SINK.sink(settings))
     done_before = sum(n - r.start for r in plan.ranges
                       for tp, n in (resumed.next_offsets.items() if resumed else []) if tp == r.tp)
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(),
@@ -233,13 +234,13 @@ def _execute(settings: Settings, plan: ReplayPlan, resumed: ckpt.Checkpoint | No
     try:
         with Progress(*columns, console=err) as progress:
             task = progress.add_task(f"replay {plan.stage}", total=plan.estimate, completed=done_before)
-            engine = ReplayEngine(settings, plan, make_stage(settings, plan.stage, plan.version, plan.participants),
-                                  sink, batch_max=batch_size, checkpoint_every_s=checkpoint_every,
+            engine = ReplayEngine(settings, plan, make_adapter(settings, plan.stage, plan.version, plan.participants),
+                                  delivery, batch_max=batch_size, checkpoint_every_s=checkpoint_every,
                                   max_rate=max_rate, progress=lambda n: progress.advance(task, n), stop=stop)
             outcome = engine.run(resumed)
             if not outcome.interrupted:
                 progress.update(task, total=progress.tasks[0].completed)
         return outcome
     finally:
-        sink.close()
+        delivery.close()
         producer.close()

@@ -18,10 +18,10 @@ from typing import Any
 
 from clinstream.core.avro import Codec, DecodeError, get_codec
 from clinstream.core.config import Settings
-from clinstream.core.dead_letters import DeadLetterRecord
+from clinstream.core.dead_letters import DeadLetterRecord, decode_envelope
+from clinstream.core.stream_host import read_range
 from clinstream.core.timeutil import from_ms
-from clinstream.core.topics import DLQ_SCHEMA, Stage, Zone, dlq
-from clinstream.replay.kafka_io import read_to_end
+from clinstream.core.topics import Stage, Zone, dlq
 
 
 def _header(header: Any) -> tuple[str, bytes]:
@@ -37,22 +37,12 @@ def parse_position(text: str) -> tuple[int, int]:
     return int(p), int(o)
 
 
-def decode_envelope(codec: Codec, value: bytes) -> dict[str, Any] | None:
-    """The DeadLetter record of a DLQ value, or None if it is not one."""
-    try:
-        if codec.writer_name(value) != DLQ_SCHEMA:
-            return None
-        return codec.decode(value)
-    except DecodeError:
-        return None
-
-
 def read_dead_letters(settings: Settings, stage: Stage, *, starts: dict[int, int] | None = None,
                       codec: Codec | None = None) -> Iterator[DeadLetterRecord]:
     """Every dead letter of a stage (from `starts` per partition) up to the topic's current end."""
     codec = codec or get_codec()
     topic = dlq(stage).name(settings.site_id)
-    for msg in read_to_end(settings, topic, f"clinstream-{settings.site_id}-dlq-reader", starts=starts):
+    for msg in read_range(settings, topic, f"clinstream-{settings.site_id}-dlq-reader", starts=starts):
         value = msg.value() or b""
         _, ts = msg.timestamp()
         headers = tuple(_header(h) for h in msg.headers() or [])

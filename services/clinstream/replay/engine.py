@@ -1,36 +1,42 @@
-"""The replay loop: read the plan's ranges with assign(), process in batches, deliver, checkpoint, resume.
+"""A replay run: the stage's replay adapter driven by the core host's bounded mode, its outputs delivered durably.
 
-The consumer belongs to the run's own group (`clinstream-<site>-replay-<run id>`) and never subscribes, so no
-live group is joined, rebalanced or moved. Per batch: records beyond a range's end are ignored, the stage's
-processor runs, the sink stores or produces every output and waits for it; only then do the next offsets
-count as done. At most every `checkpoint_every_s` (and at the end, and when asked to stop) the offsets and the
-processor's state are written together atomically, and the next offsets are also committed to the run's
-group (so `clinstream lag` shows the replay's progress). A run killed at any point resumes from its last
-checkpoint with the same state; batches after it are processed again and their outputs are idempotent
-(store upserts by natural key and revision; dead letters are byte-identical).
+The run reads the plan's ranges with assign() under its own group (`clinstream-<site>-replay-<run id>`), so no
+live group is joined, rebalanced or moved. The host's checkpoint order holds per batch: the adapter processes;
+every output is delivered and waited for (`Delivery`); then, at most every `checkpoint_every_s` (and at the
+end, and when asked to stop), the next offsets and the adapter's state are written together atomically (the
+run's checkpoint file) and the next offsets are committed to the run's group (so `clinstream lag` shows the
+progress). A run killed at any point resumes from its last checkpoint with the same state; batches after it are
+processed again and their outputs are idempotent (store upserts by natural key and revision; dead letters are
+byte-identical).
+
+Delivery: outputs the adapter names as store outputs (feature records) are written through the store stage's
+own sink (`StageSpec.sink`: decode, check, one upsert transaction under the monotonic revision rule and the
+erasure filter, dead letters for what the checks refuse), so a replay of months stays out of the live store
+worker's queue and "written" means committed. Outputs the adapter names as unpublished are counted only. Every
+other output is produced (acks=all); dead letters carry a `clinstream.replay-run` header naming the run.
 """
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from typing import Any
 
 from clinstream.core.config import Settings
-from clinstream.core.constants import REPLAY_BATCH_MAX, REPLAY_CHECKPOINT_EVERY_S, REPLAY_IDLE_CHECKS, REPLAY_POLL_S
-from clinstream.core.records import InRecord, from_kafka_message
+from clinstream.core.constants import HEADER_REPLAY_RUN, REPLAY_BATCH_MAX, REPLAY_CHECKPOINT_EVERY_S
+from clinstream.core.kafka import DurableProducer
+from clinstream.core.records import BatchResult, InRecord, OutRecord
+from clinstream.core.stage_spec import RecordSink, ReplayAdapter
+from clinstream.core.stream_host import BackOff, OffsetRange, produce_outputs, run_bounded
+from clinstream.core.topics import Stage, dlq
 from clinstream.replay import checkpoint as ckpt
 from clinstream.replay.checkpoint import Checkpoint
-from clinstream.replay.kafka_io import tool_consumer
-from clinstream.replay.plan import PartitionRange, ReplayPlan
-from clinstream.replay.sink import ReplaySink
-from clinstream.replay.stages import ReplayStage
+from clinstream.replay.plan import ReplayPlan
 
 Progress = Callable[[int], None]
+_DB_RETRY_S = 120.0
 
 
 @dataclass(slots=True)
@@ -41,117 +47,139 @@ class ReplayOutcome:
     interrupted: bool
 
 
-def _add(counters: dict[str, int], more: dict[str, int]) -> None:
+def _add(counters: dict[str, int], more: Mapping[str, int]) -> None:
     for name, n in more.items():
         counters[name] = counters.get(name, 0) + n
+
+
+class Delivery:
+    """Writes a replay batch's outputs durably: store outputs through the store's sink, the rest produced."""
+
+    def __init__(self, settings: Settings, run_id: str, producer: DurableProducer, sink: RecordSink) -> None:
+        self.settings = settings
+        self.run_id = run_id
+        self.producer = producer
+        self.sink = sink
+        self.dlq_topics = {dlq(s).name(settings.site_id) for s in Stage}
+        self.backoff = BackOff(sink.transient, time.sleep, give_up_after_s=_DB_RETRY_S)
+
+    def close(self) -> None:
+        """Close the sink's connections (the producer belongs to the caller)."""
+        self.sink.close()
+
+    def deliver(self, adapter: ReplayAdapter, result: BatchResult) -> dict[str, int]:
+        """Store, count or produce every output; counters of what happened."""
+        counts: dict[str, int] = {}
+        to_store: list[InRecord] = []
+        out: list[OutRecord] = []
+        for o in result.out:
+            if o.value is None:
+                continue
+            if o.topic in adapter.store_topics:
+                to_store.append(InRecord(o.topic, -1, -1, o.key, o.value))  # not read from a topic: no position
+            elif o.topic in adapter.unpublished_topics:
+                _add(counts, {"late_not_republished": 1})
+            else:
+                out.append(o)
+                _add(counts, {"dead_lettered" if o.topic in self.dlq_topics else "produced": 1})
+        if to_store:
+            stored = self.backoff.run(lambda: self.sink.process(to_store), "feature store write")
+            c = stored.counters
+            written = c.get("wearable_written", 0) + c.get("sample_written", 0)
+            _add(counts, {"feature_records": c.get("feature_rows", 0), "features_written": written,
+                          "features_unchanged": c.get("feature_rows", 0) - written,
+                          "dead_lettered": c.get("dead_lettered", 0)})
+            out.extend(stored.out)
+        produce_outputs(self.producer, [self._marked(o) for o in out], self.settings.produce_timeout_s)
+        return counts
+
+    def _marked(self, o: OutRecord) -> OutRecord:
+        if o.topic not in self.dlq_topics:
+            return o
+        return OutRecord(o.topic, o.key, o.value, [*(o.headers or []), (HEADER_REPLAY_RUN, self.run_id.encode())])
 
 
 class ReplayEngine:
     """Runs one replay plan to its end (or until `stop` is set), checkpointing as it goes."""
 
-    def __init__(self, settings: Settings, plan: ReplayPlan, stage: ReplayStage, sink: ReplaySink, *,
+    def __init__(self, settings: Settings, plan: ReplayPlan, stage: ReplayAdapter, delivery: Delivery, *,
                  batch_max: int = REPLAY_BATCH_MAX, checkpoint_every_s: float = REPLAY_CHECKPOINT_EVERY_S,
                  max_rate: float | None = None, progress: Progress | None = None,
                  stop: threading.Event | None = None) -> None:
         self.settings = settings
         self.plan = plan
         self.stage = stage
-        self.sink = sink
+        self.delivery = delivery
         self.batch_max = batch_max
         self.checkpoint_every_s = checkpoint_every_s
         self.max_rate = max_rate
         self.progress = progress or (lambda _n: None)
         self.stop = stop or threading.Event()
-        self._ranges = {r.tp: r for r in plan.ranges}
         self._mark = time.monotonic()
+        self._last_save = time.monotonic()
+        self._cp: Checkpoint | None = None
 
     def run(self, resume: Checkpoint | None = None) -> ReplayOutcome:
         """Replay from the plan's start or from a checkpoint; returns the final checkpoint."""
         if resume is not None and resume.completed:
             return ReplayOutcome(resume, False)
         self._mark = time.monotonic()
-        cp = resume or Checkpoint(self.plan, {tp: r.start for tp, r in self._ranges.items()})
+        cp = self._cp = resume or Checkpoint(self.plan, {r.tp: r.start for r in self.plan.ranges})
         self.stage.prepare(cp.state)
-        nxt = {tp: cp.next_offsets.get(tp, r.start) for tp, r in self._ranges.items()}
-        active = {tp: r for tp, r in self._ranges.items() if nxt[tp] < r.end}
+        nxt = {r.tp: cp.next_offsets.get(r.tp, r.start) for r in self.plan.ranges}
         if resume is None:
-            self._save(cp, nxt, completed=not active)
-        consumer = tool_consumer(self.settings, self.plan.group_id)
-        rate_t0 = last_checkpoint = time.monotonic()
-        session_records = idle = 0
-        try:
-            if active:
-                consumer.assign([TopicPartition(r.topic, r.partition, nxt[tp]) for tp, r in active.items()])
-            while active and not self.stop.is_set():
-                msgs = consumer.consume(self.batch_max, REPLAY_POLL_S)
-                records: list[InRecord] = []
-                for msg in msgs:
-                    err = msg.error()
-                    if err is not None:
-                        if err.fatal():
-                            raise KafkaException(err)
-                        continue
-                    tp = f"{msg.topic()}/{msg.partition()}"
-                    rng = active.get(tp)
-                    offset = msg.offset() or 0
-                    if rng is None or offset < nxt[tp]:
-                        continue
-                    if offset >= rng.end:
-                        self._finish(consumer, active, rng)
-                        continue
-                    records.append(from_kafka_message(msg))
-                    nxt[tp] = offset + 1
-                    if nxt[tp] >= rng.end:
-                        self._finish(consumer, active, rng)
-                idle = 0 if msgs else idle + 1
-                if idle >= REPLAY_IDLE_CHECKS:  # gaps (compaction, control records) at a range's end
-                    self._finish_by_position(consumer, active, nxt)
-                if records:
-                    result = self.stage.process(records)
-                    _add(cp.counters, result.counters)
-                    _add(cp.counters, self.sink.deliver(result))
-                    _add(cp.counters, {"records_read": len(records)})
-                    session_records += len(records)
-                    self.progress(len(records))
-                if not active or time.monotonic() - last_checkpoint >= self.checkpoint_every_s:
-                    self._save(cp, nxt, completed=not active)
-                    self._commit(consumer, nxt)
-                    last_checkpoint = time.monotonic()
-                if self.max_rate and records:
-                    ahead = session_records / self.max_rate - (time.monotonic() - rate_t0)
-                    if ahead > 0:
-                        self.stop.wait(ahead)
-            if active:  # asked to stop: everything delivered so far is durable, remember where we are
-                self._save(cp, nxt, completed=False)
-                self._commit(consumer, nxt)
-            return ReplayOutcome(cp, bool(active))
-        finally:
-            consumer.close()
+            self.save_state(nxt, completed=all(nxt[r.tp] >= r.end for r in self.plan.ranges), force=True)
+        started = time.monotonic()
+        session = [0]
 
-    # --- helpers -------------------------------------------------------------------------------------------
-    def _save(self, cp: Checkpoint, nxt: dict[str, int], *, completed: bool) -> None:
+        def after_batch(records: Sequence[InRecord], _result: BatchResult) -> None:
+            if not records:
+                return
+            session[0] += len(records)
+            self.progress(len(records))
+            if self.max_rate:
+                ahead = session[0] / self.max_rate - (time.monotonic() - started)
+                if ahead > 0:
+                    self.stop.wait(ahead)
+
+        ranges = [OffsetRange(r.topic, r.partition, r.start, r.end) for r in self.plan.ranges]
+        done = run_bounded(self.settings, self.plan.group_id, ranges, nxt, self.stage, self,
+                           batch_max=self.batch_max, crash_dir=ckpt.run_dir(self.settings, self.plan.run_id),
+                           stop=self.stop, after_batch=after_batch)
+        return ReplayOutcome(cp, not done)
+
+    # --- the host's checkpoint steps -----------------------------------------------------------------------
+    def deliver(self, records: Sequence[InRecord], result: BatchResult) -> None:
+        """Step 2: every output durable; the batch counted."""
+        assert self._cp is not None
+        _add(self._cp.counters, result.counters)
+        _add(self._cp.counters, self.delivery.deliver(self.stage, result))
+        if records:
+            _add(self._cp.counters, {"records_read": len(records)})
+
+    def save_state(self, nxt: Mapping[str, int], *, completed: bool, force: bool) -> bool:
+        """Step 3: offsets, counters and the adapter's state in one atomic file, when due."""
+        cp = self._cp
+        assert cp is not None
         now = time.monotonic()
+        if not force and now - self._last_save < self.checkpoint_every_s:
+            return False
         cp.next_offsets = dict(nxt)
         cp.completed = completed
         cp.state = None if completed else self.stage.dump_state()
         cp.elapsed_s += now - self._mark
-        self._mark = now
+        self._mark = self._last_save = now
         ckpt.save(self.settings, cp)
+        return True
 
-    @staticmethod
-    def _finish(consumer: Consumer, active: dict[str, PartitionRange], rng: PartitionRange) -> None:
-        if active.pop(rng.tp, None) is not None:
-            consumer.pause([TopicPartition(rng.topic, rng.partition)])
 
-    def _finish_by_position(self, consumer: Consumer, active: dict[str, PartitionRange],
-                            nxt: dict[str, int]) -> None:
-        for tp in consumer.position([TopicPartition(r.topic, r.partition) for r in active.values()]):
-            rng = active.get(f"{tp.topic}/{tp.partition}")
-            if rng is not None and tp.offset >= rng.end:
-                nxt[rng.tp] = rng.end
-                self._finish(consumer, active, rng)
+def make_adapter(settings: Settings, stage: str, version: int, participants: Sequence[str]) -> ReplayAdapter:
+    """The replay adapter of a stage by name, from its stage spec."""
+    from clinstream.core.stage_spec import ReplayRequest
+    from clinstream.replay.specs import spec_of
 
-    def _commit(self, consumer: Consumer, nxt: dict[str, int]) -> None:
-        offsets = [TopicPartition(r.topic, r.partition, nxt[tp]) for tp, r in self._ranges.items()]
-        with contextlib.suppress(KafkaException):  # informational only: a resume uses the checkpoint file
-            consumer.commit(offsets=offsets, asynchronous=False)
+    factory: Any = spec_of(stage).replay
+    if factory is None:
+        raise ValueError(f"stage {stage!r} cannot be replayed")
+    adapter: ReplayAdapter = factory(settings, ReplayRequest(version, tuple(participants)))
+    return adapter

@@ -19,8 +19,9 @@ from typing import Any
 from confluent_kafka import Consumer, TopicPartition
 
 from clinstream.core.avro import subject_key
+from clinstream.core.stream_host import partitions, watermarks
 from clinstream.core.timeutil import now_ms, to_ms
-from clinstream.replay.kafka_io import partition_of_key, partitions, watermarks
+from clinstream.replay.kafka_io import partition_of_key
 
 _RUN_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 

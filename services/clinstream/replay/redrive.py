@@ -31,151 +31,27 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from confluent_kafka import TopicPartition
 
-from clinstream.core.avro import Codec, get_codec
 from clinstream.core.config import Settings
 from clinstream.core.constants import REDRIVE_BATCH_MAX, REDRIVE_METADATA_MAX_CHARS
-from clinstream.core.dead_letters import DeadLetterRecord, Redriver, Verdict, redriven_header
-from clinstream.core.dlq import Rejection
+from clinstream.core.dead_letters import DeadLetterRecord, Redriver
 from clinstream.core.kafka import DurableProducer, Message
-from clinstream.core.records import InRecord
-from clinstream.core.topics import (
-    ERASURE,
-    FEATURES,
-    PSEUDO_BIOBANK,
-    PSEUDO_TELEMETRY,
-    RAW_BIOBANK,
-    RAW_TELEMETRY,
-    SAMPLE_FEATURES,
-    Stage,
-    dlq,
-)
-from clinstream.replay.dlq import decode_envelope, read_dead_letters
-from clinstream.replay.kafka_io import partitions, tool_consumer, watermarks
-
-RedriverFactory = Callable[[Settings], Redriver]
-_REGISTRY: dict[Stage, RedriverFactory] = {}
-
-
-def register_redriver(stage: Stage, factory: RedriverFactory) -> None:
-    """Register (or replace) the re-driver of a stage."""
-    _REGISTRY[stage] = factory
+from clinstream.core.stream_host import partitions, tool_consumer, watermarks
+from clinstream.core.topics import Stage, dlq
+from clinstream.replay.dlq import read_dead_letters
+from clinstream.replay.specs import spec_of
 
 
 def redriver_for(settings: Settings, stage: Stage) -> Redriver:
-    """The stage's re-driver (ingest's comes from its own package; others are registered)."""
-    if stage not in _REGISTRY and stage is Stage.INGEST:
-        from clinstream.ingest.redrive import make_redriver
-
-        register_redriver(stage, make_redriver)
-    if stage not in _REGISTRY:
-        raise LookupError(f"no re-driver for stage {stage.value}")
-    return _REGISTRY[stage](settings)
-
-
-def reinjection(rec: DeadLetterRecord, topic: str) -> list[tuple[str, Message]]:
-    """The original key and bytes, back to `topic`, marked with where they come from."""
-    return [(topic, (rec.original_key, rec.original_value, [redriven_header(rec)]))]
+    """The stage's re-driver, from its stage spec."""
+    return spec_of(stage).redriver(settings)
 
 
 def _hook(redriver: Redriver, name: str) -> Callable[[], None] | None:
     fn = getattr(redriver, name, None)
     return fn if callable(fn) else None
-
-
-def _source_record(rec: DeadLetterRecord, allowed: tuple[str, ...]) -> InRecord | Rejection:
-    env = rec.envelope
-    if env is None:
-        return Rejection("unreadable dead-letter envelope")
-    topic = env.get("source_topic")
-    if topic not in allowed:
-        return Rejection("source topic is not an input of the stage")
-    return InRecord(topic=topic, partition=int(env.get("source_partition") or 0),
-                    offset=int(env.get("source_offset") or 0), key=rec.original_key, value=rec.original_value,
-                    timestamp_ms=rec.timestamp_ms)
-
-
-def _first_dlq_rejection(codec: Codec, outs: list[Any], dlq_topic: str) -> Rejection | None:
-    for out in outs:
-        if out.topic == dlq_topic and out.value:
-            env = decode_envelope(codec, out.value)
-            return Rejection(str(env["reason"]), env.get("field_path")) if env else Rejection("rejected")
-    return None
-
-
-class FeaturesRedriver:
-    """Judges with the features processor (current FeatureSettings) on a scratch state."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.codec = get_codec()
-        site = settings.site_id
-        self.inputs = (PSEUDO_TELEMETRY.name(site), PSEUDO_BIOBANK.name(site), ERASURE.name(site))
-        self.dlq_topic = dlq(Stage.FEATURES).name(site)
-
-    def judge(self, rec: DeadLetterRecord) -> Verdict:
-        """Pass if a fresh processor emits no dead letter for it."""
-        from clinstream.features.config import FeatureSettings
-        from clinstream.features.processor import FeatureProcessor
-
-        src = _source_record(rec, self.inputs)
-        if isinstance(src, Rejection):
-            return Verdict(rejection=src)
-        result = FeatureProcessor(self.settings.site_id, {}, FeatureSettings()).process([src])
-        why = _first_dlq_rejection(self.codec, result.out, self.dlq_topic)
-        return Verdict(rejection=why) if why else Verdict(reinjection(rec, src.topic))
-
-
-class PseudonymiseRedriver:
-    """Judges with the pseudonymise processor (current key ring) on a scratch consent state."""
-
-    def __init__(self, settings: Settings) -> None:
-        from clinstream.pseudonymise.keys import load_key_ring
-        from clinstream.pseudonymise.processor import PseudonymiseProcessor
-
-        self.codec = get_codec()
-        site = settings.site_id
-        self.processor = PseudonymiseProcessor(site, load_key_ring(settings), {})
-        self.inputs = (RAW_TELEMETRY.name(site), RAW_BIOBANK.name(site))
-        self.dlq_topic = dlq(Stage.PSEUDONYMISE).name(site)
-
-    def judge(self, rec: DeadLetterRecord) -> Verdict:
-        """Pass if the processor emits no dead letter for it."""
-        src = _source_record(rec, self.inputs)
-        if isinstance(src, Rejection):
-            return Verdict(rejection=src)
-        self.processor.consent_state.clear()
-        why = _first_dlq_rejection(self.codec, self.processor.process([src]).out, self.dlq_topic)
-        return Verdict(rejection=why) if why else Verdict(reinjection(rec, src.topic))
-
-
-class StoreRedriver:
-    """Judges with the store's decoder and checks."""
-
-    def __init__(self, settings: Settings) -> None:
-        from clinstream.store.decode import BatchDecoder
-
-        site = settings.site_id
-        self.decoder = BatchDecoder(get_codec(), site)
-        self.inputs = (FEATURES.name(site), SAMPLE_FEATURES.name(site), ERASURE.name(site))
-
-    def judge(self, rec: DeadLetterRecord) -> Verdict:
-        """Pass if the store's checks accept it."""
-        src = _source_record(rec, self.inputs)
-        if isinstance(src, Rejection):
-            return Verdict(rejection=src)
-        decoded = self.decoder.decode([src])
-        if decoded.rejected:
-            return Verdict(rejection=decoded.rejected[0][1])
-        return Verdict(reinjection(rec, src.topic))
-
-
-register_redriver(Stage.FEATURES, FeaturesRedriver)
-register_redriver(Stage.PSEUDONYMISE, PseudonymiseRedriver)
-register_redriver(Stage.STORE, StoreRedriver)
 
 
 # --- pending offsets in the commit metadata ----------------------------------------------------------------
