@@ -88,6 +88,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """On an xdist worker under `--dist loadgroup`, refuse to run when xdist did not tag the grouped tests with
+    their group (it silently stopped doing so once: pytest-xdist#1386), since a module fixture would then be set up
+    on several workers at once and the Flower federations would race for their fixed ports."""
+    config = session.config
+    if config.getoption("dist", default="no") != "no" or not getattr(config.option, "loadgroup", False):
+        return
+    lost = [item.nodeid for item in session.items
+            if item.get_closest_marker("xdist_group") is not None and "@" not in item.nodeid]
+    if lost:
+        raise pytest.UsageError(f"--dist loadgroup is not grouping: {len(lost)} tests with an xdist_group mark lack "
+                                f"their @group suffix (e.g. {lost[0]}); see pytest-xdist#1386")
+
+
 # ---- shared services: only `faults` tests stop them, and only under the stack lock ---------------------------------
 
 SERVICE_WATCH_S = 0.05  # how often a fault test's watcher looks at the shared ports
