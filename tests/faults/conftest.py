@@ -7,38 +7,24 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from faults_harness import FaultSite, register_site
+from faults_harness import FaultSite, ensure_shared_stack, register_site
 
 from clinstream.core.config import Settings
 from clinstream.core.db import connect_with_retry
 from clinstream.pseudonymise.keys import init_key_file
-from condition_wait import wait_until
 from ports import free_port
 
 PARTICIPANTS = 20
 
 
-def _ensure_stack() -> None:
-    """Start the shared broker and database if a fault left either down, and wait until both answer."""
-    from clinstream_devtools.stack.kafka import kafka_is_up, start_kafka
-    from clinstream_devtools.stack.postgres import postgres_is_up, start_postgres
-
-    base = Settings()
-    if not postgres_is_up(base):
-        start_postgres(base)
-    if not kafka_is_up(base):
-        start_kafka(base)
-    wait_until(lambda: postgres_is_up(base) and kafka_is_up(base), 60, "the local stack to come back", step_s=0.5)
-
-
 @pytest.fixture(autouse=True)
 def stack_guard() -> Iterator[None]:
     """Every fault test starts and ends with the shared broker and database up."""
-    _ensure_stack()
+    ensure_shared_stack()
     try:
         yield
     finally:
-        _ensure_stack()
+        ensure_shared_stack()
 
 
 def _delete_topics(settings: Settings) -> None:
@@ -70,7 +56,7 @@ def fault_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultSite]:
     try:
         yield register_site(settings, PARTICIPANTS)
     finally:
-        _ensure_stack()
+        ensure_shared_stack()
         if not os.environ.get("CLINSTREAM_KEEP_TEST_TOPICS"):
             _delete_topics(settings)
         with connect_with_retry(settings, max_wait_s=30, autocommit=True) as conn:

@@ -30,6 +30,19 @@ def iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def ensure_shared_stack() -> None:
+    """Start the shared broker and database if a fault left either down, and wait until both answer."""
+    from clinstream_devtools.stack.kafka import kafka_is_up, start_kafka
+    from clinstream_devtools.stack.postgres import postgres_is_up, start_postgres
+
+    base = Settings()
+    if not postgres_is_up(base):
+        start_postgres(base)
+    if not kafka_is_up(base):
+        start_kafka(base)
+    wait_until(lambda: postgres_is_up(base) and kafka_is_up(base), 60, "the local stack to come back", step_s=0.5)
+
+
 def keep_down(duration_s: float, still_down: Callable[[], bool], what: str) -> None:
     """Hold a fault for `duration_s` (its length is part of the test's design, not a wait for something),
     checking every half second that the service really stays down."""

@@ -22,7 +22,8 @@ worker host reports each batch here once its outputs are durable:
 * `watch()` (a timer) finds partitions whose frontier has not moved for `stall_s` while records wait beyond it,
   and seeks them back to the frontier: whatever faust skipped is delivered again.
 
-A rebalance forgets every frontier; they are read again from the broker when next needed.
+A rebalance forgets every frontier (`forget`, called by the host); they are read again from the broker when next
+needed.
 """
 
 from __future__ import annotations
@@ -138,10 +139,9 @@ class OffsetLedger:
         self._rewind: dict[Key, float] = {}  # partitions to seek back to their frontier, with the last seek time
         self._lookup = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": group_id,
                                  "enable.auto.commit": False, "client.id": f"{group_id}-offset-lookup"})
-        app.on_partitions_assigned.connect(self._forget)
-        app.on_partitions_revoked.connect(self._forget)
 
-    def _forget(self, sender: Any, /, *args: Any, signal: Any = None, **kwargs: Any) -> None:
+    def forget(self) -> None:
+        """Forget every frontier (the assignment changed; the host calls this after draining its batch)."""
         self._frontiers.clear()
         self._pending.clear()
         self._dirty.clear()

@@ -18,7 +18,12 @@ report of each batch's counters). The host owns everything faust-specific, once:
   old state (and produce the same outputs again) or the new one with their outputs already delivered (so a
   consent withdrawal never loses its erasure request). A failure in steps 2-4 ends the process (exit 70) so
   that a supervisor restarts it from the committed offsets; a crash point (`core.crash_points`, enabled only by
-  environment variables in fault tests) can stop it between the steps.
+  environment variables in fault tests) can stop it between the steps;
+* the fence: when partitions are revoked (inside the group's rebalance, before this member rejoins) and before
+  shutdown (before the consumer leaves the group), the host waits for the batch in flight to finish its whole
+  checkpoint and then drops batches until the next assignment. A partition's new owner restores the changelog,
+  then reads the committed offset: a late changelog record or commit of the old owner would make it skip input
+  whose state change it never saw (a zombie write; the scale-out fault test lost a rollup block that way).
 
 The same module hosts the two other ways a stage's records are consumed, with the same checkpoint order
 (`checkpoint_in_order`), so that it is the one place with a consumer loop:
@@ -236,27 +241,32 @@ class StreamHost:
         source = self.app.topic(*topics, key_type=bytes, value_type=bytes, key_serializer="raw",
                                 value_serializer="raw", acks=False)  # offsets are committed by the ledger
         self.ledger = OffsetLedger(self.app, settings, group, topics)
+        self._in_flight = asyncio.Lock()  # held by the batch being checkpointed
+        self.fenced = False  # between a revocation (or shutdown) and the next assignment: batches are dropped
         self._wire(source)
 
     def _wire(self, source: Any) -> None:
-        app, stage, traits = self.app, self.stage, self.stage.traits
+        app, traits = self.app, self.stage.traits
 
-        def assignment_changed(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
-            stage.on_assignment_changed()
+        async def revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+            await self.on_revoked()
 
-        app.on_partitions_assigned.connect(assignment_changed)
-        app.on_partitions_revoked.connect(assignment_changed)
+        def assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+            self.on_assigned()
+
+        async def stopping(sender: Any, /, *args: Any, **kwargs: Any) -> None:
+            await self.fence()  # before the consumer leaves the group (faust stops it after this signal)
+            self.ledger.close()
+
+        # One receiver per signal (a signal's receivers run in no fixed order), each fencing first.
+        app.on_partitions_revoked.connect(revoked)
+        app.on_partitions_assigned.connect(assigned)
+        app.on_before_shutdown.connect(stopping)
 
         @app.agent(source, name=f"{traits.name}-host")
         async def agent(stream: Any) -> None:
             async for events in stream.take_events(traits.batch_max, within=traits.batch_within_s):
-                try:
-                    await self.checkpoint([to_in_record(e) for e in events])
-                except Exception as exc:  # not durable: restart from committed offsets, never skip a batch
-                    log.critical("batch of %d records failed (%s); exiting so that it is re-processed",
-                                 len(events), type(exc).__name__)
-                    logging.shutdown()
-                    os._exit(EXIT_PRODUCE_FAILED)
+                await self.run_batch([to_in_record(e) for e in events])
 
         @app.timer(LEDGER_WATCH_S)  # type: ignore[untyped-decorator]
         async def watch_offsets() -> None:
@@ -267,10 +277,42 @@ class StreamHost:
             log.info("%s worker for site %s started; group %s", traits.name, self.settings.site_id,
                      app_id(self.settings, traits.name))
 
-        async def close_ledger(sender: Any, /, *args: Any, **kwargs: Any) -> None:
-            self.ledger.close()
+    async def run_batch(self, records: Sequence[InRecord]) -> None:
+        """Checkpoint one batch unless fenced; a batch that cannot be made durable ends the process."""
+        async with self._in_flight:
+            if self.fenced:  # taken before a revocation: the partitions' owner (maybe us) reads them again
+                return
+            try:
+                await self.checkpoint(records)
+            except Exception as exc:  # not durable: restart from committed offsets, never skip a batch
+                log.critical("batch of %d records failed (%s); exiting so that it is re-processed", len(records),
+                             type(exc).__name__)
+                logging.shutdown()
+                os._exit(EXIT_PRODUCE_FAILED)
 
-        app.on_before_shutdown.connect(close_ledger)
+    async def on_revoked(self) -> None:
+        """Partitions are being revoked: fence, then forget the offsets and indexes of the old assignment."""
+        await self.fence()
+        self.ledger.forget()
+        self.stage.on_assignment_changed()
+
+    def on_assigned(self) -> None:
+        """A new assignment (its tables restored by faust before records flow): process again."""
+        self.ledger.forget()
+        self.stage.on_assignment_changed()
+        self.fenced = False
+
+    async def fence(self) -> None:
+        """Let the batch in flight finish its whole checkpoint, then process nothing until the next assignment.
+
+        Called when partitions are revoked (faust awaits it inside the group's rebalance, before this member
+        rejoins) and before shutdown (before the consumer leaves the group). So a partition's new owner, which
+        restores the changelog and then reads the committed offset, never meets a late changelog record or offset
+        commit of this member: a zombie write that lands after the handover would make the new owner skip input
+        whose state change it never saw (a block missing from a rollup), or overwrite its newer state.
+        """
+        async with self._in_flight:
+            self.fenced = True
 
     async def checkpoint(self, records: Sequence[InRecord]) -> None:
         """Process one batch and make it durable in the one order: outputs, state, input offsets."""
