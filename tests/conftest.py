@@ -55,8 +55,8 @@ def db_site(settings: Settings) -> Iterator[Settings]:
 # ---- the suite's phases and the parallel run's grouping ----------------------------------------------------------
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    """`--phase`: scripts/test runs the non-fault tests in parallel, then the fault tests (they stop shared services)
-    alone."""
+    """`--phase`: scripts/test runs the tests that leave the shared services alone in parallel, then the fault tests
+    that stop them, alone."""
     parser.addoption("--phase", choices=("all", "parallel", "faults"), default="all",
                      help="all: every selected test; parallel: those without the faults marker; faults: only those")
 
@@ -69,6 +69,11 @@ def _module_scoped(item: pytest.Item) -> bool:
     return any(defs and defs[-1].scope in ("module", "class") for defs in definitions.name2fixturedefs.values())
 
 
+def _stops_shared_services(item: pytest.Item) -> bool:
+    """A fault test on the shared broker and database (one on its own cluster, `own_stack`, leaves them alone)."""
+    return item.get_closest_marker("faults") is not None and item.get_closest_marker("own_stack") is None
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group markers
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Keep the tests of the requested phase; under `--dist loadgroup` keep a module's tests that share a
@@ -76,8 +81,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     phase = config.getoption("--phase")
     if phase != "all":
         wanted = phase == "faults"
-        kept = [item for item in items if (item.get_closest_marker("faults") is not None) == wanted]
-        dropped = [item for item in items if (item.get_closest_marker("faults") is not None) != wanted]
+        kept = [item for item in items if _stops_shared_services(item) == wanted]
+        dropped = [item for item in items if _stops_shared_services(item) != wanted]
         if dropped:
             config.hook.pytest_deselected(items=dropped)
             items[:] = kept
