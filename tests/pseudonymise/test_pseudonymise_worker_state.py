@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 from pseudonymise_factories import T0, Feed, block, consent
 
 from clinstream.core.records import InRecord
@@ -15,20 +13,18 @@ from clinstream.pseudonymise.worker import ConsentTableState, process_by_partiti
 
 
 def test_table_writes_are_queued_for_the_partition_being_processed() -> None:
-    table = SimpleNamespace(data={})
-    host_state = TableState(table)
+    host_state = TableState()
     state = ConsentTableState(host_state)
     entry = ConsentEntry(active=True, since_ms=1, updated_at_ms=2, event_id="e", key_version=1)
     state.partition = 3
     state["abc"] = entry
     assert state["abc"] == entry and state.get("zzz") is None and list(state) == ["abc"] and len(state) == 1
-    assert table.data == {b"abc": entry.to_bytes()}
+    assert list(host_state.snapshot_keys()) == [b"abc"] and host_state.get(b"abc") == entry.to_bytes()
     assert host_state.pending == [(b"abc", entry.to_bytes(), 3)]
 
 
 def test_each_partition_is_processed_separately_with_its_own_changelog_partition() -> None:
-    table = SimpleNamespace(data={})
-    host_state = TableState(table)
+    host_state = TableState()
     state = ConsentTableState(host_state)
     proc = PseudonymiseProcessor("site-a", KeyRing(1, {1: b"k" * 32}), state)
     f0, f2 = Feed(partition=0), Feed(partition=2)

@@ -6,9 +6,11 @@ report of each batch's counters). The host owns everything faust-specific, once:
 * one agent over the stage's input topics, declared with `acks=False`: faust neither tracks nor commits them;
   the `OffsetLedger` admits records per partition only in gap-free offset order from the committed frontier,
   and commits the contiguous processed offsets (faust's own book goes wrong across SIGKILL rebalances);
-* one faust Table (memory store, rebuilt from its changelog on start) written through `TableState`, which sets
-  the local value and queues the changelog record for the partition the stage names (faust's `table[k] = v`
-  uses the "current event", which is unset inside a batch);
+* the state (`TableState`): one dict per partition, with no faust Table. When partitions are assigned, the host
+  reads their changelog from start to end with confluent-kafka (a bounded read) before any record of them is
+  processed, and it drops the state of partitions that went. Every write sets the local value and queues the
+  changelog record for the partition the stage names; the host produces them itself at the checkpoint. (faust's
+  own table recovery handled a record at a time through its consumer: 132 s for 34k records under load.)
 * the checkpoint of every batch, in this order (as Kafka Streams and Quix Streams do):
   1. process the batch (state changes in memory);
   2. produce the outputs and await every acknowledgement (acks=all);
@@ -21,9 +23,10 @@ report of each batch's counters). The host owns everything faust-specific, once:
   environment variables in fault tests) can stop it between the steps;
 * the fence: when partitions are revoked (inside the group's rebalance, before this member rejoins) and before
   shutdown (before the consumer leaves the group), the host waits for the batch in flight to finish its whole
-  checkpoint and then drops batches until the next assignment. A partition's new owner restores the changelog,
-  then reads the committed offset: a late changelog record or commit of the old owner would make it skip input
-  whose state change it never saw (a zombie write; the scale-out fault test lost a rollup block that way).
+  checkpoint; later batches wait for the next assignment (and its restore). A partition's new owner restores the
+  changelog, then reads the committed offset: a late changelog record or commit of the old owner would make it
+  skip input whose state change it never saw (a zombie write; the scale-out fault test lost a rollup block that
+  way).
 
 The same module hosts the two other ways a stage's records are consumed, with the same checkpoint order
 (`checkpoint_in_order`), so that it is the one place with a consumer loop:
@@ -46,7 +49,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -63,6 +66,7 @@ from clinstream.core.constants import (
     LEDGER_WATCH_S,
     REPLAY_IDLE_CHECKS,
     REPLAY_POLL_S,
+    RESTORE_TIMEOUT_S,
     STORE_PAUSED_POLL_S,
     STORE_RETRY_MAX_WAIT_S,
     STORE_STATS_EVERY_S,
@@ -78,6 +82,7 @@ from clinstream.core.offset_ledger import OffsetLedger, offsets_of
 from clinstream.core.records import BatchResult, InRecord, OutRecord, from_kafka_message
 from clinstream.core.records import from_faust_event as to_in_record
 from clinstream.core.stage_metrics import observe_batch
+from clinstream.core.topic_admin import ensure_changelog
 
 log = logging.getLogger("clinstream.core.stream_host")
 
@@ -88,41 +93,46 @@ ChangelogOrder = Callable[[bytes, bytes | None], int]  # rank of a changelog rec
 
 
 class TableState:
-    """Raw bytes state over a faust Table's store; each write is queued for the changelog partition given.
+    """A stage's raw bytes state, one dict per changelog partition; each write is queued for its changelog partition.
 
-    A crash can leave any prefix of a batch's changelog records durable (per partition). A stage whose state is
-    only safe under some prefixes gives an `order`: the batch's records are produced sorted by it (stably).
+    The host restores a partition's dict from its changelog when the partition is assigned and drops it when the
+    partition goes. A crash can leave any prefix of a batch's changelog records durable (per partition). A stage
+    whose state is only safe under some prefixes gives an `order`: the batch's records are produced sorted by it
+    (stably).
     """
 
-    def __init__(self, table: Any, order: ChangelogOrder | None = None) -> None:
-        self._table = table
+    def __init__(self, order: ChangelogOrder | None = None) -> None:
+        self._parts: dict[int, dict[bytes, bytes]] = {}
         self._order = order
         self.pending: list[Pending] = []
 
     def get(self, key: bytes) -> bytes | None:
         """The stored value of a key, or None."""
-        value: bytes | None = self._table.data.get(key)
-        return value
+        for part in self._parts.values():
+            value = part.get(key)
+            if value is not None:
+                return value
+        return None
 
     def put(self, key: bytes, value: bytes, partition: int) -> None:
         """Set a key now; its changelog record goes to `partition` at the checkpoint."""
-        self._table.data[key] = value
+        self._parts.setdefault(partition, {})[key] = value
         self.pending.append((key, value, partition))
 
     def delete(self, key: bytes, partition: int) -> None:
-        """Delete a key now; its changelog tombstone goes to `partition` at the checkpoint."""
-        del self._table.data[key]
+        """Delete a key of `partition` now (KeyError if it has none); its changelog tombstone goes there too."""
+        del self._parts.get(partition, {})[key]
         self.pending.append((key, None, partition))
 
     def __contains__(self, key: bytes) -> bool:
-        return key in self._table.data
+        return any(key in part for part in self._parts.values())
 
     def snapshot_keys(self) -> Iterator[bytes]:
         """Every stored key (a snapshot)."""
-        return iter(list(self._table.data.keys()))
+        return iter([key for part in self._parts.values() for key in part])
 
     def __len__(self) -> int:
-        return len(self._table.data)
+        return sum(len(part) for part in self._parts.values())
 
     def take_pending(self) -> list[Pending]:
         """The queued changelog records in production order (write order, stably sorted by the stage's order)."""
@@ -131,6 +141,20 @@ class TableState:
             order = self._order
             pending.sort(key=lambda rec: order(rec[0], rec[1]))
         return pending
+
+    # ---- the host's side: restore and drop whole partitions ---------------------------------------------
+    def apply(self, partition: int, key: bytes, value: bytes | None) -> None:
+        """Apply one changelog record read back (a restore): set the key, or delete it for a tombstone."""
+        part = self._parts.setdefault(partition, {})
+        if value is None:
+            part.pop(key, None)
+        else:
+            part[key] = value
+
+    def drop(self, partitions: Iterable[int]) -> None:
+        """Forget the state of partitions this instance no longer holds."""
+        for partition in partitions:
+            self._parts.pop(partition, None)
 
 
 @dataclass(frozen=True)
@@ -221,7 +245,6 @@ class StreamHost:
             topic_partitions=settings.topic_partitions,
             topic_replication_factor=settings.replication_factor,
             topic_disable_leader=True,
-            table_standby_replicas=0,
             web_enabled=False,
             producer_acks=-1,
             broker_commit_interval=1.0,
@@ -232,27 +255,28 @@ class StreamHost:
             key_serializer="raw",
             value_serializer="raw",
         )
-        raw: Any = faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
-        self.table = self.app.Table(traits.table_name, default=None, partitions=settings.topic_partitions,
-                                    key_type=bytes, value_type=bytes, schema=raw, help=traits.table_help)
-        self.state = TableState(self.table, traits.changelog_order)
+        self.changelog = changelog_topic(settings, traits.name, traits.table_name)
+        self.state = TableState(traits.changelog_order)
         stage.bind(self.state)
-        topics = tuple(stage.input_topics)
-        source = self.app.topic(*topics, key_type=bytes, value_type=bytes, key_serializer="raw",
+        self._inputs = tuple(stage.input_topics)
+        source = self.app.topic(*self._inputs, key_type=bytes, value_type=bytes, key_serializer="raw",
                                 value_serializer="raw", acks=False)  # offsets are committed by the ledger
-        self.ledger = OffsetLedger(self.app, settings, group, topics)
+        self.ledger = OffsetLedger(self.app, settings, group, self._inputs)
         self._in_flight = asyncio.Lock()  # held by the batch being checkpointed
-        self.fenced = False  # between a revocation (or shutdown) and the next assignment: batches are dropped
+        self._ready = asyncio.Event()  # set from an assignment (its state restored) until the next fence
+        self._held: set[int] = set()  # the partitions whose state is in memory
+        self.restored_records = 0  # changelog records read back since start
         self._wire(source)
 
     def _wire(self, source: Any) -> None:
         app, traits = self.app, self.stage.traits
 
         async def revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
-            await self.on_revoked()
+            await self.fence()
 
-        def assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
-            self.on_assigned()
+        async def assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+            assignment: Iterable[Any] = args[0]  # faust sends the whole new assignment (topic partitions)
+            await self.on_assigned({tp.partition for tp in assignment if tp.topic in self._inputs})
 
         async def stopping(sender: Any, /, *args: Any, **kwargs: Any) -> None:
             await self.fence()  # before the consumer leaves the group (faust stops it after this signal)
@@ -278,29 +302,55 @@ class StreamHost:
                      app_id(self.settings, traits.name))
 
     async def run_batch(self, records: Sequence[InRecord]) -> None:
-        """Checkpoint one batch unless fenced; a batch that cannot be made durable ends the process."""
-        async with self._in_flight:
-            if self.fenced:  # taken before a revocation: the partitions' owner (maybe us) reads them again
+        """Checkpoint one batch once the host is ready; a batch that cannot be made durable ends the process.
+
+        Between a fence and the next assignment the batch waits: then the ledger admits only the records of
+        partitions still held, from their committed offsets.
+        """
+        while True:
+            await self._ready.wait()
+            async with self._in_flight:
+                if not self._ready.is_set():  # fenced while this batch waited for the lock
+                    continue
+                try:
+                    await self.checkpoint(records)
+                except Exception as exc:  # not durable: restart from committed offsets, never skip a batch
+                    log.critical("batch of %d records failed (%s); exiting so that it is re-processed",
+                                 len(records), type(exc).__name__)
+                    logging.shutdown()
+                    os._exit(EXIT_PRODUCE_FAILED)
                 return
-            try:
-                await self.checkpoint(records)
-            except Exception as exc:  # not durable: restart from committed offsets, never skip a batch
-                log.critical("batch of %d records failed (%s); exiting so that it is re-processed", len(records),
-                             type(exc).__name__)
-                logging.shutdown()
-                os._exit(EXIT_PRODUCE_FAILED)
 
-    async def on_revoked(self) -> None:
-        """Partitions are being revoked: fence, then forget the offsets and indexes of the old assignment."""
-        await self.fence()
-        self.ledger.forget()
-        self.stage.on_assignment_changed()
+    async def on_assigned(self, partitions: set[int]) -> None:
+        """A new assignment: drop the state of partitions gone, restore new ones from the changelog, then process.
 
-    def on_assigned(self) -> None:
-        """A new assignment (its tables restored by faust before records flow): process again."""
-        self.ledger.forget()
-        self.stage.on_assignment_changed()
-        self.fenced = False
+        A partition kept across the rebalance keeps its state: the fence made every change of it durable, and no
+        other member wrote to it meanwhile. Faust awaits this before records of the assignment flow.
+        """
+        async with self._in_flight:
+            gone, new = self._held - partitions, partitions - self._held
+            self.state.drop(gone)
+            self._held -= gone
+            if new:
+                started = time.monotonic()
+                count = await asyncio.get_running_loop().run_in_executor(None, self._restore, sorted(new))
+                self.restored_records += count
+                log.info("restored partitions %s from %d changelog records in %.2f s", sorted(new), count,
+                         time.monotonic() - started)
+            self._held = set(partitions)
+            self.ledger.forget()
+            self.stage.on_assignment_changed()
+            self._ready.set()
+
+    def _restore(self, partitions: list[int]) -> int:
+        """Read the changelog of `partitions` from its start to its end into the state (blocking); records read."""
+        count = 0
+        group = f"{app_id(self.settings, self.stage.traits.name)}-restore"  # assign() only, never committed
+        for msg in read_range(self.settings, self.changelog, group, starts=dict.fromkeys(partitions, 0),
+                              timeout_s=RESTORE_TIMEOUT_S):
+            self.state.apply(msg.partition() or 0, msg.key() or b"", msg.value())
+            count += 1
+        return count
 
     async def fence(self) -> None:
         """Let the batch in flight finish its whole checkpoint, then process nothing until the next assignment.
@@ -312,7 +362,7 @@ class StreamHost:
         whose state change it never saw (a block missing from a rollup), or overwrite its newer state.
         """
         async with self._in_flight:
-            self.fenced = True
+            self._ready.clear()
 
     async def checkpoint(self, records: Sequence[InRecord]) -> None:
         """Process one batch and make it durable in the one order: outputs, state, input offsets."""
@@ -341,7 +391,7 @@ class StreamHost:
 
     async def _produce_changelog(self, pending: Sequence[Pending]) -> None:
         producer = self.app.producer
-        topic = self.table.changelog_topic.get_topic_name()
+        topic = self.changelog
         futures = [await producer.send(topic, key, value, partition, None, None) for key, value, partition in pending]
         await asyncio.gather(*futures)
 
@@ -351,6 +401,7 @@ def run(settings: Settings, stage: HostedStage) -> None:
     configure_logging(stage.traits.name)
     serve_metrics(stage.traits.name)
     host = StreamHost(settings, stage)
+    ensure_changelog(settings, host.changelog)
     worker = faust.Worker(host.app, loglevel=logging.getLogger().level, quiet=True, override_logging=False,
                           redirect_stdouts=False)
     worker.execute_from_commandline()

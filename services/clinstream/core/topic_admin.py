@@ -17,6 +17,7 @@ from confluent_kafka.admin import (
 )
 
 from clinstream.core.config import Settings
+from clinstream.core.constants import GROWTH_SETTLE_S
 from clinstream.core.topics import (
     ALL_TOPICS,
     STATE_TABLES,
@@ -55,6 +56,26 @@ def admin_client(settings: Settings) -> AdminClient:
     return AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "socket.connection.setup.timeout.ms": 3000})
 
 
+def _new_changelog(settings: Settings, name: str) -> NewTopic:
+    """A stage's state changelog: co-partitioned with the inputs, compacted with a short head."""
+    return NewTopic(name, num_partitions=settings.topic_partitions, replication_factor=settings.replication_factor,
+                    config=changelog_configs(settings.min_insync_replicas))
+
+
+def ensure_changelog(settings: Settings, name: str, timeout_s: float = 30.0) -> None:
+    """Create a stream host's state changelog if it is missing (`topics apply` normally made it already)."""
+    admin = admin_client(settings)
+    if name in admin.list_topics(timeout=timeout_s).topics:
+        return
+    for fut in admin.create_topics([_new_changelog(settings, name)], operation_timeout=timeout_s).values():
+        try:
+            fut.result(timeout_s)
+        except Exception as exc:  # a concurrent creator (another instance) is fine
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+    _wait_until_visible(admin, [name], timeout_s)
+
+
 def apply_topics(settings: Settings, specs: tuple[TopicSpec, ...] = ALL_TOPICS,
                  timeout_s: float = 30.0) -> list[TopicChange]:
     """Create missing topics, grow partitions, and bring configs to the catalogue's values."""
@@ -89,8 +110,7 @@ def apply_topics(settings: Settings, specs: tuple[TopicSpec, ...] = ALL_TOPICS,
         for stage, table in STATE_TABLES.items():
             name = changelog_name(settings.site_id, stage, table)
             if name not in existing:
-                to_create.append(NewTopic(name, num_partitions=settings.topic_partitions,
-                                          replication_factor=settings.replication_factor, config=changelog_cfg))
+                to_create.append(_new_changelog(settings, name))
                 changes.append(TopicChange(name, "created"))
     if to_create:
         for name, fut in admin.create_topics(to_create, operation_timeout=timeout_s).items():
@@ -181,12 +201,30 @@ def grow_partitions(settings: Settings, partitions: int, timeout_s: float = 30.0
     grow = [NewPartitions(n, partitions) for n in layout]
     for fut in admin.create_partitions(grow, operation_timeout=timeout_s).values():
         fut.result(timeout_s)
-    deadline = time.monotonic() + timeout_s
-    while set(co_partitioned_topics(settings, admin, timeout_s).values()) != {partitions}:
-        if time.monotonic() > deadline:
-            raise PartitionLayoutError(f"the brokers did not show {partitions} partitions within {timeout_s:.0f} s")
-        time.sleep(0.2)  # metadata of the new partitions propagates to every broker
+    _wait_until_grown(settings, admin, partitions, timeout_s)
     return [TopicChange(n, "partitions-grown") for n in layout]
+
+
+def _wait_until_grown(settings: Settings, admin: AdminClient, partitions: int, timeout_s: float) -> None:
+    """Return once every metadata read for GROWTH_SETTLE_S shows `partitions` for every co-partitioned topic.
+
+    Each broker learns the new partitions from the metadata log on its own, and a metadata request goes to any
+    broker: on a cluster, a first read with the new count was followed by one with the old count from a broker
+    that lagged (the scale-out test's growth check failed that way once). So the count must hold for a while.
+    """
+    deadline = time.monotonic() + timeout_s
+    since: float | None = None
+    while True:
+        now = time.monotonic()
+        if set(co_partitioned_topics(settings, admin, timeout_s).values()) == {partitions}:
+            since = now if since is None else since
+            if now - since >= GROWTH_SETTLE_S:
+                return
+        else:
+            since = None
+        if now > deadline:
+            raise PartitionLayoutError(f"the brokers did not show {partitions} partitions within {timeout_s:.0f} s")
+        time.sleep(0.1)  # a metadata read per tenth of a second
 
 
 def group_state(settings: Settings, group: str, timeout_s: float = 10.0) -> tuple[int, ConsumerGroupState]:
