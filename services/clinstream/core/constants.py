@@ -101,12 +101,14 @@ FEATURES_ACTIVE_CADENCE_SPM: Final = 100  # moderate-intensity cadence (Tudor-Lo
 FEATURES_VALID_DAY_WEAR_H: Final = 10.0  # NHANES valid day (Troiano et al. 2008): at least 10 h of wear
 FEATURES_SPO2_MAX_HOLD_S: Final = 60  # a SpO2 reading stands for at most this long (until the next reading)
 # Consumer-group liveness of faust workers: a killed worker's partitions move on after this many seconds.
-WORKER_SESSION_TIMEOUT_S: Final = 10.0
-GROWTH_SETTLE_S: Final = 2.0  # how long grown partitions must show in every metadata read (KRaft brokers lag)
-RESTORE_TIMEOUT_S: Final = 600.0  # a stream host's read of its new partitions' changelog, start to end
+# 6 s is the broker's group.min.session.timeout.ms; heartbeats (every 2 s) come from faust's consumer thread, so a
+# busy event loop does not delay them. It was 10 s: a SIGKILLed worker's partitions now move 4 s sooner.
+WORKER_SESSION_TIMEOUT_S: Final = 6.0
 LEDGER_WATCH_S: Final = 2.0  # how often a faust worker looks for partitions whose committed offset is stuck
 LEDGER_STALL_S: Final = 8.0  # no progress this long with records waiting: seek back to the committed frontier
-WORKER_HEARTBEAT_S: Final = 3.0
+RESTORE_TIMEOUT_S: Final = 600.0  # a stream host's read of its new partitions' changelog, start to end
+GROWTH_SETTLE_S: Final = 2.0  # how long grown partitions must show in every metadata read (KRaft brokers lag)
+WORKER_HEARTBEAT_S: Final = 2.0
 WORKER_REBALANCE_TIMEOUT_S: Final = 20.0
 
 # Feature store worker (issue 5).
