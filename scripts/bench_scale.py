@@ -11,7 +11,13 @@ load average, since the machine may be shared. Phases:
   instance drains them (throughput with 1 instance), its RSS growth per participant is reported; it is SIGKILLed,
   one more minute per participant is produced, and a new instance is started: restore time = start until every
   input partition is committed to its end (changelog recovery + the new minute), and until the group is Stable.
-* throughput with 2 and 3 features instances on fresh sites with the same input.
+* throughput with 2 and 3 features instances on fresh sites with the same input;
+* steady-state restore (`--restore-participants`): the feature processor computes, in-process, the state of 8
+  template participants after `--state-minutes` of heart-rate, RR and step blocks; their entries are written to a
+  fresh site's changelog under new pseudonyms for each cohort size, and a features instance is started: seconds
+  to Stable and to caught up (one input block per partition waits behind the restore), and its resident memory
+  above an idle instance per participant. This measures restore at cohorts too large to feed through the pipeline
+  on this machine.
 
     .venv/bin/python scripts/bench_scale.py --participants 1000 --minutes 30
 """
@@ -19,6 +25,7 @@ load average, since the machine may be shared. Phases:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import signal
 import time
@@ -32,9 +39,12 @@ from confluent_kafka import Consumer, ConsumerGroupState, Producer, TopicPartiti
 import bench_features
 from bench_e2e import Site, drop_site, make_site
 from clinstream.core.config import Settings
+from clinstream.core.constants import FEATURES_BATCH_MAX
 from clinstream.core.records import InRecord
 from clinstream.core.topic_admin import admin_client, changelog_prefix, group_state
 from clinstream.core.topics import PSEUDO_TELEMETRY
+from clinstream.features.processor import make_processor
+from clinstream.features.worker import loads
 from clinstream_devtools.pipeline.processes import SitePipeline
 
 STAGES = ("pseudonymise", "features", "store")
@@ -212,6 +222,83 @@ def restore(site: Site, procs: list[SitePipeline], participants: int, log_dir: P
             "changelog_records": changelog_records(settings), "elapsed_s": round(time.monotonic() - t0, 1)}
 
 
+def steady_state_template(participants: int, minutes: int) -> tuple[list[dict[str, bytes]], bytes]:
+    """Each template participant's feature state (key -> entry bytes) after `minutes` of heart-rate, RR and step
+    blocks, computed in-process by the feature processor (what a worker holds per participant in steady state),
+    and the watermark entry the processor reached."""
+    state = bench_features.JsonState()
+    processor = make_processor(Settings(site_id=bench_features.SITE), state)
+    records, _ = bench_features.make_records(participants, minutes)
+    for i in range(0, len(records), FEATURES_BATCH_MAX):
+        processor.process(records[i:i + FEATURES_BATCH_MAX])
+    people: dict[str, dict[str, bytes]] = {}
+    watermark = b""
+    for key, value in state.data.items():
+        parts = key.split("/")
+        if parts[0] == "__wm__":
+            watermark = max(watermark, value, key=lambda v: loads(v)["wm"] if v else -1)
+        else:
+            people.setdefault(parts[2], {})[key] = value
+    return list(people.values()), watermark
+
+
+def produce_steady_state(settings: Settings, template: list[dict[str, bytes]], watermark: bytes,
+                         participants: int) -> int:
+    """Write the features changelog of `participants` people in steady state (template entries under new
+    pseudonyms, spread over the partitions) and one watermark per partition; the records written."""
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "acks": "all", "enable.idempotence": True,
+                         "linger.ms": 50, "compression.type": "lz4"})
+    topic = f"{changelog_prefix(settings)}features-feature-state-changelog"
+    count = 0
+
+    def send(key: str, value: bytes, partition: int) -> None:
+        nonlocal count
+        while True:
+            try:
+                producer.produce(topic, key=key.encode(), value=value, partition=partition)
+                count += 1
+                return
+            except BufferError:
+                producer.poll(0.1)
+
+    for i in range(participants):
+        pseudonym = hashlib.sha256(f"restore:{i}".encode()).hexdigest()
+        partition = i % settings.topic_partitions
+        for key, value in template[i % len(template)].items():
+            kind, _p, _who, rest = key.split("/", 3)
+            send(f"{kind}/{partition}/{pseudonym}/{rest}", value, partition)
+    for partition in range(settings.topic_partitions):  # the template's watermark: no window is due yet
+        send(f"__wm__/{partition}", watermark, partition)
+    if producer.flush(300) != 0:
+        raise RuntimeError("changelog records not acknowledged within 300 s")
+    return count
+
+
+def steady_restore(template: list[dict[str, bytes]], watermark: bytes, participants: int, idle_mb: float,
+                   log_dir: Path, timeout_s: float) -> dict[str, float]:
+    """A features instance started on a site whose changelog holds `participants` people in steady state (and one
+    input block per partition): seconds to group Stable and to caught up, resident memory per participant."""
+    site = make_site(0)
+    try:
+        settings = site.settings
+        records = produce_steady_state(settings, template, watermark, participants)
+        probe, _ = records_for(site, settings.topic_partitions, 1)
+        produce(settings, probe[::3])  # one heart-rate block per partition: processed once restored
+        group = group_of(settings, "features")
+        t0 = time.monotonic()
+        proc = instance(settings, "features", 20, log_dir)
+        stable = wait_for(stable_with(settings, group, 1), timeout_s, "features started")
+        caught_up = wait_for(lambda: lag(settings, group) == 0, timeout_s, "restored and caught up") + stable
+        rss = rss_mb(proc, "features")
+        return {"participants": participants, "changelog_records": records,
+                "start_to_group_stable_s": round(stable, 1), "start_to_caught_up_s": round(caught_up, 1),
+                "rss_mb": round(rss, 1), "kb_per_participant": round((rss - idle_mb) * 1024 / participants, 1),
+                "elapsed_s": round(time.monotonic() - t0, 1), "load": loadavg()}  # type: ignore[dict-item]
+    finally:
+        stop_all()
+        drop_site(site)
+
+
 def idle_rss(site: Site, log_dir: Path, timeout_s: float) -> float:
     """RSS of a features instance on an empty site (the baseline for memory per participant)."""
     proc = instance(site.settings, "features", 0, log_dir)
@@ -226,7 +313,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--participants", type=int, default=1000)
     parser.add_argument("--minutes", type=int, default=30, help="minutes of blocks per participant")
-    parser.add_argument("--instances", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--instances", type=int, nargs="*", default=[1, 2, 3])
+    parser.add_argument("--restore-participants", type=int, nargs="*", default=[],
+                        help="steady-state restore at these cohort sizes (a changelog of --state-minutes each)")
+    parser.add_argument("--state-minutes", type=int, default=120, help="minutes of data behind each participant's "
+                        "steady-state entries (the MINUTE horizon is 2 h)")
     parser.add_argument("--skip-rebalance", action="store_true")
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--out", type=Path, default=Path("bench-results/scale"))
@@ -269,6 +360,22 @@ def main() -> None:
             stop_all()
             drop_site(site)
     report["throughput"] = throughput
+    if args.restore_participants:
+        site = make_site(0)
+        try:
+            idle_mb = report.get("idle_rss_mb") or round(idle_rss(site, log_dir, args.timeout), 1)
+        finally:
+            stop_all()
+            drop_site(site)
+        template, watermark = steady_state_template(8, args.state_minutes)
+        print(f"steady-state restore ({len(template)} template participants, {args.state_minutes} min each, "
+              f"{sum(map(len, template)) / len(template):.0f} entries per participant; idle RSS {idle_mb} MB):",
+              flush=True)
+        report["steady_restore"] = []
+        for n in args.restore_participants:
+            figures_steady = steady_restore(template, watermark, n, idle_mb, log_dir, args.timeout)
+            report["steady_restore"].append(figures_steady)
+            print(f"  {figures_steady}", flush=True)
     report["load_after"] = loadavg()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")

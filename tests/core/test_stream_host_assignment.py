@@ -126,16 +126,25 @@ def test_an_assignment_restores_new_partitions_keeps_held_ones_and_drops_those_g
             producer.produce(host.changelog, key=key, value=value, partition=partition)
         assert producer.flush(30) == 0
 
-        asyncio.run(host.on_assigned({0, 1}))
-        state = host.state
-        assert (state.get(b"k1"), state.get(b"k2"), state.get(b"k3"), state.get(b"k4")) == (b"v1b", None, b"v3", None)
-        assert host.restored_records == 5
+        async def assign(partitions: set[int]) -> None:
+            await host.on_assigned(partitions)
+            await asyncio.wait_for(host.until_ready(), 60)  # the restore runs in the background
 
-        state.put(b"k5", b"v5", 0)  # processed on partition 0 (its changelog record is not produced here)
-        asyncio.run(host.on_assigned({0, 2}))
-        assert (state.get(b"k1"), state.get(b"k5")) == (b"v1b", b"v5"), "a kept partition was read back again"
-        assert state.get(b"k3") is None, "the state of a partition that went was kept"
-        assert state.get(b"k4") == b"v4" and host.restored_records == 6
+        async def scenario() -> None:
+            await assign({0, 1})
+            state = host.state
+            assert (state.get(b"k1"), state.get(b"k2"), state.get(b"k3"), state.get(b"k4")) == (
+                b"v1b", None, b"v3", None)
+            assert host.restored_records == 5
+
+            state.put(b"k5", b"v5", 0)  # processed on partition 0 (its changelog record is not produced here)
+            await host.fence()  # the revocation before every new assignment
+            await assign({0, 2})
+            assert (state.get(b"k1"), state.get(b"k5")) == (b"v1b", b"v5"), "a kept partition was read back again"
+            assert state.get(b"k3") is None, "the state of a partition that went was kept"
+            assert state.get(b"k4") == b"v4" and host.restored_records == 6
+
+        asyncio.run(scenario())
     finally:
         host.ledger.close()
         admin = admin_client(kafka_site)  # referenced until the answer (a collected client drops its requests)

@@ -151,6 +151,10 @@ class TableState:
         else:
             part[key] = value
 
+    def partitions(self) -> set[int]:
+        """The partitions with state in memory."""
+        return set(self._parts)
+
     def drop(self, partitions: Iterable[int]) -> None:
         """Forget the state of partitions this instance no longer holds."""
         for partition in partitions:
@@ -264,7 +268,8 @@ class StreamHost:
         self.ledger = OffsetLedger(self.app, settings, group, self._inputs)
         self._in_flight = asyncio.Lock()  # held by the batch being checkpointed
         self._ready = asyncio.Event()  # set from an assignment (its state restored) until the next fence
-        self._held: set[int] = set()  # the partitions whose state is in memory
+        self._held: set[int] = set()  # the partitions whose state is in memory, complete
+        self._restoring: tuple[threading.Event, asyncio.Task[None]] | None = None  # (stop, task) of a restore
         self.restored_records = 0  # changelog records read back since start
         self._wire(source)
 
@@ -294,7 +299,8 @@ class StreamHost:
 
         @app.timer(LEDGER_WATCH_S)  # type: ignore[untyped-decorator]
         async def watch_offsets() -> None:
-            await self.ledger.watch()
+            if self._ready.is_set():  # during a restore records wait on purpose
+                await self.ledger.watch()
 
         @app.task  # type: ignore[untyped-decorator]
         async def announce() -> None:
@@ -322,32 +328,62 @@ class StreamHost:
                 return
 
     async def on_assigned(self, partitions: set[int]) -> None:
-        """A new assignment: drop the state of partitions gone, restore new ones from the changelog, then process.
+        """A new assignment: keep the state of partitions held, drop the rest, restore new ones, then process.
 
         A partition kept across the rebalance keeps its state: the fence made every change of it durable, and no
-        other member wrote to it meanwhile. Faust awaits this before records of the assignment flow.
+        other member wrote to it meanwhile. New partitions are read back from their changelog in the background
+        (this callback returns at once, so the member keeps heartbeating through a long restore); batches wait
+        until it is done. A fence cuts a restore short, and the next assignment starts it over.
         """
+        await self._end_restore()
         async with self._in_flight:
-            gone, new = self._held - partitions, partitions - self._held
-            self.state.drop(gone)
-            self._held -= gone
-            if new:
-                started = time.monotonic()
-                count = await asyncio.get_running_loop().run_in_executor(None, self._restore, sorted(new))
-                self.restored_records += count
-                log.info("restored partitions %s from %d changelog records in %.2f s", sorted(new), count,
-                         time.monotonic() - started)
-            self._held = set(partitions)
+            self._held &= partitions
+            self.state.drop(self.state.partitions() - self._held)  # partitions gone, restores cut short
             self.ledger.forget()
             self.stage.on_assignment_changed()
-            self._ready.set()
+            new = partitions - self._held
+            if not new:
+                self._ready.set()
+                return
+            stop = threading.Event()
+            self._restoring = (stop, asyncio.create_task(self._restore_then_process(sorted(new), stop)))
 
-    def _restore(self, partitions: list[int]) -> int:
+    async def until_ready(self) -> None:
+        """Wait until batches are processed again (an assignment, with its new partitions restored)."""
+        await self._ready.wait()
+
+    async def _restore_then_process(self, partitions: list[int], stop: threading.Event) -> None:
+        started = time.monotonic()
+        try:
+            count = await asyncio.get_running_loop().run_in_executor(None, self._restore, partitions, stop)
+        except Exception as exc:  # the changelog cannot be read: restart and restore again
+            log.critical("restore of partitions %s failed (%s); exiting", partitions, type(exc).__name__)
+            logging.shutdown()
+            os._exit(EXIT_PRODUCE_FAILED)
+        async with self._in_flight:
+            if stop.is_set():  # a fence came first: the next assignment starts over
+                return
+            self.restored_records += count
+            self._held.update(partitions)
+            self.stage.on_assignment_changed()  # indexes rebuilt over the restored keys
+            self._ready.set()
+        log.info("restored partitions %s from %d changelog records in %.2f s", partitions, count,
+                 time.monotonic() - started)
+
+    async def _end_restore(self) -> None:
+        """Stop a restore still running (a fence asked it to) and wait until its reading thread is done."""
+        if self._restoring is not None:
+            stop, task = self._restoring
+            self._restoring = None
+            stop.set()
+            await task
+
+    def _restore(self, partitions: list[int], stop: threading.Event) -> int:
         """Read the changelog of `partitions` from its start to its end into the state (blocking); records read."""
         count = 0
         group = f"{app_id(self.settings, self.stage.traits.name)}-restore"  # assign() only, never committed
         for msg in read_range(self.settings, self.changelog, group, starts=dict.fromkeys(partitions, 0),
-                              timeout_s=RESTORE_TIMEOUT_S):
+                              timeout_s=RESTORE_TIMEOUT_S, stop=stop):
             self.state.apply(msg.partition() or 0, msg.key() or b"", msg.value())
             count += 1
         return count
@@ -361,6 +397,8 @@ class StreamHost:
         commit of this member: a zombie write that lands after the handover would make the new owner skip input
         whose state change it never saw (a block missing from a rollup), or overwrite its newer state.
         """
+        if self._restoring is not None:
+            self._restoring[0].set()  # a restore in progress stops; the next assignment starts it over
         async with self._in_flight:
             self._ready.clear()
 
@@ -796,9 +834,10 @@ def bounded_batches(consumer: Consumer, ranges: Sequence[OffsetRange], nxt: dict
 
 
 def read_range(settings: Settings, topic: str, group_id: str, *, starts: dict[int, int] | None = None,
-               timeout_s: float = 120.0) -> Iterator[KafkaMessage]:
+               timeout_s: float = 120.0, stop: threading.Event | None = None) -> Iterator[KafkaMessage]:
     """Every message of a topic from `starts` (only those partitions; default: all, from the log start) up to the
-    high watermarks of now. Per partition in offset order; tombstones (value None) included. Commits nothing."""
+    high watermarks of now. Per partition in offset order; tombstones (value None) included. Commits nothing.
+    Ends early once `stop` is set."""
     consumer = tool_consumer(settings, group_id)
     try:
         ranges: list[OffsetRange] = []
@@ -810,7 +849,7 @@ def read_range(settings: Settings, topic: str, group_id: str, *, starts: dict[in
             if hi > start:
                 ranges.append(OffsetRange(topic, p, start if starts else OFFSET_BEGINNING, hi))
         nxt = {r.tp: r.start for r in ranges}
-        for batch in bounded_batches(consumer, ranges, nxt, 10_000, timeout_s=timeout_s):
+        for batch in bounded_batches(consumer, ranges, nxt, 10_000, timeout_s=timeout_s, stop=stop):
             yield from batch
     finally:
         consumer.close()
