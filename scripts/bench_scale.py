@@ -320,7 +320,7 @@ def main() -> None:
                         "steady-state entries (the MINUTE horizon is 2 h)")
     parser.add_argument("--skip-rebalance", action="store_true")
     parser.add_argument("--timeout", type=float, default=600.0)
-    parser.add_argument("--out", type=Path, default=Path("bench-results/scale"))
+    parser.add_argument("--out", type=Path, default=Path("reports/bench-scale"))
     args = parser.parse_args()
     settings = Settings()
     log_dir = args.out / "logs"
