@@ -94,13 +94,20 @@ JOIN_S = 180.0  # three faust workers starting at once on a loaded 2-core machin
 SETTLE_S = 240.0
 STOP_S = 20.0  # the shared grace period of a test's processes at teardown
 KAFKA_STOP_S = 10.0  # the module's cluster is thrown away: no long controlled shutdown
+EXPLICIT_PORTS_FROM = 20_000  # above the suite's fixed ports (19092/19093, 15432, 18080, Flower's 19191 to 192xx)
 
 
 def _free_port_block(size: int) -> int:
-    """A base port such that base .. base+size-1 are all free on loopback."""
+    """A base port such that base .. base+size-1 are all free on loopback, below the kernel's ephemeral range.
+
+    A port the cluster is to bind must not be one the kernel may give meanwhile to an outgoing connection (any
+    client of the other tests on a parallel worker): a node once failed to start with "Address already in use"
+    on a port of a block checked free a moment before, inside the ephemeral range.
+    """
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text(encoding="ascii").split()[0])
     rng = random.Random()
     for _ in range(200):
-        base = rng.randrange(30000, 60000 - size)
+        base = rng.randrange(EXPLICIT_PORTS_FROM, low - size)
         if not any(port_in_use("127.0.0.1", p) for p in range(base, base + size)):
             return base
     raise AssertionError(f"no {size} consecutive free ports found")
