@@ -2,7 +2,7 @@
 
 Realistic blocks per participant and minute: one 60-sample 1 Hz heart-rate block, one RR block (~70 beats) and
 one step block of a single one-minute interval; participants interleaved as a gateway would deliver them, in
-batches of FEATURES_BATCH_MAX records. `--json-state` stores state as serialised bytes, as the faust worker does.
+batches of FEATURES_BATCH_MAX records. `--json-state` stores state as serialised bytes, as the worker's state does.
 
     .venv/bin/python scripts/bench_features.py --participants 1000 --minutes 60
 """
@@ -31,7 +31,7 @@ NS = "org.clinstream.telemetry."
 
 
 class JsonState(MutableMapping[str, dict[str, Any]]):
-    """A dict of serialised entries: the serialisation cost the faust table wrapper pays."""
+    """A dict of serialised entries: the serialisation cost the worker's state pays."""
 
     def __init__(self) -> None:
         self.data: dict[str, bytes] = {}

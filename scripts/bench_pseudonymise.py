@@ -5,7 +5,7 @@
 
 The processor figure is single-threaded, on pre-encoded batches: decode, pseudonymise, consent check, encode.
 The worker figure is wall time from starting a worker on a pre-filled raw topic until every block is in the
-pseudonymised topic (faust start-up excluded: timed from the first output record).
+pseudonymised topic (start-up excluded: timed from the first output record).
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ def main() -> None:
                   f"{rate / 1e6:7.2f} M readings/s  ({rate / args.readings:9.0f} blocks/s)")
     if args.worker:
         rate, bps = bench_worker(args.blocks, args.readings, HR)
-        print(f"worker     heart rate via Kafka + faust   {rate / 1e6:7.2f} M readings/s  ({bps:9.0f} blocks/s)")
+        print(f"worker     heart rate via Kafka + worker  {rate / 1e6:7.2f} M readings/s  ({bps:9.0f} blocks/s)")
 
 
 if __name__ == "__main__":

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
 from clinstream.core.crash_points import CrashPoint, CrashPoints
-from clinstream.core.stream_host import checkpoint_in_order, checkpoint_in_order_sync
+from clinstream.core.stream_host import checkpoint_in_order
 
 
 class _Died(Exception):
@@ -30,26 +29,21 @@ class _RecordingCrash(CrashPoints):
 _ALL = ["after-process", "outputs", "after-outputs", "state", "after-state-before-ack", "offsets"]
 
 
-def test_the_async_order_is_outputs_then_state_then_offsets(tmp_path: Path) -> None:
+def test_the_order_is_outputs_then_state_then_offsets(tmp_path: Path) -> None:
     steps: list[str] = []
-
-    def step(name: str):  # type: ignore[no-untyped-def]
-        async def run() -> None:
-            steps.append(name)
-        return run
-
     crash = _RecordingCrash(tmp_path, None, steps)
-    asyncio.run(checkpoint_in_order(crash, {}, step("outputs"), step("state"), step("offsets")))
+    checkpoint_in_order(crash, {}, lambda: steps.append("outputs"), lambda: steps.append("state"),
+                        lambda: steps.append("offsets"))
     assert steps == _ALL
 
 
 @pytest.mark.parametrize("point", list(CrashPoint))
-def test_a_crash_point_stops_the_sync_order_before_every_later_step(tmp_path: Path, point: CrashPoint) -> None:
+def test_a_crash_point_stops_the_order_before_every_later_step(tmp_path: Path, point: CrashPoint) -> None:
     steps: list[str] = []
     crash = _RecordingCrash(tmp_path, point, steps)
     with pytest.raises(_Died):
-        checkpoint_in_order_sync(crash, {}, lambda: steps.append("outputs"), lambda: steps.append("state"),
-                                 lambda: steps.append("offsets"))
+        checkpoint_in_order(crash, {}, lambda: steps.append("outputs"), lambda: steps.append("state"),
+                            lambda: steps.append("offsets"))
     assert steps == _ALL[:_ALL.index(point.value) + 1]  # nothing after the point ran
 
 

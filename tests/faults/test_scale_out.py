@@ -90,7 +90,7 @@ INTERVAL_S = 1.0  # steady pace while faults are injected; 0 once they are done
 BROKER_INTERVAL_S = 2.0  # the broker test's pace: ingest outlasts the killed node's restart and ISR rejoin (>80 s)
 STAGES = ("pseudonymise", "features", "store")
 INSTANCES = 3
-JOIN_S = 180.0  # three faust workers starting at once on a loaded 2-core machine
+JOIN_S = 180.0  # three workers starting at once on a loaded 2-core machine
 SETTLE_S = 240.0
 STOP_S = 20.0  # the shared grace period of a test's processes at teardown
 KAFKA_STOP_S = 10.0  # the module's cluster is thrown away: no long controlled shutdown
@@ -243,7 +243,7 @@ def test_three_instances_per_stage_then_sigterm_and_sigkill(cluster: Settings, t
 
 
 def check_replication(settings: Settings) -> None:
-    """The site's topics and its faust changelogs have 3 replicas per partition and min ISR 2."""
+    """The site's topics and its state changelogs have 3 replicas per partition and min ISR 2."""
     admin = admin_client(settings)
     topics = admin.list_topics(timeout=10).topics
     changelogs = [n for n in topics if n.startswith(changelog_prefix(settings)) and n.endswith("-changelog")]
@@ -305,7 +305,7 @@ def test_partition_growth_keeps_co_partitioning_or_refuses(cluster: Settings, tm
     settings = Settings(site_id=site_id, data_dir=tmp_path, topic_partitions=4)
     admin = admin_client(settings)
     apply_topics(settings)  # with the stages' state changelogs
-    changelog = f"{changelog_prefix(settings)}features-feature-state-changelog"  # the name faust gives it
+    changelog = f"{changelog_prefix(settings)}features-feature-state-changelog"
     try:
         wanted = changelog_configs(settings.min_insync_replicas)
         for stage, table in STATE_TABLES.items():  # created before any worker runs, compacted with a short head

@@ -20,8 +20,7 @@ from features_kafka import FeaturesWorker, committed_total, produce, read_topic
 
 from clinstream.core.avro import subject_key
 from clinstream.core.config import Settings
-from clinstream.core.offset_ledger import contiguous_run
-from clinstream.core.records import InRecord, OutRecord
+from clinstream.core.records import OutRecord
 from clinstream.core.stream_host import ChangelogOrder, TableState
 from clinstream.core.topics import FEATURES, PSEUDO_TELEMETRY
 from clinstream.features.processor import FeatureProcessor
@@ -61,42 +60,6 @@ def _finals_complete(settings: Settings, n: int):  # type: ignore[no-untyped-def
         outs = read_topic(settings, FEATURES.name(settings.site_id))
         return outs if len(finals(outs)) >= n else None
     return check
-
-
-def _redelivery_after_a_dropped_range(records: list[InRecord], dropped: range) -> list[list[InRecord]]:
-    """Deliveries as faust made them after the restart: a fetched range dropped (stale generation), later records
-    delivered, then the range again once the ledger's stall watch sought back to the committed frontier."""
-    later = [r for r in records if r.offset not in dropped]
-    return [later, records[dropped.start:]]
-
-
-def _host(deliveries: list[list[InRecord]], *, admit: bool) -> list[OutRecord]:
-    """A processor fed batch by batch; with `admit`, each partition only from its frontier without gaps, the rest
-    delivered again from the frontier (the host's seek back)."""
-    proc, out, frontier = FeatureProcessor("site-t", {}), [], 0
-    queue = list(deliveries)
-    while queue:
-        batch = queue.pop(0)
-        if admit:
-            run_, gap = contiguous_run(batch, frontier)
-            if gap:
-                queue.append([r for r in batch if r.offset >= frontier + len(run_)])
-            batch = run_
-        out.extend(proc.process(batch).out)
-        frontier = max([frontier, *(r.offset + 1 for r in batch)])
-    return out
-
-
-def test_a_range_dropped_by_faust_and_redelivered_later_is_lost_unless_admitted_in_offset_order() -> None:
-    """The cause of the SIGKILL test's failure, deterministically: processing later offsets of a partition before a
-    skipped range lets their event times (here the clock) advance the watermark, so the range arrives late."""
-    data = generate(n_participants=2, hours=4, seed=21)
-    clock = clock_block(max(b.record["received_at"] for b in data.blocks))
-    records = in_records([*data.blocks, clock])
-    want = finals(run(records, batch=len(records))[0])
-    deliveries = _redelivery_after_a_dropped_range(records, range(len(records) // 3, len(records) // 2))
-    assert finals(_host(deliveries, admit=False)) != want  # what the faust host did: contributions lost
-    assert finals(_host(deliveries, admit=True)) == want  # the stream host admits gap-free runs only
 
 
 def _finals_or_conflict(outs: list[OutRecord]) -> object:

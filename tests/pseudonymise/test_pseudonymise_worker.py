@@ -1,7 +1,7 @@
 """The pseudonymise worker against the real broker: consent, withdrawal latency, stable and rotated pseudonyms,
 kill -9 crash safety, and no identifier in any downstream topic or in the worker's logs.
 
-One worker process serves the whole module (faust start-up is slow); tests run in file order and each waits
+One worker process serves the whole module (a worker start joins a group); tests run in file order and each waits
 for its own records, so they do not depend on one another's data.
 """
 

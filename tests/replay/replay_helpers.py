@@ -29,7 +29,7 @@ CLINSTREAM = Path(sys.executable).with_name("clinstream")
 
 
 def live_features_group(settings: Settings) -> str:
-    """The features stage's live consumer group (the faust worker's app id)."""
+    """The features stage's live consumer group (the worker's app id)."""
     return f"clinstream-{settings.site_id}-features"
 
 

@@ -93,7 +93,7 @@ class Settings(BaseSettings):
 
     @property
     def state_dir(self) -> Path:
-        """Directory for worker state (faust tables) of this site."""
+        """Directory for local worker and replay state (crash-point marks, replay checkpoints) of this site."""
         return self.data_dir.resolve() / "state" / self.site_id
 
 

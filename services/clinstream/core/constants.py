@@ -37,7 +37,7 @@ KAFKA_QUORUM_ELECTION_TIMEOUT_MS: Final = 5_000
 KAFKA_CLUSTER_START_TIMEOUT_S: Final = 180.0
 CLUSTER_REPLICATION_FACTOR: Final = 3  # replicas per topic on a cluster of 3 or more brokers
 CLUSTER_MIN_INSYNC_REPLICAS: Final = 2  # with 3 replicas: every write on 2 brokers, one broker may be down
-# The stream stages' state changelogs (faust tables) are compacted, so a restarted worker restores the live entries
+# The stream stages' state changelogs are compacted, so a restarted worker restores the live entries
 # plus a bounded uncompacted head, not every write since the site started: a segment becomes compactable after
 # 10 min or 16 MiB (the broker default is 7 days or 1 GiB), and the tombstones of finalised windows and erased
 # entries are dropped 1 h after a compaction (far longer than a restore takes; default 24 h).
@@ -100,16 +100,13 @@ FEATURES_HRV_MIN_NN_MIN: Final = 5.0  # Task Force short-term minimum: HRV withh
 FEATURES_ACTIVE_CADENCE_SPM: Final = 100  # moderate-intensity cadence (Tudor-Locke et al. 2018), steps/min
 FEATURES_VALID_DAY_WEAR_H: Final = 10.0  # NHANES valid day (Troiano et al. 2008): at least 10 h of wear
 FEATURES_SPO2_MAX_HOLD_S: Final = 60  # a SpO2 reading stands for at most this long (until the next reading)
-# Consumer-group liveness of faust workers: a killed worker's partitions move on after this many seconds.
-# 6 s is the broker's group.min.session.timeout.ms; heartbeats (every 2 s) come from faust's consumer thread, so a
-# busy event loop does not delay them. It was 10 s: a SIGKILLed worker's partitions now move 4 s sooner.
+# Consumer-group liveness of the workers: a killed worker's partitions move on after this many seconds.
+# 6 s is the broker's group.min.session.timeout.ms; heartbeats (every 2 s) come from librdkafka's own thread, so a
+# busy batch does not delay them. It was 10 s: a SIGKILLed worker's partitions now move 4 s sooner.
 WORKER_SESSION_TIMEOUT_S: Final = 6.0
-LEDGER_WATCH_S: Final = 2.0  # how often a faust worker looks for partitions whose committed offset is stuck
-LEDGER_STALL_S: Final = 8.0  # no progress this long with records waiting: seek back to the committed frontier
 RESTORE_TIMEOUT_S: Final = 600.0  # a stream host's read of its new partitions' changelog, start to end
 GROWTH_SETTLE_S: Final = 2.0  # how long grown partitions must show in every metadata read (KRaft brokers lag)
 WORKER_HEARTBEAT_S: Final = 2.0
-WORKER_REBALANCE_TIMEOUT_S: Final = 20.0
 
 # Feature store worker (issue 5).
 STORE_BATCH_MAX: Final = 5000  # records per store batch (one DB transaction, one offset commit)
@@ -217,8 +214,6 @@ CRASH_POINT_ENV: Final = "CLINSTREAM_CRASH_POINT"  # the checkpoint step after w
 CRASH_WHEN_ENV: Final = "CLINSTREAM_CRASH_WHEN"  # only in a batch whose result counts this (e.g. "withdrawals")
 CRASH_TIMES_ENV: Final = "CLINSTREAM_CRASH_TIMES"  # how many times per data dir (default 1)
 EXIT_CRASH_POINT: Final = 71  # exit status of a worker stopped at a crash point
-EXIT_PRODUCE_FAILED: Final = 70  # exit status of a worker whose batch could not be made durable
-HOST_SEEK_EVERY_S: Final = 1.0  # a partition with an offset gap is sought back at most this often
 # Prometheus endpoints of the stream workers (CLINSTREAM_METRICS_PORT; 0 = off): each stage serves on the base port
 # plus its offset, on loopback unless CLINSTREAM_METRICS_HOST says otherwise.
 METRICS_HOST: Final = "127.0.0.1"

@@ -13,6 +13,7 @@ from clinstream.core.config import Settings
 
 Header = tuple[str, bytes]
 Message = tuple[bytes | None, bytes, Sequence[Header] | None]
+PartitionedRecord = tuple[bytes, bytes | None, int]  # key, value (None: a tombstone), partition
 
 
 class BrokerUnavailable(RuntimeError):
@@ -28,7 +29,7 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "linger.ms": 5,
         "batch.size": 1_000_000,
         "compression.type": "lz4",
-        # The Java client's (and faust's) partitioner, so every producer places a key in the same partition.
+        # The Java client's partitioner, so every producer places a key in the same partition.
         "partitioner": "murmur2_random",
         "message.max.bytes": 4_000_000,
         "queue.buffering.max.messages": 500_000,
@@ -80,10 +81,19 @@ class DurableProducer:
 
         Raises BrokerUnavailable if any record fails or the deadline passes.
         """
-        if not messages:
+        self._send(topic, [{"key": key, "value": value, "headers": list(headers) if headers else None}
+                           for key, value, headers in messages], timeout_s)
+
+    def send_to_partitions(self, topic: str, records: Sequence[PartitionedRecord], timeout_s: float) -> None:
+        """`send` for records with an explicit partition (a state changelog); a None value is a tombstone."""
+        self._send(topic, [{"key": key, "value": value, "partition": partition} for key, value, partition in records],
+                   timeout_s)
+
+    def _send(self, topic: str, records: Sequence[dict[str, Any]], timeout_s: float) -> None:
+        if not records:
             return
         done = threading.Event()
-        pending = [len(messages)]
+        pending = [len(records)]
         errors: list[KafkaError] = []
         state_lock = threading.Lock()
 
@@ -96,12 +106,12 @@ class DurableProducer:
                     done.set()
 
         deadline = time.monotonic() + timeout_s
+        produce = self._producer.produce
         with self._lock:
-            for key, value, headers in messages:
+            for fields in records:
                 while True:
                     try:
-                        self._producer.produce(topic, value=value, key=key, headers=list(headers) if headers else None,
-                                               on_delivery=on_delivery)
+                        produce(topic, on_delivery=on_delivery, **fields)
                         break
                     except BufferError:
                         if time.monotonic() > deadline:

@@ -43,16 +43,8 @@ class BatchResult:
         self.counters[name] = self.counters.get(name, 0) + n
 
 
-def from_faust_event(event: Any) -> InRecord:
-    """A faust event (the worker hosts' input) as the processors' envelope, timestamps in epoch ms."""
-    msg = event.message
-    ts = msg.timestamp
-    return InRecord(topic=msg.topic, partition=msg.partition, offset=msg.offset, key=msg.key,
-                    value=msg.value if msg.value is not None else b"", timestamp_ms=round(ts * 1000) if ts else 0)
-
-
 def from_kafka_message(msg: Any) -> InRecord:
-    """A confluent-kafka message (the store sink's and the tools' input) as the processors' envelope."""
+    """A confluent-kafka message (the hosts' and the tools' input) as the processors' envelope."""
     ts_type, ts = msg.timestamp()
     return InRecord(topic=msg.topic() or "", partition=msg.partition() or 0, offset=msg.offset() or 0,
                     key=msg.key(), value=msg.value() or b"", timestamp_ms=ts if ts_type and ts > 0 else 0)

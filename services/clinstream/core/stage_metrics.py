@@ -68,7 +68,7 @@ def observe_dead_letters(stage: str, reasons: Iterable[str]) -> None:
 
 def observe_batch(stage: str, records: int, seconds: float, counters: Mapping[str, int],
                   out: Sequence[OutRecord]) -> None:
-    """Count one durable batch of a faust-hosted stage: its records, time, counters and dead letters."""
+    """Count one durable batch of a hosted stream stage: its records, time, counters and dead letters."""
     BATCHES.labels(stage=stage).inc()
     RECORDS.labels(stage=stage).inc(records)
     BATCH_SECONDS.labels(stage=stage).observe(seconds)

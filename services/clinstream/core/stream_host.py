@@ -1,70 +1,57 @@
-"""The one faust-streaming host of every stateful stream stage, with one checkpoint order.
+"""The one host of every live stage, on a confluent-kafka consumer-group member, with one checkpoint order.
 
-A stage implements `HostedStage` (input topics, a pure `process(batch)` over the state the host hands it, a
-report of each batch's counters). The host owns everything faust-specific, once:
+Every live stage runs in `GroupHost`'s loop: consume a batch, process it, then checkpoint it in this order (as
+Kafka Streams and Quix Streams do):
+  1. process the batch (a stream stage changes its state in memory; a sink commits its database transaction);
+  2. produce the outputs and wait for every acknowledgement (acks=all, idempotent producer);
+  3. produce the state changelog and wait for it (stream stages);
+  4. commit the input offsets, synchronously.
+A durable state change therefore implies durable outputs: after a crash, redelivered records meet either the old
+state (and produce the same outputs again) or the new one with their outputs already delivered (so a consent
+withdrawal never loses its erasure request). While the broker (or a sink's database) is away, the same step is
+retried with back-off and the paused consumer keeps polling to stay in its group; a crash point
+(`core.crash_points`, enabled only by environment variables in fault tests) can stop the process between the steps.
 
-* one agent over the stage's input topics, declared with `acks=False`: faust neither tracks nor commits them;
-  the `OffsetLedger` admits records per partition only in gap-free offset order from the committed frontier,
-  and commits the contiguous processed offsets (faust's own book goes wrong across SIGKILL rebalances);
-* the state (`TableState`): one dict per partition, with no faust Table. When partitions are assigned, the host
-  reads their changelog from start to end with confluent-kafka (a bounded read) before any record of them is
-  processed, and it drops the state of partitions that went. Every write sets the local value and queues the
-  changelog record for the partition the stage names; the host produces them itself at the checkpoint. (faust's
-  own table recovery handled a record at a time through its consumer: 132 s for 34k records under load.)
-* the checkpoint of every batch, in this order (as Kafka Streams and Quix Streams do):
-  1. process the batch (state changes in memory);
-  2. produce the outputs and await every acknowledgement (acks=all);
-  3. produce the state changelog and await it;
-  4. commit the input offsets.
-  A durable state change therefore implies durable outputs: after a crash, redelivered records meet either the
-  old state (and produce the same outputs again) or the new one with their outputs already delivered (so a
-  consent withdrawal never loses its erasure request). A failure in steps 2-4 ends the process (exit 70) so
-  that a supervisor restarts it from the committed offsets; a crash point (`core.crash_points`, enabled only by
-  environment variables in fault tests) can stop it between the steps;
-* the fence: when partitions are revoked (inside the group's rebalance, before this member rejoins) and before
-  shutdown (before the consumer leaves the group), the host waits for the batch in flight to finish its whole
-  checkpoint; later batches wait for the next assignment (and its restore). A partition's new owner restores the
-  changelog, then reads the committed offset: a late changelog record or commit of the old owner would make it
-  skip input whose state change it never saw (a zombie write; the scale-out fault test lost a rollup block that
-  way).
+The rebalance callbacks run inside the consumer's poll, in the loop's thread, so between checkpoints: a batch in
+flight always finishes before its partitions move, and a new owner, which restores the changelog and then reads
+the committed offset, never meets a late changelog record or commit of the old owner (a zombie write). The one
+exception, a revocation during a back-off, is handled where it happens (`StreamHost._on_revoke`).
 
-The same module hosts the two other ways a stage's records are consumed, with the same checkpoint order
-(`checkpoint_in_order`), so that it is the one place with a consumer loop:
-
-* `SinkHost`, a confluent-kafka group member for a sink stage (the store): no state; the stage's processing
-  commits its database transaction, then its outputs (dead letters, audit records) are acknowledged, then the
-  input offsets are committed. While the database or broker is away the same batch is retried with back-off
-  and the consumer, paused, keeps polling (group membership and rebalance callbacks);
-* the bounded mode (`read_range`, `run_bounded`): assign() over explicit [start, end) offsets of a tool's own
+* `StreamHost` hosts a stateful stream stage (`HostedStage`: a pure `process(batch)` over the `TableState` the
+  host hands it). The state is one dict per partition; when partitions are assigned, the host reads their
+  changelog from start to end (a bounded read) before any record of them is processed, and it drops the state
+  of partitions that went. Every write sets the local value and queues the changelog record for the partition
+  the stage names; the host produces them at step 3.
+* `GroupHost` alone hosts a sink stage (`SinkStage`, the store): no state between batches.
+* The bounded mode (`read_range`, `run_bounded`): assign() over explicit [start, end) offsets of a tool's own
   group, never joining a live group. Replay drives a stage's processor through it (outputs, then the run's
   checkpoint of state and offsets), and the tools read topics to their current end with it.
+
+faust-streaming hosted the stream stages until this host replaced it: its per-message path (aiokafka fetch and
+produce, events, the asyncio loop) cost 60-75 % of the pseudonymise and features workers' CPU in the end-to-end
+benchmark, and its offset book and table recovery needed workarounds of their own.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ctypes
 import logging
-import os
 import signal
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol, TypeVar
 
-import faust
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 from confluent_kafka import Message as KafkaMessage
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay, stop_never, wait_exponential
 
 from clinstream.core.config import Settings
 from clinstream.core.constants import (
-    EXIT_PRODUCE_FAILED,
-    LEDGER_WATCH_S,
     REPLAY_IDLE_CHECKS,
     REPLAY_POLL_S,
     RESTORE_TIMEOUT_S,
@@ -72,16 +59,13 @@ from clinstream.core.constants import (
     STORE_RETRY_MAX_WAIT_S,
     STORE_STATS_EVERY_S,
     WORKER_HEARTBEAT_S,
-    WORKER_REBALANCE_TIMEOUT_S,
     WORKER_SESSION_TIMEOUT_S,
 )
 from clinstream.core.crash_points import CrashPoint, CrashPoints
-from clinstream.core.kafka import DurableProducer, Message, make_consumer
+from clinstream.core.kafka import BrokerUnavailable, DurableProducer, Message, make_consumer
 from clinstream.core.logging import configure_logging
 from clinstream.core.metrics_endpoint import serve_metrics
-from clinstream.core.offset_ledger import OffsetLedger, offsets_of
 from clinstream.core.records import BatchResult, InRecord, OutRecord, from_kafka_message
-from clinstream.core.records import from_faust_event as to_in_record
 from clinstream.core.stage_metrics import observe_batch
 from clinstream.core.topic_admin import ensure_changelog
 
@@ -167,7 +151,7 @@ class StageTraits:
     """How the host runs a stage."""
 
     name: str  # the stage name (consumer group `clinstream-<site>-<name>`)
-    table_name: str  # the faust Table holding its state
+    table_name: str  # the name of its state table (in its changelog topic's name)
     table_help: str
     batch_max: int  # records per batch
     batch_within_s: float  # max wait to fill a batch
@@ -203,257 +187,30 @@ def release_free_memory() -> None:
 
 
 def app_id(settings: Settings, stage: str) -> str:
-    """Faust app id and consumer group of a stage."""
+    """The consumer group of a stage."""
     return f"clinstream-{settings.site_id}-{stage}"
 
 
 def changelog_topic(settings: Settings, stage: str, table_name: str) -> str:
-    """The name faust gives the changelog topic of a stage's table."""
+    """The changelog topic of a stage's state table (the name faust gave it, kept for existing sites)."""
     return f"{app_id(settings, stage)}-{table_name}-changelog"
 
 
-Step = Callable[[], Awaitable[None]]
+Step = Callable[[], None]
 
 
-async def checkpoint_in_order(crash: CrashPoints, counters: Mapping[str, int], outputs: Step, state: Step,
-                              offsets: Step) -> None:
+def checkpoint_in_order(crash: CrashPoints, counters: Mapping[str, int], outputs: Step, state: Step,
+                        offsets: Step) -> None:
     """Steps 2-4 of every checkpoint, after the batch was processed (step 1), with the crash points between them."""
     crash.reached(CrashPoint.AFTER_PROCESS, counters)
-    await outputs()  # 2. outputs acknowledged
+    outputs()  # 2. outputs acknowledged
     crash.reached(CrashPoint.AFTER_OUTPUTS, counters)
-    await state()  # 3. state acknowledged
+    state()  # 3. state acknowledged
     crash.reached(CrashPoint.AFTER_STATE_BEFORE_ACK, counters)
-    await offsets()  # 4. input offsets committed
+    offsets()  # 4. input offsets committed
 
 
-def checkpoint_in_order_sync(crash: CrashPoints, counters: Mapping[str, int], outputs: Callable[[], None],
-                             state: Callable[[], None], offsets: Callable[[], None]) -> None:
-    """`checkpoint_in_order` for the blocking steps of the confluent-kafka modes."""
-    def step(fn: Callable[[], None]) -> Step:
-        async def run_step() -> None:
-            fn()
-        return run_step
-
-    asyncio.run(checkpoint_in_order(crash, counters, step(outputs), step(state), step(offsets)))
-
-
-class StreamHost:
-    """One stage hosted by faust: the agent, the table, the ledger and the checkpoint."""
-
-    def __init__(self, settings: Settings, stage: HostedStage) -> None:
-        self.settings = settings
-        self.stage = stage
-        traits = stage.traits
-        state_dir = settings.state_dir / traits.name
-        state_dir.mkdir(parents=True, exist_ok=True)
-        self.crash = CrashPoints(state_dir, stage=traits.name)
-        group = app_id(settings, traits.name)
-        self.app = faust.App(
-            group,
-            broker=f"kafka://{settings.kafka_bootstrap}",
-            store="memory://",
-            datadir=str(state_dir),
-            topic_partitions=settings.topic_partitions,
-            topic_replication_factor=settings.replication_factor,
-            topic_disable_leader=True,
-            web_enabled=False,
-            producer_acks=-1,
-            broker_commit_interval=1.0,
-            broker_session_timeout=WORKER_SESSION_TIMEOUT_S,  # a SIGKILLed member leaves the group quickly
-            broker_heartbeat_interval=WORKER_HEARTBEAT_S,
-            broker_rebalance_timeout=WORKER_REBALANCE_TIMEOUT_S,
-            consumer_auto_offset_reset="earliest",
-            key_serializer="raw",
-            value_serializer="raw",
-        )
-        self.changelog = changelog_topic(settings, traits.name, traits.table_name)
-        self.state = TableState(traits.changelog_order)
-        stage.bind(self.state)
-        self._inputs = tuple(stage.input_topics)
-        source = self.app.topic(*self._inputs, key_type=bytes, value_type=bytes, key_serializer="raw",
-                                value_serializer="raw", acks=False)  # offsets are committed by the ledger
-        self.ledger = OffsetLedger(self.app, settings, group, self._inputs)
-        self._in_flight = asyncio.Lock()  # held by the batch being checkpointed
-        self._ready = asyncio.Event()  # set from an assignment (its state restored) until the next fence
-        self._held: set[int] = set()  # the partitions whose state is in memory, complete
-        self._restoring: tuple[threading.Event, asyncio.Task[None]] | None = None  # (stop, task) of a restore
-        self.restored_records = 0  # changelog records read back since start
-        self._wire(source)
-
-    def _wire(self, source: Any) -> None:
-        app, traits = self.app, self.stage.traits
-
-        async def revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
-            await self.fence()
-
-        async def assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
-            assignment: Iterable[Any] = args[0]  # faust sends the whole new assignment (topic partitions)
-            await self.on_assigned({tp.partition for tp in assignment if tp.topic in self._inputs})
-
-        async def stopping(sender: Any, /, *args: Any, **kwargs: Any) -> None:
-            await self.fence()  # before the consumer leaves the group (faust stops it after this signal)
-            self.ledger.close()
-
-        # One receiver per signal (a signal's receivers run in no fixed order), each fencing first.
-        app.on_partitions_revoked.connect(revoked)
-        app.on_partitions_assigned.connect(assigned)
-        app.on_before_shutdown.connect(stopping)
-
-        @app.agent(source, name=f"{traits.name}-host")
-        async def agent(stream: Any) -> None:
-            async for events in stream.take_events(traits.batch_max, within=traits.batch_within_s):
-                await self.run_batch([to_in_record(e) for e in events])
-
-        @app.timer(LEDGER_WATCH_S)  # type: ignore[untyped-decorator]
-        async def watch_offsets() -> None:
-            if self._ready.is_set():  # during a restore records wait on purpose
-                await self.ledger.watch()
-
-        @app.task  # type: ignore[untyped-decorator]
-        async def announce() -> None:
-            log.info("%s worker for site %s started; group %s", traits.name, self.settings.site_id,
-                     app_id(self.settings, traits.name))
-
-    async def run_batch(self, records: Sequence[InRecord]) -> None:
-        """Checkpoint one batch once the host is ready; a batch that cannot be made durable ends the process.
-
-        Between a fence and the next assignment the batch waits: then the ledger admits only the records of
-        partitions still held, from their committed offsets.
-        """
-        while True:
-            await self._ready.wait()
-            async with self._in_flight:
-                if not self._ready.is_set():  # fenced while this batch waited for the lock
-                    continue
-                try:
-                    await self.checkpoint(records)
-                except Exception as exc:  # not durable: restart from committed offsets, never skip a batch
-                    log.critical("batch of %d records failed (%s); exiting so that it is re-processed",
-                                 len(records), type(exc).__name__)
-                    logging.shutdown()
-                    os._exit(EXIT_PRODUCE_FAILED)
-                return
-
-    async def on_assigned(self, partitions: set[int]) -> None:
-        """A new assignment: keep the state of partitions held, drop the rest, restore new ones, then process.
-
-        A partition kept across the rebalance keeps its state: the fence made every change of it durable, and no
-        other member wrote to it meanwhile. New partitions are read back from their changelog in the background
-        (this callback returns at once, so the member keeps heartbeating through a long restore); batches wait
-        until it is done. A fence cuts a restore short, and the next assignment starts it over.
-        """
-        await self._end_restore()
-        async with self._in_flight:
-            self._held &= partitions
-            self.state.drop(self.state.partitions() - self._held)  # partitions gone, restores cut short
-            self.ledger.forget()
-            self.stage.on_assignment_changed()
-            new = partitions - self._held
-            if not new:
-                self._ready.set()
-                return
-            stop = threading.Event()
-            self._restoring = (stop, asyncio.create_task(self._restore_then_process(sorted(new), stop)))
-
-    async def until_ready(self) -> None:
-        """Wait until batches are processed again (an assignment, with its new partitions restored)."""
-        await self._ready.wait()
-
-    async def _restore_then_process(self, partitions: list[int], stop: threading.Event) -> None:
-        started = time.monotonic()
-        try:
-            count = await asyncio.get_running_loop().run_in_executor(None, self._restore, partitions, stop)
-        except Exception as exc:  # the changelog cannot be read: restart and restore again
-            log.critical("restore of partitions %s failed (%s); exiting", partitions, type(exc).__name__)
-            logging.shutdown()
-            os._exit(EXIT_PRODUCE_FAILED)
-        async with self._in_flight:
-            if stop.is_set():  # a fence came first: the next assignment starts over
-                return
-            self.restored_records += count
-            self._held.update(partitions)
-            self.stage.on_assignment_changed()  # indexes rebuilt over the restored keys
-            self._ready.set()
-        log.info("restored partitions %s from %d changelog records in %.2f s", partitions, count,
-                 time.monotonic() - started)
-
-    async def _end_restore(self) -> None:
-        """Stop a restore still running (a fence asked it to) and wait until its reading thread is done."""
-        if self._restoring is not None:
-            stop, task = self._restoring
-            self._restoring = None
-            stop.set()
-            await task
-
-    def _restore(self, partitions: list[int], stop: threading.Event) -> int:
-        """Read the changelog of `partitions` from its start to its end into the state (blocking); records read."""
-        count = 0
-        group = f"{app_id(self.settings, self.stage.traits.name)}-restore"  # assign() only, never committed
-        for msg in read_range(self.settings, self.changelog, group, starts=dict.fromkeys(partitions, 0),
-                              timeout_s=RESTORE_TIMEOUT_S, stop=stop):
-            self.state.apply(msg.partition() or 0, msg.key() or b"", msg.value())
-            count += 1
-        release_free_memory()  # the read's buffers, freed, would otherwise stay resident
-        return count
-
-    async def fence(self) -> None:
-        """Let the batch in flight finish its whole checkpoint, then process nothing until the next assignment.
-
-        Called when partitions are revoked (faust awaits it inside the group's rebalance, before this member
-        rejoins) and before shutdown (before the consumer leaves the group). So a partition's new owner, which
-        restores the changelog and then reads the committed offset, never meets a late changelog record or offset
-        commit of this member: a zombie write that lands after the handover would make the new owner skip input
-        whose state change it never saw (a block missing from a rollup), or overwrite its newer state.
-        """
-        if self._restoring is not None:
-            self._restoring[0].set()  # a restore in progress stops; the next assignment starts it over
-        async with self._in_flight:
-            self._ready.clear()
-
-    async def checkpoint(self, records: Sequence[InRecord]) -> None:
-        """Process one batch and make it durable in the one order: outputs, state, input offsets."""
-        admitted = await self.ledger.admit(records)
-        if not admitted:
-            return
-        started = time.perf_counter()
-        self.state.pending.clear()
-        result = self.stage.process(admitted)  # 1. state changed in memory
-
-        async def commit_offsets() -> None:
-            await self.ledger.processed(offsets_of(admitted))
-            await self.ledger.commit()
-
-        await checkpoint_in_order(self.crash, result.counters, lambda: self._produce_outputs(result.out),
-                                  lambda: self._produce_changelog(self.state.take_pending()), commit_offsets)
-        self.stage.report(result)
-        observe_batch(self.stage.traits.name, len(admitted), time.perf_counter() - started, result.counters,
-                      result.out)
-
-    async def _produce_outputs(self, out: Sequence[OutRecord]) -> None:
-        producer = self.app.producer
-        futures = [await producer.send(o.topic, o.key, o.value, None, None, list(o.headers) if o.headers else None)
-                   for o in out]
-        await asyncio.gather(*futures)
-
-    async def _produce_changelog(self, pending: Sequence[Pending]) -> None:
-        producer = self.app.producer
-        topic = self.changelog
-        futures = [await producer.send(topic, key, value, partition, None, None) for key, value, partition in pending]
-        await asyncio.gather(*futures)
-
-
-def run(settings: Settings, stage: HostedStage) -> None:
-    """Host a stage until SIGTERM/SIGINT."""
-    configure_logging(stage.traits.name)
-    serve_metrics(stage.traits.name)
-    host = StreamHost(settings, stage)
-    ensure_changelog(settings, host.changelog)
-    worker = faust.Worker(host.app, loglevel=logging.getLogger().level, quiet=True, override_logging=False,
-                          redirect_stdouts=False)
-    worker.execute_from_commandline()
-
-
-# ---- producing a batch's outputs from the confluent-kafka modes -----------------------------------------------
+# ---- producing a batch's outputs -------------------------------------------------------------------------------
 def produce_outputs(producer: DurableProducer, out: Sequence[OutRecord], timeout_s: float) -> None:
     """Produce outputs topic by topic and return once the broker acknowledged all of them (acks=all)."""
     by_topic: dict[str, list[Message]] = {}
@@ -505,9 +262,10 @@ class BackOff:
         return value
 
 
-# ---- a sink stage on a confluent-kafka group member (the store) -----------------------------------------------
+# ---- the group host: every live stage as a confluent-kafka consumer-group member ---------------------------------
 class SinkStage(Protocol):
-    """What a sink stage gives the host: its processing makes the batch's effects durable (a database commit)."""
+    """A stage as the group host drives it. A sink's processing makes the batch's effects durable (a database
+    commit); a stream stage's changes its state in memory (the host makes it durable)."""
 
     traits: StageTraits
 
@@ -519,7 +277,7 @@ class SinkStage(Protocol):
         """Prepare (e.g. migrate the database); retried by the host while it fails transiently."""
 
     def process(self, records: Sequence[InRecord]) -> BatchResult:
-        """Make the batch's effects durable; the result's outputs (dead letters, audit records) are produced next."""
+        """Process one batch; the result's outputs are produced next."""
 
     def transient(self, exc: BaseException) -> bool:
         """Whether a failure is an outage (retried unchanged) rather than a bug."""
@@ -531,8 +289,14 @@ class SinkStage(Protocol):
         """Release the stage's connections."""
 
 
-class SinkHost:
-    """A sink stage's consume -> process -> produce -> commit loop as a member of its consumer group."""
+class GroupHost:
+    """A stage's consume -> process -> produce -> commit loop as a member of its consumer group.
+
+    Rebalance callbacks run inside the consumer's poll, in this loop's thread, so never while a batch is being
+    checkpointed, except during a back-off, when the paused consumer keeps polling to stay in the group: a
+    partition revoked then is its new owner's, and the batch's records of it are neither processed further nor
+    committed (`_live`).
+    """
 
     def __init__(self, settings: Settings, stage: SinkStage, *, batch_max: int | None = None,
                  batch_within_s: float | None = None) -> None:
@@ -559,17 +323,22 @@ class SinkHost:
         """Ask the loop to finish the current batch and exit."""
         self._stop.set()
 
+    def consumer_overrides(self) -> dict[str, Any]:
+        """Consumer settings of this host's group member."""
+        return {"session.timeout.ms": int(WORKER_SESSION_TIMEOUT_S * 1000),
+                "heartbeat.interval.ms": int(WORKER_HEARTBEAT_S * 1000),
+                "partition.assignment.strategy": "range"}  # co-partitioned topics: a partition number, one member
+
     def run(self) -> None:
         """Start up, then consume until `stop`; the held batch is never committed on the way out."""
         try:
             self._retrying(self.stage.start, "start-up")
-            consumer = make_consumer(self.settings, self.group,
-                                     **{"session.timeout.ms": int(WORKER_SESSION_TIMEOUT_S * 1000)})
+            consumer = make_consumer(self.settings, self.group, **self.consumer_overrides())
             self._consumer = consumer
             self._producer = DurableProducer(self.settings)
             topics = list(self.stage.input_topics)
-            consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
-            log.info("%s worker for site %s consuming %d topics as group %s (batch %d / %.0f ms)",
+            consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
+            log.info("%s worker for site %s started; consuming %d topics as group %s (batch %d / %.0f ms)",
                      self.stage.traits.name, self.settings.site_id, len(topics), self.group, self.batch_max,
                      self.batch_within_s * 1000)
             while not self._stop.is_set():
@@ -594,7 +363,14 @@ class SinkHost:
         log.info("%s worker stopped: %s", self.stage.traits.name, self._stats_line())
 
     # ---- consumption ------------------------------------------------------------------------------------
-    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        consumer.assign(partitions)
+        # librdkafka keeps a partition's pause across a revocation and a new assignment: a partition paused by a
+        # back-off that a rebalance interrupted would otherwise never be fetched again.
+        if self._paused:
+            consumer.pause(partitions)
+        else:
+            consumer.resume(partitions)
         log.info("assigned %d partitions", len(partitions))
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -604,6 +380,10 @@ class SinkHost:
         self._carry = [r for r in self._carry if (r.topic, r.partition) not in gone]
         log.info("revoked %d partitions; dropped %d held records (their new owner re-reads them)", len(gone),
                  before - len(self._carry))
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Partitions taken away without a revocation (this member was out of the group)."""
+        self._on_revoke(consumer, partitions)
 
     def _take(self, msgs: Sequence[KafkaMessage]) -> None:
         for msg in msgs:
@@ -663,20 +443,23 @@ class SinkHost:
         return [r for r in batch if (r.topic, r.partition) not in self._revoked]
 
     def handle(self, batch: Sequence[InRecord]) -> None:
-        """Process (durable effects), produce the outputs, then commit the input offsets."""
+        """Process, produce the outputs, make the state durable, then commit the input offsets."""
         started = time.perf_counter()
         result = self._retrying(lambda: self.stage.process(self._live(batch)), "processing")
         producer = self._producer
         assert producer is not None
-        checkpoint_in_order_sync(
+        checkpoint_in_order(
             self.crash, result.counters,
             lambda: self._retrying(lambda: produce_outputs(producer, result.out, self.settings.produce_timeout_s),
                                    "output produce"),
-            lambda: None,  # a sink keeps no state between batches
+            self._produce_state,
             lambda: self._commit(self._live(batch)))
         for name, n in (("records", len(batch)), ("batches", 1), *result.counters.items()):
             self.stats[name] = self.stats.get(name, 0) + n
         self.stage.report(result, len(batch), time.perf_counter() - started)
+
+    def _produce_state(self) -> None:
+        """Step 3: a sink keeps no state between batches (its processing committed its effects)."""
 
     def _commit(self, records: Sequence[InRecord]) -> None:
         """Synchronously commit the next offset of every partition in the batch."""
@@ -692,7 +475,7 @@ class SinkHost:
         offsets = [TopicPartition(t, p, o) for (t, p), o in nxt.items()]
         try:
             self._consumer.commit(offsets=offsets, asynchronous=False)
-        except KafkaException as exc:  # e.g. a rebalance: the batch is redelivered and rewritten idempotently
+        except KafkaException as exc:  # e.g. a rebalance: the batch is redelivered and processed again
             log.warning("offset commit failed (%s); the batch will be redelivered", exc.args[0] if exc.args else exc)
 
     def _stats_line(self) -> str:
@@ -704,11 +487,139 @@ class SinkHost:
             log.info("progress: %s", self._stats_line())
 
 
-def run_sink(settings: Settings, stage: SinkStage) -> None:
-    """Host a sink stage until SIGTERM/SIGINT."""
-    configure_logging(stage.traits.name)
-    serve_metrics(stage.traits.name)
-    host = SinkHost(settings, stage)
+class _Stateful:
+    """A stream stage as the group host drives it: pure processing over state; outages are the broker's."""
+
+    def __init__(self, stage: HostedStage) -> None:
+        self.inner = stage
+        self.traits = stage.traits
+
+    @property
+    def input_topics(self) -> Sequence[str]:
+        """The stage's topics."""
+        return self.inner.input_topics
+
+    def start(self) -> None:
+        """Nothing to prepare."""
+
+    def process(self, records: Sequence[InRecord]) -> BatchResult:
+        """The stage's processing (state changes in memory)."""
+        return self.inner.process(records)
+
+    def transient(self, exc: BaseException) -> bool:
+        """Only the broker's unavailability is retried; a processing error is a bug and ends the process."""
+        return isinstance(exc, BrokerUnavailable)
+
+    def report(self, result: BatchResult, records: int, seconds: float) -> None:
+        """The stage's report and the host's batch metrics."""
+        self.inner.report(result)
+        observe_batch(self.traits.name, records, seconds, result.counters, result.out)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class StreamHost(GroupHost):
+    """A stateful stream stage on the group host: its state restored on assignment, its changelog checkpointed.
+
+    * On an assignment the host keeps the state of partitions it held (every change of them is durable: callbacks
+      run between checkpoints), drops the rest, and reads the new partitions' changelog from start to end
+      (`read_range`) before the next batch. librdkafka heartbeats from its own thread, so a long restore inside
+      the callback keeps the member in its group (`max.poll.interval.ms` allows the restore's deadline).
+    * A partition revoked while a batch was being checkpointed (during a produce back-off) or lost (this member
+      was out of the group) may have state in memory that is not durable: it is dropped, and its changelog
+      records of the batch are not produced; its records are re-read from the committed offset.
+    """
+
+    def __init__(self, settings: Settings, stage: HostedStage) -> None:
+        super().__init__(settings, _Stateful(stage))
+        self.hosted = stage
+        self.changelog = changelog_topic(settings, stage.traits.name, stage.traits.table_name)
+        self.state = TableState(stage.traits.changelog_order)
+        stage.bind(self.state)
+        self._held: set[int] = set()  # the partitions whose state is in memory and durable
+        self._in_flight = False  # a batch is between processing and its commit
+        self._unsafe: set[int] = set()  # partitions revoked or lost during the batch in flight
+        self.restored_records = 0  # changelog records read back since start
+
+    def consumer_overrides(self) -> dict[str, Any]:
+        """The group member may spend a restore's deadline in the assignment callback."""
+        return {**super().consumer_overrides(), "max.poll.interval.ms": int((RESTORE_TIMEOUT_S + 60) * 1000)}
+
+    def run(self) -> None:
+        """Create the changelog if missing, then run the loop."""
+        ensure_changelog(self.settings, self.changelog)
+        super().run()
+
+    def handle(self, batch: Sequence[InRecord]) -> None:
+        """One batch: state changes in memory, then the checkpoint in the one order."""
+        self.state.pending.clear()
+        self._unsafe.clear()
+        self._in_flight = True
+        try:
+            super().handle(batch)
+        finally:
+            self._in_flight = False
+
+    def _produce_state(self) -> None:
+        """Step 3: the batch's changelog records, except those of partitions that went during the checkpoint."""
+        pending = [rec for rec in self.state.take_pending() if rec[2] not in self._unsafe]
+        producer = self._producer
+        assert producer is not None
+        self._retrying(lambda: producer.send_to_partitions(self.changelog, pending, self.settings.produce_timeout_s),
+                       "changelog produce")
+
+    # ---- assignment -------------------------------------------------------------------------------------
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        super()._on_assign(consumer, partitions)
+        self.on_assigned({tp.partition for tp in partitions if tp.topic in self.stage.input_topics})
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        super()._on_revoke(consumer, partitions)
+        if self._in_flight:
+            self._forget({tp.partition for tp in partitions})
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        super()._on_lost(consumer, partitions)
+        self._forget({tp.partition for tp in partitions})
+
+    def _forget(self, partitions: set[int]) -> None:
+        self._unsafe |= partitions
+        self._held -= partitions
+        self.state.drop(partitions)
+
+    def on_assigned(self, partitions: set[int]) -> None:
+        """Keep the state of partitions held, drop the rest, restore new ones (blocking) from the changelog."""
+        self._held &= partitions
+        self.state.drop(self.state.partitions() - self._held)
+        new = sorted(partitions - self._held)
+        if new:
+            started = time.monotonic()
+            count = self._restore(new)
+            if self._stop.is_set():  # cut short by shutdown: nothing of it is processed
+                self.state.drop(new)
+                return
+            self.restored_records += count
+            self._held.update(new)
+            log.info("restored partitions %s from %d changelog records in %.2f s", new, count,
+                     time.monotonic() - started)
+        self.hosted.on_assignment_changed()  # indexes rebuilt over the partitions held
+
+    def _restore(self, partitions: list[int]) -> int:
+        """Read the changelog of `partitions` from its start to its end into the state; records read."""
+        count = 0
+        group = f"{self.group}-restore"  # assign() only, never committed
+        for msg in read_range(self.settings, self.changelog, group, starts=dict.fromkeys(partitions, 0),
+                              timeout_s=RESTORE_TIMEOUT_S, stop=self._stop):
+            self.state.apply(msg.partition() or 0, msg.key() or b"", msg.value())
+            count += 1
+        release_free_memory()  # the read's buffers, freed, would otherwise stay resident
+        return count
+
+
+def _serve(host: GroupHost, name: str) -> None:
+    configure_logging(name)
+    serve_metrics(name)
 
     def _on_signal(_signum: int, _frame: FrameType | None) -> None:
         host.stop()
@@ -716,6 +627,16 @@ def run_sink(settings: Settings, stage: SinkStage) -> None:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     host.run()
+
+
+def run(settings: Settings, stage: HostedStage) -> None:
+    """Host a stream stage until SIGTERM/SIGINT."""
+    _serve(StreamHost(settings, stage), stage.traits.name)
+
+
+def run_sink(settings: Settings, stage: SinkStage) -> None:
+    """Host a sink stage until SIGTERM/SIGINT."""
+    _serve(GroupHost(settings, stage), stage.traits.name)
 
 
 # ---- the bounded mode: [start, end) offset ranges read with assign() under a tool's own group -----------------
@@ -903,7 +824,7 @@ def run_bounded(settings: Settings, group_id: str, ranges: Sequence[OffsetRange]
         result = stage.process(records) if records else BatchResult()
         done = all(nxt[r.tp] >= r.end for r in ranges)
         saved: list[bool] = []
-        checkpoint_in_order_sync(crash, result.counters, lambda: checkpoint.deliver(records, result),
+        checkpoint_in_order(crash, result.counters, lambda: checkpoint.deliver(records, result),
                                  lambda: saved.append(checkpoint.save_state(nxt, completed=done, force=done)),
                                  lambda: commit() if saved[0] else None)
         if after_batch is not None:

@@ -47,7 +47,7 @@ class PartitionLayoutError(RuntimeError):
 
 
 def changelog_prefix(settings: Settings) -> str:
-    """Prefix of the site's faust-made topics (state changelogs); they are co-partitioned with the inputs."""
+    """Prefix of the site's worker-made topics (state changelogs); they are co-partitioned with the inputs."""
     return f"clinstream-{settings.site_id}-"
 
 
@@ -101,9 +101,9 @@ def apply_topics(settings: Settings, specs: tuple[TopicSpec, ...] = ALL_TOPICS,
         updated = _align_configs(admin, name, topic_configs(spec, settings.min_insync_replicas), timeout_s)
         changes.append(TopicChange(name, "configs-updated" if updated else "unchanged"))
     changelog_cfg = changelog_configs(settings.min_insync_replicas)
-    faust_made = {"min.insync.replicas": str(settings.min_insync_replicas)}
+    worker_made = {"min.insync.replicas": str(settings.min_insync_replicas)}
     for name in sorted(n for n in existing if n.startswith(changelog_prefix(settings))):
-        wanted = changelog_cfg if name.endswith("-changelog") else faust_made
+        wanted = changelog_cfg if name.endswith("-changelog") else worker_made
         if _align_configs(admin, name, wanted, timeout_s):
             changes.append(TopicChange(name, "configs-updated"))
     if specs is ALL_TOPICS:  # the whole catalogue: the stages' state changelogs too
@@ -141,7 +141,7 @@ def _align_configs(admin: AdminClient, name: str, wanted: dict[str, str], timeou
 
 def co_partitioned_topics(settings: Settings, admin: AdminClient, timeout_s: float = 30.0) -> dict[str, int]:
     """Every existing topic whose partitions are keyed alike, with its partition count: the catalogue topics on
-    the site's default count and the faust-made state changelogs (their keys carry the input partition)."""
+    the site's default count and the state changelogs (their keys carry the input partition)."""
     existing = admin.list_topics(timeout=timeout_s).topics
     names = [spec.name(settings.site_id) for spec in ALL_TOPICS if spec.partitions is None]
     names += [n for n in existing if n.startswith(changelog_prefix(settings))]
@@ -173,7 +173,7 @@ def records_held(settings: Settings, names: list[str], timeout_s: float = 30.0) 
 def grow_partitions(settings: Settings, partitions: int, timeout_s: float = 30.0) -> list[TopicChange]:
     """Grow every co-partitioned topic of the site to `partitions`, or refuse (PartitionLayoutError, nothing changed).
 
-    Records are placed by hash(key) mod partitions, and the workers' state (faust changelogs) is keyed by the
+    Records are placed by hash(key) mod partitions, and the workers' state (changelogs) is keyed by the
     input partition; more partitions would send a participant's next records to another partition than its state
     and its earlier records. So growth is refused once any of these topics was ever written to; it is safe only
     before ingest starts, with every stage stopped (their state is empty).

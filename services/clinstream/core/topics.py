@@ -100,14 +100,14 @@ def topic_configs(spec: TopicSpec, min_insync_replicas: int = 1) -> dict[str, st
     return cfg
 
 
-# The faust table of each stateful stage (the stage modules name theirs alike). Their changelogs are created with
-# the site's topics: a worker's partition assignor ignores a changelog missing from its first metadata, and the
-# new owner of a moved partition then starts without that partition's state.
+# The state table of each stateful stage (the stage modules name theirs alike). Their changelogs are created with
+# the site's topics (and by a worker at start if missing), so the new owner of a moved partition always finds that
+# partition's state.
 STATE_TABLES: dict[Stage, str] = {Stage.PSEUDONYMISE: "consent", Stage.FEATURES: "feature-state"}
 
 
 def changelog_name(site_id: str, stage: Stage, table: str) -> str:
-    """The changelog topic faust gives a stage's table (`<app id>-<table>-changelog`)."""
+    """The changelog topic of a stage's table (`<app id>-<table>-changelog`, the name faust gave it)."""
     return f"clinstream-{site_id}-{stage.value}-{table}-changelog"
 
 

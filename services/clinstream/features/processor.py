@@ -186,7 +186,7 @@ class _Batch(PartitionWork):
 
 def make_processor(settings: Settings, state: MutableMapping[str, Entry], version: int | None = None,
                    feature_settings: FeatureSettings | None = None) -> FeatureProcessor:
-    """The processor of a site over a state mapping (faust Table in the worker, a dict in tests and replay).
+    """The processor of a site over a state mapping (the host's table in the worker, a dict in tests and replay).
 
     Without an explicit version it computes the site's configured live version (CLINSTREAM_FEATURES_VERSION).
     """

@@ -2,7 +2,7 @@
 
 The store is a sink, not a stream processor: it keeps no state of its own between batches, derives nothing and
 produces only dead letters and audit records. `StoreSink` is therefore hosted by the core host's confluent-kafka
-group member (`clinstream.core.stream_host.SinkHost`), in the host's one checkpoint order:
+group member (`clinstream.core.stream_host.GroupHost`), in the host's one checkpoint order:
 
 1. process: decode and validate (`BatchDecoder`); undecodable or invalid records become dead letters
    (`dlq(Stage.STORE)`, original bytes, a fixed reason, never an identifier); then one database transaction
@@ -46,7 +46,7 @@ from clinstream.core.dlq import Rejection, dead_letter
 from clinstream.core.kafka import BrokerUnavailable
 from clinstream.core.records import BatchResult, InRecord, OutRecord
 from clinstream.core.stage_metrics import observe_store_batch
-from clinstream.core.stream_host import SinkHost, StageTraits, app_id, run_sink
+from clinstream.core.stream_host import GroupHost, StageTraits, app_id, run_sink
 from clinstream.core.timeutil import to_ms
 from clinstream.core.topics import AUDIT, Stage, dlq
 from clinstream.store.catalogue_sync import sync_catalogue
@@ -238,7 +238,7 @@ class StoreSink:
         return out
 
 
-class StoreWorker(SinkHost):
+class StoreWorker(GroupHost):
     """The store sink on the core host (a group member of `clinstream-<site>-store`)."""
 
     def __init__(self, settings: Settings, *, batch_max: int = STORE_BATCH_MAX,

@@ -239,7 +239,7 @@ def _check_ports_free(node: KafkaNode) -> None:
 
 
 def _replication_props(settings: Settings, brokers: int) -> dict[str, str]:
-    """Replication of topics the broker creates itself (internal topics, faust's changelogs) and their min ISR."""
+    """Replication of topics the broker creates itself (internal topics) and their min ISR."""
     rf = str(min(settings.replication_factor, brokers))
     isr = str(min(settings.min_insync_replicas, brokers))
     return {
