@@ -107,6 +107,10 @@ WORKER_SESSION_TIMEOUT_S: Final = 6.0
 RESTORE_TIMEOUT_S: Final = 600.0  # a stream host's read of its new partitions' changelog, start to end
 GROWTH_SETTLE_S: Final = 2.0  # how long grown partitions must show in every metadata read (KRaft brokers lag)
 WORKER_HEARTBEAT_S: Final = 2.0
+# A worker's fetch waits for this many bytes, or this long: fewer, fuller fetches under load (bench-e2e: the
+# broker's CPU per million readings), at most this much latency per stage when data trickles in.
+HOST_FETCH_MIN_BYTES: Final = 65_536
+HOST_FETCH_WAIT_MS: Final = 100
 
 # Feature store worker (issue 5).
 STORE_BATCH_MAX: Final = 5000  # records per store batch (one DB transaction, one offset commit)

@@ -52,6 +52,8 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_de
 
 from clinstream.core.config import Settings
 from clinstream.core.constants import (
+    HOST_FETCH_MIN_BYTES,
+    HOST_FETCH_WAIT_MS,
     REPLAY_IDLE_CHECKS,
     REPLAY_POLL_S,
     RESTORE_TIMEOUT_S,
@@ -327,7 +329,8 @@ class GroupHost:
         """Consumer settings of this host's group member."""
         return {"session.timeout.ms": int(WORKER_SESSION_TIMEOUT_S * 1000),
                 "heartbeat.interval.ms": int(WORKER_HEARTBEAT_S * 1000),
-                "partition.assignment.strategy": "range"}  # co-partitioned topics: a partition number, one member
+                "partition.assignment.strategy": "range",  # co-partitioned topics: a partition number, one member
+                "fetch.min.bytes": HOST_FETCH_MIN_BYTES, "fetch.wait.max.ms": HOST_FETCH_WAIT_MS}
 
     def run(self) -> None:
         """Start up, then consume until `stop`; the held batch is never committed on the way out."""
