@@ -58,7 +58,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     """`--phase`: scripts/test runs the tests that leave the shared services alone in parallel, then the fault tests
     that stop them, alone."""
     parser.addoption("--phase", choices=("all", "parallel", "faults"), default="all",
-                     help="all: every selected test; parallel: those without the faults marker; faults: only those")
+                     help="all: every selected test; parallel: those that leave the shared services alone (no faults "
+                          "marker, or faults with own_stack); faults: the rest")
 
 
 def _module_scoped(item: pytest.Item) -> bool:
