@@ -63,18 +63,15 @@ def make_consumer(settings: Settings, group_id: str, **overrides: Any) -> Consum
 
 
 class DurableProducer:
-    """A thread-safe idempotent producer whose `send` returns only once every record is acknowledged."""
+    """A thread-safe idempotent producer whose `send` returns only once every record is acknowledged.
+
+    A send produces its records, then flushes the producer (which serves the delivery reports): a delivery report
+    only records a failure, so the cost per record is one produce and one bare callback.
+    """
 
     def __init__(self, settings: Settings, **overrides: Any) -> None:
         self._producer = Producer(producer_config(settings, **overrides))
         self._lock = threading.Lock()
-        self._running = True
-        self._poller = threading.Thread(target=self._poll_loop, name="kafka-poll", daemon=True)
-        self._poller.start()
-
-    def _poll_loop(self) -> None:
-        while self._running:
-            self._producer.poll(0.05)
 
     def send(self, topic: str, messages: Sequence[Message], timeout_s: float) -> None:
         """Produce a batch and block until the broker acknowledged all of it (acks=all).
@@ -92,18 +89,11 @@ class DurableProducer:
     def _send(self, topic: str, records: Sequence[dict[str, Any]], timeout_s: float) -> None:
         if not records:
             return
-        done = threading.Event()
-        pending = [len(records)]
         errors: list[KafkaError] = []
-        state_lock = threading.Lock()
 
         def on_delivery(err: KafkaError | None, _msg: Any) -> None:
-            with state_lock:
-                if err is not None:
-                    errors.append(err)
-                pending[0] -= 1
-                if pending[0] == 0:
-                    done.set()
+            if err is not None:
+                errors.append(err)
 
         deadline = time.monotonic() + timeout_s
         produce = self._producer.produce
@@ -119,7 +109,8 @@ class DurableProducer:
                         self._producer.poll(0.05)
                     except KafkaException as exc:
                         raise BrokerUnavailable(str(exc)) from exc
-        if not done.wait(max(0.0, deadline - time.monotonic())):
+        # Waits for every record queued so far (another thread's too): each is acknowledged or has failed.
+        if self._producer.flush(max(0.0, deadline - time.monotonic())) > 0:
             raise BrokerUnavailable("broker did not acknowledge in time")
         if errors:
             raise BrokerUnavailable(f"broker refused the batch: {errors[0]}")
@@ -129,7 +120,5 @@ class DurableProducer:
         return int(self._producer.flush(timeout_s))
 
     def close(self) -> None:
-        """Flush and stop the background poller."""
+        """Flush what is still queued."""
         self.flush()
-        self._running = False
-        self._poller.join(timeout=1.0)

@@ -1,7 +1,7 @@
 """An asyncio face of DurableProducer: await a batch's acks=all acknowledgement within a deadline, and know whether
 the broker is reachable.
 
-`send_async` produces without a thread per request: delivery reports (served by DurableProducer's poll thread)
+`send_async` produces without a thread per request: delivery reports (served by this producer's poll thread)
 resolve an asyncio future. Records that fail early with a transient error are produced again (tenacity) while the
 deadline allows; when the deadline passes the caller answers 503 and the client resends (blocks and events keep
 their ids, consumers deduplicate). While the broker is known to be down (a metadata probe failed), requests fail
@@ -52,6 +52,13 @@ class AsyncDurableProducer(DurableProducer):
         cfg.update(overrides)
         super().__init__(settings, **cfg)
         self._up.set()  # optimistic until a send or a probe says otherwise
+        self._running = True
+        self._poller = threading.Thread(target=self._poll_loop, name="kafka-poll", daemon=True)
+        self._poller.start()
+
+    def _poll_loop(self) -> None:
+        while self._running:
+            self._producer.poll(0.05)  # delivery reports, errors and librdkafka's log lines
 
     @property
     def broker_up(self) -> bool:
