@@ -1,14 +1,18 @@
-"""The schema catalogue: docs, naming, the lock, and real Avro resolution for compatibility."""
+"""The schema catalogue: docs, naming, the lock, real Avro resolution for compatibility, and plain decoding."""
 
 from __future__ import annotations
 
 import copy
 import json
+import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from clinstream.core.avro import get_codec
 from clinstream.core.compat import IncompatibleSchema, check_catalogue, check_compatible, lint_schema
 from clinstream.core.schemas import canonical, load_catalogue, parsed_standalone_of
+from clinstream.core.timeutil import to_ms
 
 
 def test_catalogue_passes_every_rule() -> None:
@@ -66,3 +70,21 @@ def test_standalone_schemas_parse_alone() -> None:
     cat = load_catalogue()
     for name, parsed in cat.parsed.items():
         assert parsed_standalone_of(canonical(parsed)), name
+
+
+def test_plain_decoding_reads_logical_types_as_their_underlying_values() -> None:
+    codec = get_codec()
+    name = "org.clinstream.telemetry.PseudonymisedTelemetryBlock"
+    block_id = uuid.UUID(int=7)
+    start = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    data = codec.encode(name, {
+        "block_id": str(block_id), "site_id": "s", "participant_pseudonym": "p" * 64, "device_pseudonym": "d" * 64,
+        "key_version": 1, "sequence": 3, "start": start, "utc_offset_minutes": 60, "time_zone": "Europe/Oslo",
+        "received_at": start + timedelta(seconds=65),
+        "measurement": ("org.clinstream.telemetry.HeartRateSamples", {"offsets_ms": [0, 1000], "bpm": [61.0, 62.5]})})
+    full, plain = codec.decode(data), codec.decode_plain(data)
+    assert (full["block_id"], full["start"]) == (block_id, start)
+    assert plain["block_id"] == str(block_id)
+    assert (plain["start"], plain["received_at"]) == (to_ms(start), to_ms(start) + 65_000)
+    assert {k: v for k, v in plain.items() if k not in ("block_id", "start", "received_at")} == {
+        k: v for k, v in full.items() if k not in ("block_id", "start", "received_at")}

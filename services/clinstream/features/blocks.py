@@ -93,7 +93,7 @@ def _int_array(values: Any, path: str) -> npt.NDArray[np.int64]:
 
 def decode_block(codec: Codec, value: bytes, max_future_skew_ms: int) -> Block:
     """Decode and validate one PSEUDO_TELEMETRY value; raises BlockError (or DecodeError) for unusable input."""
-    record = codec.decode(value)
+    record = codec.decode_plain(value)  # start and received_at as epoch ms
     if codec.writer_name(value) != PSEUDO_TELEMETRY.value_schema:
         raise DecodeError("not a PseudonymisedTelemetryBlock")
     measurement = record["measurement"]
