@@ -23,7 +23,7 @@ from clinstream.core.topics import RAW_BIOBANK, RAW_TELEMETRY
 from clinstream.ingest.app import create_app
 from clinstream.ingest.config import IngestSettings
 from clinstream_devtools.simulate import client as simulate_client
-from clinstream_devtools.simulate.client import GatewayClient, run_devices, run_lims
+from clinstream_devtools.simulate.client import GatewayClient, generation_windows, run_blocks, run_devices, run_lims
 from clinstream_devtools.simulate.lims import LimsOptions
 from clinstream_devtools.simulate.profiles import make_cohort
 from clinstream_devtools.simulate.provision import device_tokens, lims_token
@@ -102,7 +102,7 @@ def test_simulated_devices_and_lims_deliver_through_the_gateway(gateway_url: str
             await client.close()
 
     devices, lims, events = asyncio.run(main())
-    expected = [b for p in cohort for b in device_blocks(p, start, end, seed=5)]
+    expected = [b for p in cohort for b in run_blocks(p, start, end, seed=5)]  # by UTC day, as sent
     assert devices.failed_requests == 0 and devices.rejected == 0
     assert devices.accepted == len(expected)  # every block, resends included, was accepted
     on_topic = Counter(str(r["block_id"]) for r in _topic_values(kafka_site, RAW_TELEMETRY.name(kafka_site.site_id)))
@@ -221,3 +221,32 @@ def test_client_gets_past_a_real_gateway_limit(kafka_site: Settings, db_site: Se
     assert set(burst) == {422}  # each took one request from the bucket
     assert result.status == 202 and result.attempts >= 2, result
     assert 'clinstream_gateway_rate_limited_total{unit="requests"}' in metrics
+
+
+def test_run_blocks_are_the_blocks_the_devices_send_across_midnight() -> None:
+    """The devices' blocks are generated per UTC day (a window's ids and sequences depend on its start): a run that
+    crosses midnight sends exactly `run_blocks`, which differ from one window's `device_blocks`."""
+    midnight = 1_767_225_600_000
+    start, end = midnight - 3 * HOUR, midnight + HOUR
+    assert generation_windows(start, end) == [(start, midnight), (midnight, end)]
+    cohort = make_cohort(2, 1)
+    sent: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        blocks = orjson.loads(gzip.decompress(request.content))["blocks"]
+        sent.extend(b["block_id"] for b in blocks)
+        return httpx.Response(202, json={"accepted": [b["block_id"] for b in blocks], "rejected": [],
+                                         "readings_accepted": 0})
+
+    async def main() -> None:
+        client = GatewayClient("http://gateway.invalid", transport=httpx.MockTransport(handler))
+        try:
+            await run_devices(client, cohort, {p.device_id: "csd_x.y" for p in cohort}, start, end, seed=3)
+        finally:
+            await client.close()
+
+    asyncio.run(main())
+    expected = [b.block["block_id"] for p in cohort for b in run_blocks(p, start, end, seed=3)]
+    assert sorted(sent) == sorted(expected)
+    one_window = [b.block["block_id"] for p in cohort for b in device_blocks(p, start, end, seed=3)]
+    assert sorted(expected) != sorted(one_window)

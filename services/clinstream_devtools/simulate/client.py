@@ -158,6 +158,30 @@ def _count(stats: RunStats, result: PostResult) -> None:
     stats.readings += int(result.body.get("readings_accepted", 0))
 
 
+def generation_windows(start_ms: int, end_ms: int, step_days: int = 1) -> list[tuple[int, int]]:
+    """The windows `run_devices` generates blocks for, in order: from `start_ms` to the end of the UTC day
+    `step_days` - 1 days later, and so on up to `end_ms`. A block's id and sequence depend on its window."""
+    windows: list[tuple[int, int]] = []
+    lo = start_ms
+    while lo < end_ms:
+        hi = min(end_ms, (lo // DAY_MS + step_days) * DAY_MS)
+        windows.append((lo, hi))
+        lo = hi
+    return windows
+
+
+def run_blocks(p: Participant, start_ms: int, end_ms: int, *, seed: int, options: DeviceOptions | None = None,
+               step_days: int = 1) -> list[SimBlock]:
+    """Every block `run_devices` sends for one participant's device over [start_ms, end_ms), resends included."""
+    blocks: list[SimBlock] = []
+    sequence = 0
+    for lo, hi in generation_windows(start_ms, end_ms, step_days):
+        part = device_blocks(p, lo, hi, seed=seed, options=options, first_sequence=sequence)
+        sequence += len({b.block["block_id"] for b in part})
+        blocks.extend(part)
+    return blocks
+
+
 async def run_devices(client: GatewayClient, cohort: Sequence[Participant], tokens: Mapping[str, str], start_ms: int,
                       end_ms: int, *, seed: int, options: DeviceOptions | None = None, speedup: float = 0.0,
                       batch_blocks: int = 100, concurrency: int = 4, progress: Progress | None = None,
@@ -180,11 +204,12 @@ async def run_devices(client: GatewayClient, cohort: Sequence[Participant], toke
     async def send(device_id: str, body: dict[str, Any]) -> None:
         _count(stats, await client.post("/v1/telemetry", tokens[device_id], body))
 
+    windows = iter(generation_windows(start_ms, end_ms, step_days))
     day_lo = generated = start_ms
     while day_lo < end_ms:
         day_hi = min(end_ms, (day_lo // DAY_MS + 1) * DAY_MS)
         if generated < day_hi:
-            gen_hi = min(end_ms, (day_lo // DAY_MS + step_days) * DAY_MS)
+            _, gen_hi = next(windows)
             for p in cohort:
                 blocks = device_blocks(p, generated, gen_hi, seed=seed, options=options,
                                        first_sequence=sequences[p.device_id])
