@@ -99,6 +99,16 @@ def test_completeness_change_raises_the_revision_of_other_sets() -> None:
     assert [(r["revision"], r["completeness"]) for r in minute_steps] == [(1, 0.0), (2, 1.0)]
 
 
+def test_completeness_change_reaches_other_sets_after_a_restart() -> None:
+    """A new processor over the same state (its indexes rebuilt from the keys) still re-emits the other sets' rows."""
+    steps = block(P1, D1, 1, T0, "StepCountSamples", steps_body([0], [80]))
+    hr = block(P1, D1, 2, T0, "HeartRateSamples", hr_body([1000], [60]))
+    recs = in_records([steps, hr])
+    _, state = run(recs[:1])
+    outs, _ = run(recs[1:], state=state)
+    assert [(r["revision"], r["completeness"]) for r in _records(outs, "MINUTE", "steps")] == [(2, 1.0)]
+
+
 def test_duplicate_block_changes_nothing_and_re_emits_identical_bytes() -> None:
     b = block(P1, D1, 7, T0, "HeartRateSamples", hr_body([0, 1000], [60, 61]))
     recs = in_records([b, b])

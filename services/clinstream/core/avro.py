@@ -49,52 +49,47 @@ class Codec:
             out.append(buf.getvalue())
         return out
 
+    def encode_plain(self, name: str, record: Mapping[str, Any]) -> bytes:
+        """`encode` of a record whose timestamps are epoch-ms ints and UUIDs strings: the same bytes, without
+        fastavro's logical-type conversion per field (a third faster on a feature record)."""
+        fingerprint = self.catalogue.fingerprint_of[name]
+        buf = io.BytesIO()
+        buf.write(AVRO_SINGLE_OBJECT_MAGIC)
+        buf.write(fingerprint)
+        schemaless_writer(buf, self._plain_schema(fingerprint), record)
+        return buf.getvalue()
+
     def decode(self, data: bytes, reader: str | None = None) -> dict[str, Any]:
         """Decode single-object bytes; with `reader`, resolve into that schema's current version.
 
         Union branches of several records decode as (full name, record) tuples, the same form
         `encode` accepts; nullable single-record unions decode as the record or None.
         """
+        writer = self._writer_of(data)
+        return _read(data, writer, self.catalogue.schema(reader) if reader else None)
+
+    def decode_plain(self, data: bytes) -> dict[str, Any]:
+        """`decode` without logical types: timestamps as epoch-ms ints, UUIDs as strings (no objects made per field,
+        20 % faster on a telemetry block); the hot paths that convert them back anyway use it."""
+        self._writer_of(data)
+        return _read(data, self._plain_schema(bytes(data[2:_HEADER_LEN])), None)
+
+    def _writer_of(self, data: bytes) -> Any:
+        """The parsed writer schema of single-object bytes (DecodeError for bad magic or an unknown fingerprint)."""
         if len(data) < _HEADER_LEN or data[:2] != AVRO_SINGLE_OBJECT_MAGIC:
             raise DecodeError("not Avro single-object encoded (bad magic)")
         writer = self.catalogue.by_fingerprint.get(bytes(data[2:_HEADER_LEN]))
         if writer is None:
             raise DecodeError("unknown writer schema fingerprint")
-        reader_schema = self.catalogue.schema(reader) if reader else None
-        try:
-            record = schemaless_reader(
-                io.BytesIO(data[_HEADER_LEN:]),
-                writer,
-                reader_schema,
-                return_record_name=True,
-                return_record_name_override=True,
-            )
-        except Exception as exc:  # fastavro raises EOFError, SchemaResolutionError, ValueError...
-            raise DecodeError(f"undecodable Avro body: {type(exc).__name__}") from exc
-        if not isinstance(record, dict):
-            raise DecodeError("decoded value is not a record")
-        return record
+        return writer
 
-    def decode_plain(self, data: bytes) -> dict[str, Any]:
-        """`decode` without logical types: timestamps as epoch-ms ints, UUIDs as strings (no objects made per field,
-        20 % faster on a telemetry block); the hot paths that convert them back anyway use it."""
-        if len(data) < _HEADER_LEN or data[:2] != AVRO_SINGLE_OBJECT_MAGIC:
-            raise DecodeError("not Avro single-object encoded (bad magic)")
-        fingerprint = bytes(data[2:_HEADER_LEN])
-        writer = self._plain.get(fingerprint)
-        if writer is None:
-            parsed = self.catalogue.by_fingerprint.get(fingerprint)
-            if parsed is None:
-                raise DecodeError("unknown writer schema fingerprint")
-            writer = self._plain[fingerprint] = parse_schema(_without_logical_types(parsed))
-        try:
-            record = schemaless_reader(io.BytesIO(data[_HEADER_LEN:]), writer, None, return_record_name=True,
-                                       return_record_name_override=True)
-        except Exception as exc:  # fastavro raises EOFError, ValueError...
-            raise DecodeError(f"undecodable Avro body: {type(exc).__name__}") from exc
-        if not isinstance(record, dict):
-            raise DecodeError("decoded value is not a record")
-        return record
+    def _plain_schema(self, fingerprint: bytes) -> Any:
+        """The schema of a known fingerprint without logical types, parsed once."""
+        plain = self._plain.get(fingerprint)
+        if plain is None:
+            plain = self._plain[fingerprint] = parse_schema(
+                _without_logical_types(self.catalogue.by_fingerprint[fingerprint]))
+        return plain
 
     def writer_name(self, data: bytes) -> str | None:
         """Full name of the writer schema of single-object bytes, if known."""
@@ -103,6 +98,18 @@ class Codec:
             return None
         name = writer.get("name")
         return str(name) if name else None
+
+
+def _read(data: bytes, writer: Any, reader: Any) -> dict[str, Any]:
+    """The record of single-object bytes under a writer (and reader) schema; DecodeError if it is not one."""
+    try:
+        record = schemaless_reader(io.BytesIO(data[_HEADER_LEN:]), writer, reader, return_record_name=True,
+                                   return_record_name_override=True)
+    except Exception as exc:  # fastavro raises EOFError, SchemaResolutionError, ValueError...
+        raise DecodeError(f"undecodable Avro body: {type(exc).__name__}") from exc
+    if not isinstance(record, dict):
+        raise DecodeError("decoded value is not a record")
+    return record
 
 
 def _without_logical_types(schema: Any) -> Any:

@@ -12,8 +12,9 @@ changelog record to the partition of the participant's input (co-partitioning):
 
 Reads and writes of a batch go through a cache; `flush` writes each changed key once, window/sample entries
 first and watermarks last, so a durable watermark implies durable entries for the same changelog partition.
-An in-memory index (partition -> heap of window deadlines) finds the windows to finalise; it is rebuilt from the
-keys after `reset_index` (a host calls that after a rebalance).
+An in-memory index (partition -> heap of window deadlines) finds the windows to finalise, and another (pseudonym ->
+feature sets with windows) spares probing for windows a participant never had; both are rebuilt from the keys
+after `reset_index` (a host calls that after a rebalance).
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ class FeatureState:
         self._cache: dict[str, Entry | None] = {}
         self._dirty: dict[str, None] = {}
         self._heaps: dict[int, list[tuple[int, str]]] | None = None
+        self._sets: dict[str, set[str]] = {}  # pseudonym -> feature sets it has had windows of (since the index)
 
     # --- entries -------------------------------------------------------------------------------------------
     def get(self, key: str) -> Entry | None:
@@ -133,18 +135,23 @@ class FeatureState:
     def reset_index(self) -> None:
         """Forget the deadline index (after a rebalance); it is rebuilt from the keys on next use."""
         self._heaps = None
+        self._sets = {}
 
-    def _deadline(self, key: str) -> tuple[int, int]:
-        p, _, _, kind, start = parse_window_key(key)
-        return p, start + self._deadline_ms[kind]
+    def feature_sets_of(self, pseudonym: str) -> set[str]:
+        """The feature sets of which the participant has had window entries since the index was built (a superset of
+        those it has now: erased and finalised windows are not taken out)."""
+        self._ensure_index()
+        return self._sets.get(pseudonym, set())
 
     def _ensure_index(self) -> dict[int, list[tuple[int, str]]]:
         if self._heaps is None:
             heaps: dict[int, list[tuple[int, str]]] = {}
+            self._sets = {}
             for key in list(self.mapping.keys()):
                 if key.startswith("w/"):
-                    p, deadline = self._deadline(key)
-                    heaps.setdefault(p, []).append((deadline, key))
+                    p, pseudonym, feature_set, kind, start = parse_window_key(key)
+                    heaps.setdefault(p, []).append((start + self._deadline_ms[kind], key))
+                    self._sets.setdefault(pseudonym, set()).add(feature_set)
             for heap in heaps.values():
                 heapq.heapify(heap)
             self._heaps = heaps
@@ -152,8 +159,9 @@ class FeatureState:
 
     def _index_add(self, key: str) -> None:
         heaps = self._ensure_index()
-        p, deadline = self._deadline(key)
-        heapq.heappush(heaps.setdefault(p, []), (deadline, key))
+        p, pseudonym, feature_set, kind, start = parse_window_key(key)
+        heapq.heappush(heaps.setdefault(p, []), (start + self._deadline_ms[kind], key))
+        self._sets.setdefault(pseudonym, set()).add(feature_set)
 
     def pop_due(self, p: int, watermark: int) -> list[str]:
         """Keys of existing window entries of partition p whose deadline is at or before the watermark, in order."""

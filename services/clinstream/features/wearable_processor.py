@@ -37,8 +37,8 @@ from clinstream.features.windows import LENGTH_MS, WindowKind
 
 ZONED_VERSION = 2  # the first feature version with zoned local days and the research-grade definitions
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
-_FINALISE_ORDER = {s: i for i, s in enumerate((*[s for s in cat.WEARABLE_SETS if s != cat.HEART_RATE],
-                                              cat.HEART_RATE))}
+_OTHER_SETS = tuple(s for s in cat.WEARABLE_SETS if s != cat.HEART_RATE)
+_FINALISE_ORDER = {s: i for i, s in enumerate((*_OTHER_SETS, cat.HEART_RATE))}
 
 
 class WearableWindows(PartitionWork):
@@ -138,10 +138,15 @@ class WearableWindows(PartitionWork):
     # --- finalisation and emission -------------------------------------------------------------------------
     def finalise_and_emit(self) -> None:
         """Emit every touched window (open) and every window the watermark made due (final, then deleted)."""
+        others: dict[str, list[str]] = {}  # pseudonym -> its other feature sets with windows, in catalogue order
         for pseudonym, kind, start in self.hr_windows:  # completeness of the window's other rows changed
-            for fs in cat.WEARABLE_SETS:
+            sets = others.get(pseudonym)
+            if sets is None:
+                present = self.state.feature_sets_of(pseudonym)
+                sets = others[pseudonym] = [fs for fs in _OTHER_SETS if fs in present]
+            for fs in sets:
                 key = window_key(self.p, pseudonym, fs, kind, start)
-                if fs != cat.HEART_RATE and key not in self.touched and self.state.get(key) is not None:
+                if key not in self.touched and self.state.get(key) is not None:
                     self.touched[key] = None
         due = self.state.pop_due(self.p, self.state.watermark(self.p))
         due.sort(key=lambda k: (self._deadline_key(k), _FINALISE_ORDER[parse_window_key(k)[2]], k))
@@ -200,7 +205,7 @@ class WearableWindows(PartitionWork):
             "is_final": final, "revision": entry["r"] + extra_revision,
             "computed_at": max(entry["ca"], hr_entry["ca"] if hr_entry else 0),
         }
-        value = self.proc.codec.encode(FEATURES.value_schema, record)
+        value = self.proc.codec.encode_plain(FEATURES.value_schema, record)
         return OutRecord(self.proc.topic_features, self.proc.key_of(pseudonym), value)
 
     # --- skin-temperature baseline -------------------------------------------------------------------------

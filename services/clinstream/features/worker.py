@@ -81,14 +81,14 @@ class FeatureTableState(MutableMapping[str, Entry]):
         self._table = table
 
     def __getitem__(self, key: str) -> Entry:
-        raw = self._table.get(key.encode())
+        raw = self._table.get(key.encode(), partition_of(key))
         if raw is None:
             raise KeyError(key)
         return loads(raw)
 
     def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
         """Fast path of `Mapping.get` without the KeyError round trip."""
-        raw = self._table.get(key.encode())
+        raw = self._table.get(key.encode(), partition_of(key))
         return default if raw is None else loads(raw)
 
     def __setitem__(self, key: str, entry: Entry) -> None:
