@@ -882,7 +882,7 @@ def main() -> None:
     parser.add_argument("--soak-rate", type=float, default=20_000, help="Paced soak load, readings/s.")
     parser.add_argument("--soak-hr-period", type=int, default=5, help="Soak heart-rate period (s): 12 per block.")
     parser.add_argument("--soak-horizon-min", type=int, default=5, help="Soak MINUTE/HOUR window horizons (min).")
-    parser.add_argument("--replay-participants", type=int, default=1000, help="Cohort of the replay benchmark.")
+    parser.add_argument("--replay-participants", type=int, default=1000, help="Replay cohort (0: no replay).")
     parser.add_argument("--replay-hours", type=int, default=1, help="Hours of the replay cohort (0: no replay).")
     parser.add_argument("--keep", action="store_true", help="Keep the bench sites' topics and schemas.")
     args = parser.parse_args()
@@ -919,7 +919,7 @@ def main() -> None:
             result["error"] = repr(exc)
         _write(report, out_dir)
         chart(report, out_dir / "bench-e2e.png")
-    if args.replay_hours > 0:
+    if args.replay_hours > 0 and args.replay_participants > 0:
         try:
             report["replay"] = run_replay(args.replay_participants, args.replay_hours, out_dir)
         except (SystemExit, Exception) as exc:

@@ -35,10 +35,11 @@ class Codec:
         schemaless_writer(buf, schema, record)
         return buf.getvalue()
 
-    def encode_many(self, name: str, records: Iterable[Mapping[str, Any]]) -> list[bytes]:
-        """Encode a batch of records of one schema, reusing one buffer."""
-        schema = self.catalogue.schema(name)
-        header = AVRO_SINGLE_OBJECT_MAGIC + self.catalogue.fingerprint_of[name]
+    def encode_many(self, name: str, records: Iterable[Mapping[str, Any]], *, plain: bool = False) -> list[bytes]:
+        """Encode a batch of records of one schema, reusing one buffer; `plain`: as `encode_plain` does."""
+        fingerprint = self.catalogue.fingerprint_of[name]
+        schema = self._plain_schema(fingerprint) if plain else self.catalogue.schema(name)
+        header = AVRO_SINGLE_OBJECT_MAGIC + fingerprint
         buf = io.BytesIO()
         out: list[bytes] = []
         for record in records:

@@ -87,7 +87,8 @@ class TelemetryIntake:
         """Kafka messages of the accepted blocks and the DLQ messages of the rejected ones."""
         key = subject_key(self.site_id, device.participant_id)
         try:
-            values = self.codec.encode_many(RAW_TELEMETRY.value_schema, [b.record for b in outcome.accepted])
+            values = self.codec.encode_many(RAW_TELEMETRY.value_schema, [b.record for b in outcome.accepted],
+                                            plain=True)  # timestamps are epoch-ms ints, the UUID a string
         except Exception:  # a validated block that Avro refuses is a gateway bug; dead-letter it, do not 500
             values = []
             kept: list[AcceptedBlock] = []

@@ -39,7 +39,8 @@ _BLOCK: TypeAdapter[AnyBlock] = TypeAdapter(TelemetryBlockIn)
 
 @dataclass(frozen=True, slots=True)
 class AcceptedBlock:
-    """A valid block, as the Avro TelemetryBlock record to produce."""
+    """A valid block, as the Avro TelemetryBlock record to produce (timestamps as epoch-ms ints, the block id a
+    string: `Codec.encode_many(plain=True)` encodes it without logical-type conversion)."""
 
     index: int
     block_id: str
