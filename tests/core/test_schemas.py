@@ -88,3 +88,21 @@ def test_plain_decoding_reads_logical_types_as_their_underlying_values() -> None
     assert (plain["start"], plain["received_at"]) == (to_ms(start), to_ms(start) + 65_000)
     assert {k: v for k, v in plain.items() if k not in ("block_id", "start", "received_at")} == {
         k: v for k, v in full.items() if k not in ("block_id", "start", "received_at")}
+
+
+def test_plain_encoding_gives_the_bytes_of_logical_encoding() -> None:
+    """encode_plain and encode_many(plain=True) take epoch-ms ints and a string UUID, and write the same bytes."""
+    codec = get_codec()
+    start = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    block_id = uuid.uuid4()
+    logical = {
+        "block_id": block_id, "site_id": "s", "participant_pseudonym": "p" * 64, "device_pseudonym": "d" * 64,
+        "key_version": 1, "sequence": 3, "start": start, "utc_offset_minutes": 60, "time_zone": None,
+        "received_at": start + timedelta(seconds=65),
+        "measurement": ("org.clinstream.telemetry.HeartRateSamples", {"offsets_ms": [0, 1000], "bpm": [61.0, 62.5]})}
+    plain = {**logical, "block_id": str(block_id), "start": to_ms(start), "received_at": to_ms(start) + 65_000}
+    name = "org.clinstream.telemetry.PseudonymisedTelemetryBlock"
+    expected = codec.encode(name, logical)
+    assert codec.encode_plain(name, plain) == expected
+    assert codec.encode_many(name, [plain, plain], plain=True) == [expected, expected]
+    assert codec.decode(expected)["start"] == start
