@@ -83,3 +83,30 @@ def test_a_block_without_a_zone_takes_the_site_default() -> None:
           and r["feature_set"] == "heart_rate" and r["participant_pseudonym"] == P]
     assert [(int(r["window_start"].timestamp() * 1000), r["completeness"]) for r in hr] == [(start, 1.0)]
     assert end - start == 24 * HOUR
+
+
+def test_participants_of_several_zones_in_one_batch_get_the_local_days_they_get_alone() -> None:
+    """Local-day starts are computed per zone over a whole batch: interleaving other zones' blocks changes no row."""
+    offsets = (np.arange(PER_HOUR) * 20_000).tolist()
+    per_participant: list[list[Any]] = []
+    ours = {pseudonym(f"zone-{i}") for i in range(3)}
+    last_midnight = 0
+    for i, zone in enumerate(("Europe/Berlin", "America/New_York", "Asia/Kolkata")):
+        midnight = _midnight(zone, "2026-03-29")
+        last_midnight = max(last_midnight, midnight)
+        per_participant.append([
+            block(pseudonym(f"zone-{i}"), pseudonym(f"zone-device-{i}"), seq, midnight + (seq - 2) * HOUR,
+                  "HeartRateSamples", hr_body(offsets, [60.0 + i] * PER_HOUR), time_zone=zone)
+            for seq in range(6)])  # 2 hours before local midnight to 4 hours after: two local days
+
+    def local_days(blocks: list[Any]) -> list[tuple[Any, ...]]:
+        outs, _ = run(in_records([*blocks, clock_block(last_midnight + 24 * HOUR)]), version=2, batch=10_000)
+        return sorted((r["participant_pseudonym"], r["window_start"], r["window_end"], r["values"]["count"])
+                      for r, _ in decoded(outs) if r["is_final"] and r["window"] == "LOCAL_DAY"
+                      and r["feature_set"] == "heart_rate" and r["participant_pseudonym"] in ours)
+
+    interleaved = [b for group in zip(*per_participant, strict=True) for b in group]
+    together = local_days(interleaved)
+    alone = sorted(row for blocks in per_participant for row in local_days(blocks))
+    assert together == alone
+    assert len(together) == 6  # two local days of each participant

@@ -38,6 +38,7 @@ BOOL = npt.NDArray[np.bool_]
 # Fixed-point resolution of each quantity (units per stored integer step).
 SCALE: dict[str, int] = {cat.HEART_RATE: 1000, cat.HRV: 1000, cat.SPO2: 1000, cat.SKIN_TEMPERATURE: 10_000}
 _HIST_BITS = 10  # 1-bpm histogram bins 0..1023
+_ONE_CALL_SPAN_MS = 400 * 86_400_000  # instants of a batch within this span get their local days in one call
 
 
 @dataclass(slots=True)
@@ -82,11 +83,30 @@ class Columns:
 
 
 def local_day_starts(blocks: Sequence[tuple[int, Block]], times: Sequence[I64]) -> I64 | None:
-    """Zoned local-day starts of each block's instants (None unless every block carries a zone)."""
+    """Zoned local-day starts of each block's instants, concatenated (None unless every block carries a zone).
+
+    One `day_starts` per zone over all its blocks' instants; per block when they span years (a bounded table of
+    midnights per call).
+    """
     if not blocks or any(b.zone is None for _, b in blocks):
         return None
-    parts = [day_starts(str(b.zone), t) for (_, b), t in zip(blocks, times, strict=True)]
-    return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+    zones = [str(b.zone) for _, b in blocks]
+    t = np.concatenate(times) if times else np.empty(0, dtype=np.int64)
+    if len(t) == 0:
+        return np.empty(0, dtype=np.int64)
+    if int(t.max()) - int(t.min()) > _ONE_CALL_SPAN_MS:
+        return np.concatenate([day_starts(z, x) for z, x in zip(zones, times, strict=True)])
+    names = sorted(set(zones))
+    if len(names) == 1:
+        return day_starts(names[0], t)
+    code = {z: i for i, z in enumerate(names)}
+    lens = np.fromiter((len(x) for x in times), dtype=np.int64, count=len(times))
+    row_zone = np.repeat(np.fromiter((code[z] for z in zones), dtype=np.int64, count=len(zones)), lens)
+    out = np.empty(len(t), dtype=np.int64)
+    for z, i in code.items():
+        rows = row_zone == i
+        out[rows] = day_starts(z, t[rows])
+    return out
 
 
 def columns(blocks: Sequence[tuple[int, Block]]) -> Columns:
@@ -185,7 +205,16 @@ def minute_bits(cols: Columns, mask: BOOL, kind: WindowKind, index: dict[tuple[i
 
 def heart_rate(blocks: Sequence[tuple[int, Block]], s: FeatureSettings) -> list[Partial]:
     """n, sum, sum of squares, min, max (milli-bpm), wear minutes and, on day windows, the 1-bpm histogram."""
-    cols, q = plausible(blocks, s.hr_min_bpm, s.hr_max_bpm, cat.HEART_RATE)
+    return heart_rate_of(*plausible_hr(blocks, s))
+
+
+def plausible_hr(blocks: Sequence[tuple[int, Block]], s: FeatureSettings) -> tuple[Columns, I64]:
+    """The plausible heart-rate readings of blocks and their fixed-point values."""
+    return plausible(blocks, s.hr_min_bpm, s.hr_max_bpm, cat.HEART_RATE)
+
+
+def heart_rate_of(cols: Columns, q: I64) -> list[Partial]:
+    """`heart_rate` of plausible readings (`plausible_hr`)."""
     if not len(cols):
         return []
     bins = np.clip((q + 500) // 1000, 0, (1 << _HIST_BITS) - 1)  # round half up to whole bpm

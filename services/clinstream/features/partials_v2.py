@@ -44,8 +44,8 @@ def _zoned(blocks: Sequence[tuple[int, Block]], blk: v1.I64, t: v1.I64) -> v1.I6
 
 def heart_rate(blocks: Sequence[tuple[int, Block]], s: FeatureSettings) -> list[Partial]:
     """Version 1's heart-rate partials plus, on day windows, per-epoch sample counts and sums (e5n, e5s)."""
-    out = v1.heart_rate(blocks, s)
-    cols, q = v1.plausible(blocks, s.hr_min_bpm, s.hr_max_bpm, cat.HEART_RATE)
+    cols, q = v1.plausible_hr(blocks, s)
+    out = v1.heart_rate_of(cols, q)
     if not len(cols):
         return out
     index = {(p.block, p.kind, p.start): p.acc for p in out}
