@@ -23,6 +23,21 @@ def test_table_writes_are_queued_for_the_partition_being_processed() -> None:
     assert host_state.pending == [(b"abc", entry.to_bytes(), 3)]
 
 
+def test_an_entry_is_decoded_once_and_read_again_when_its_stored_value_changes() -> None:
+    host_state = TableState()
+    state = ConsentTableState(host_state)
+    granted = ConsentEntry(active=True, since_ms=1, updated_at_ms=2, event_id="e1", key_version=1)
+    withdrawn = ConsentEntry(active=False, since_ms=1, updated_at_ms=3, event_id="e2", key_version=1)
+    state["abc"] = granted
+    assert state.get("abc") is state.get("abc") == granted  # decoded once
+    state["abc"] = withdrawn
+    assert state["abc"] == withdrawn
+    host_state.apply(0, b"abc", granted.to_bytes())  # a restore from the changelog
+    assert state.get("abc") == granted
+    host_state.drop([0])
+    assert state.get("abc") is None and "abc" not in state
+
+
 def test_each_partition_is_processed_separately_with_its_own_changelog_partition() -> None:
     host_state = TableState()
     state = ConsentTableState(host_state)

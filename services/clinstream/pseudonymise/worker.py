@@ -38,6 +38,7 @@ from clinstream.pseudonymise.processor import PseudonymiseProcessor, order_for_p
 STAGE = Stage.PSEUDONYMISE.value
 
 log = logging.getLogger("clinstream.pseudonymise.worker")
+_DECODED_MAX = 200_000  # consent entries kept decoded (about 400 bytes each)
 
 
 def app_id(settings: Settings) -> str:
@@ -51,17 +52,28 @@ class ConsentTableState(MutableMapping[str, ConsentEntry]):
     def __init__(self, table: TableState) -> None:
         self._table = table
         self.partition = 0
+        self._decoded: dict[str, tuple[bytes, ConsentEntry]] = {}  # key -> (stored bytes, their entry)
 
     def __getitem__(self, key: str) -> ConsentEntry:
-        raw = self._table.get(key.encode())
-        if raw is None:
+        entry = self.get(key)
+        if entry is None:
             raise KeyError(key)
-        return ConsentEntry.from_bytes(raw)
+        return entry
 
     def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
-        """Fast path of `Mapping.get` without the KeyError round trip."""
+        """The entry of a key; decoded once per stored value (entries are immutable; a restored or changed value is
+        another bytes object and is decoded again)."""
         raw = self._table.get(key.encode())
-        return default if raw is None else ConsentEntry.from_bytes(raw)
+        if raw is None:
+            return default
+        cached = self._decoded.get(key)
+        if cached is not None and cached[0] is raw:
+            return cached[1]
+        if len(self._decoded) >= _DECODED_MAX:
+            self._decoded.clear()
+        entry = ConsentEntry.from_bytes(raw)
+        self._decoded[key] = (raw, entry)
+        return entry
 
     def __setitem__(self, key: str, entry: ConsentEntry) -> None:
         self._table.put(key.encode(), entry.to_bytes(), self.partition)
