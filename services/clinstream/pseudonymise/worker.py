@@ -55,7 +55,7 @@ class ConsentTableState(MutableMapping[str, ConsentEntry]):
         self._decoded: dict[str, tuple[bytes, ConsentEntry]] = {}  # key -> (stored bytes, their entry)
 
     def __getitem__(self, key: str) -> ConsentEntry:
-        entry = self.get(key)
+        entry: ConsentEntry | None = self.get(key)
         if entry is None:
             raise KeyError(key)
         return entry
