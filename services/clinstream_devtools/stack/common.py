@@ -72,6 +72,20 @@ def process_alive(pid: int | None, *, marker: str) -> bool:
         return False
 
 
+def process_exists(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie, whatever its command line says (for a process this one started;
+    `process_alive` is for pids read from files, which may have been reused)."""
+    try:
+        if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+            return True
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return False
+    except psutil.AccessDenied:
+        return True
+    _reap(pid)
+    return False
+
+
 def _reap(pid: int) -> None:
     """Collect the exit status of a child of this process, so that it does not linger as a zombie."""
     with contextlib.suppress(ChildProcessError, OSError):

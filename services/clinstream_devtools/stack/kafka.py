@@ -23,6 +23,7 @@ from clinstream_devtools.stack.common import (
     StackError,
     port_in_use,
     process_alive,
+    process_exists,
     read_pid,
     split_host_port,
     stack_lock,
@@ -370,7 +371,7 @@ def _format_storage(settings: Settings, java: str, node: KafkaNode, brokers: int
 def _wait_until_up(node: KafkaNode, brokers: int, pid: int, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if not process_alive(pid, marker=_marker(node)):
+        if not process_exists(pid):  # the pid is this start's own (or marker-checked): no reuse to guard against
             raise StackError(f"Kafka node {node.node_id} exited during start-up: see {_log_file(node)} "
                              f"and {_out_file(node)}")
         if node_is_up(node, brokers, timeout_s=2.0):
