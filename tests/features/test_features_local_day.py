@@ -13,7 +13,18 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
-from features_factories import HOUR, block, clock_block, decoded, hr_body, in_records, pseudonym, run, skin_body
+from features_factories import (
+    HOUR,
+    block,
+    clock_block,
+    decoded,
+    hr_body,
+    in_records,
+    pseudonym,
+    run,
+    skin_body,
+    steps_body,
+)
 
 from clinstream.features.state import baseline_key
 
@@ -85,28 +96,48 @@ def test_a_block_without_a_zone_takes_the_site_default() -> None:
     assert end - start == 24 * HOUR
 
 
-def test_participants_of_several_zones_in_one_batch_get_the_local_days_they_get_alone() -> None:
+def _local_day_rows(blocks: list[Any], feature_set: str, after_ms: int) -> list[tuple[Any, ...]]:
+    """(participant, start, end, values) of the final LOCAL_DAY rows of one feature set, one batch for all blocks."""
+    outs, _ = run(in_records([*blocks, clock_block(after_ms)]), version=2, batch=10_000)
+    ours = {b.participant for b in blocks}
+    return sorted((r["participant_pseudonym"], r["window_start"], r["window_end"], sorted(r["values"].items()))
+                  for r, _ in decoded(outs) if r["is_final"] and r["window"] == "LOCAL_DAY"
+                  and r["feature_set"] == feature_set and r["participant_pseudonym"] in ours)
+
+
+def _straddling(i: int, zone: str, measurement: str, local_day: str) -> list[Any]:
+    """Six hourly blocks from 2.5 h before a local midnight: one straddles it."""
+    midnight = _midnight(zone, local_day)
+    body = (hr_body((np.arange(PER_HOUR) * 20_000).tolist(), [60.0 + i] * PER_HOUR)
+            if measurement == "HeartRateSamples" else steps_body([m * 60_000 for m in range(60)], [10 + i] * 60))
+    return [block(pseudonym(f"zone-{i}"), pseudonym(f"zone-device-{i}"), seq, midnight + (2 * seq - 5) * HOUR // 2,
+                  measurement, body, time_zone=zone) for seq in range(6)]
+
+
+@pytest.mark.parametrize(("measurement", "feature_set"), [("HeartRateSamples", "heart_rate"),
+                                                          ("StepCountSamples", "steps")])
+def test_participants_of_several_zones_in_one_batch_get_the_local_days_they_get_alone(measurement: str,
+                                                                                       feature_set: str) -> None:
     """Local-day starts are computed per zone over a whole batch: interleaving other zones' blocks changes no row."""
-    offsets = (np.arange(PER_HOUR) * 20_000).tolist()
-    per_participant: list[list[Any]] = []
-    ours = {pseudonym(f"zone-{i}") for i in range(3)}
-    last_midnight = 0
-    for i, zone in enumerate(("Europe/Berlin", "America/New_York", "Asia/Kolkata")):
-        midnight = _midnight(zone, "2026-03-29")
-        last_midnight = max(last_midnight, midnight)
-        per_participant.append([
-            block(pseudonym(f"zone-{i}"), pseudonym(f"zone-device-{i}"), seq, midnight + (seq - 2) * HOUR,
-                  "HeartRateSamples", hr_body(offsets, [60.0 + i] * PER_HOUR), time_zone=zone)
-            for seq in range(6)])  # 2 hours before local midnight to 4 hours after: two local days
-
-    def local_days(blocks: list[Any]) -> list[tuple[Any, ...]]:
-        outs, _ = run(in_records([*blocks, clock_block(last_midnight + 24 * HOUR)]), version=2, batch=10_000)
-        return sorted((r["participant_pseudonym"], r["window_start"], r["window_end"], r["values"]["count"])
-                      for r, _ in decoded(outs) if r["is_final"] and r["window"] == "LOCAL_DAY"
-                      and r["feature_set"] == "heart_rate" and r["participant_pseudonym"] in ours)
-
+    zones = ("Europe/Berlin", "America/New_York", "Asia/Kolkata")
+    per_participant = [_straddling(i, zone, measurement, "2026-03-29") for i, zone in enumerate(zones)]
+    after = max(_midnight(zone, "2026-03-30") for zone in zones) + 24 * HOUR
     interleaved = [b for group in zip(*per_participant, strict=True) for b in group]
-    together = local_days(interleaved)
-    alone = sorted(row for blocks in per_participant for row in local_days(blocks))
+    together = _local_day_rows(interleaved, feature_set, after)
+    alone = sorted(row for blocks in per_participant for row in _local_day_rows(blocks, feature_set, after))
     assert together == alone
     assert len(together) == 6  # two local days of each participant
+
+
+def test_a_batch_spanning_more_than_a_year_gets_each_blocks_local_days() -> None:
+    """Instants more than 400 days apart take the per-block path; a block straddling local midnight still splits."""
+    zone = "Europe/Berlin"
+    early = _straddling(0, zone, "HeartRateSamples", "2026-03-29")
+    late = [block(b.participant, pseudonym("zone-device-0"), 100 + j,
+                  _midnight(zone, "2027-06-01") + (2 * j - 5) * HOUR // 2, "HeartRateSamples",
+                  hr_body((np.arange(PER_HOUR) * 20_000).tolist(), [70.0] * PER_HOUR), time_zone=zone)
+            for j, b in enumerate(early)]
+    rows = _local_day_rows([*early, *late], "heart_rate", _midnight(zone, "2027-06-02") + 24 * HOUR)
+    counts = {start: dict(values)["count"] for _, start, _, values in rows}
+    # 2.5 h before midnight and 3.5 h after it, 180 readings an hour, on each of the two dates
+    assert sorted(counts.values()) == [2.5 * PER_HOUR, 2.5 * PER_HOUR, 3.5 * PER_HOUR, 3.5 * PER_HOUR]

@@ -3,30 +3,24 @@ command line says."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
-import time
 
 import psutil
 
 from clinstream_devtools.stack.common import process_alive, process_exists
 
 
-def _wait_for_zombie(pid: int, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-        assert time.monotonic() < deadline, f"pid {pid} did not exit"
-        time.sleep(0.01)
-
-
 def test_a_started_process_exists_until_it_exits_and_a_zombie_does_not() -> None:
     child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
     try:
         assert process_exists(child.pid)
+        assert process_alive(child.pid, marker="sys.stdin.read")
         assert not process_alive(child.pid, marker="no such marker")  # a pid file's check would refuse it
     finally:
         child.kill()
-    _wait_for_zombie(child.pid)  # killed, not yet reaped
+    os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # blocks until it has exited; leaves it unreaped
     assert not process_exists(child.pid)  # and reaped by it
     assert not psutil.pid_exists(child.pid)
     assert not process_exists(2**22 + 12345)  # beyond pid_max: no such process

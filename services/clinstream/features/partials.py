@@ -83,29 +83,34 @@ class Columns:
 
 
 def local_day_starts(blocks: Sequence[tuple[int, Block]], times: Sequence[I64]) -> I64 | None:
-    """Zoned local-day starts of each block's instants, concatenated (None unless every block carries a zone).
-
-    One `day_starts` per zone over all its blocks' instants; per block when they span years (a bounded table of
-    midnights per call).
-    """
+    """Zoned local-day starts of each block's instants, concatenated (None unless every block carries a zone)."""
     if not blocks or any(b.zone is None for _, b in blocks):
         return None
-    zones = [str(b.zone) for _, b in blocks]
     t = np.concatenate(times) if times else np.empty(0, dtype=np.int64)
-    if len(t) == 0:
-        return np.empty(0, dtype=np.int64)
-    if int(t.max()) - int(t.min()) > _ONE_CALL_SPAN_MS:
-        return np.concatenate([day_starts(z, x) for z, x in zip(zones, times, strict=True)])
-    names = sorted(set(zones))
-    if len(names) == 1:
-        return day_starts(names[0], t)
-    code = {z: i for i, z in enumerate(names)}
     lens = np.fromiter((len(x) for x in times), dtype=np.int64, count=len(times))
-    row_zone = np.repeat(np.fromiter((code[z] for z in zones), dtype=np.int64, count=len(zones)), lens)
+    names = sorted({str(b.zone) for _, b in blocks})
+    code = {z: i for i, z in enumerate(names)}
+    row_zone = np.repeat(np.fromiter((code[str(b.zone)] for _, b in blocks), dtype=np.int64, count=len(blocks)), lens)
+    return zoned_day_starts(names, row_zone, np.repeat(np.arange(len(blocks), dtype=np.int64), lens), t)
+
+
+def zoned_day_starts(zones: Sequence[str], row_zone: I64, blk: I64, t: I64) -> I64:
+    """Local-day start of each instant in its row's zone (`zones[row_zone]`, rows ordered by block `blk`): one
+    `day_starts` per zone, or per block for a zone whose instants span more than 400 days (`day_starts` makes a
+    table of every midnight in its span)."""
     out = np.empty(len(t), dtype=np.int64)
-    for z, i in code.items():
+    for i, zone in enumerate(zones):
         rows = row_zone == i
-        out[rows] = day_starts(z, t[rows])
+        zt = t[rows]
+        if len(zt) == 0:
+            continue
+        if int(zt.max()) - int(zt.min()) <= _ONE_CALL_SPAN_MS:
+            out[rows] = day_starts(zone, zt)
+        else:
+            zb = blk[rows]
+            starts = runs(zb, np.zeros(len(zb), dtype=np.int64)).tolist()
+            out[rows] = np.concatenate([day_starts(zone, zt[a:b])
+                                        for a, b in zip(starts, [*starts[1:], len(zt)], strict=True)])
     return out
 
 

@@ -36,10 +36,12 @@ def _zoned(blocks: Sequence[tuple[int, Block]], blk: v1.I64, t: v1.I64) -> v1.I6
     """Local-day starts of instants ordered by block index (None unless the blocks carry zones)."""
     if not blocks or any(b.zone is None for _, b in blocks) or len(t) == 0:
         return None
-    zone_of = {i: str(b.zone) for i, b in blocks}
-    starts = runs(blk, np.zeros(len(blk), dtype=np.int64))
-    ends = np.append(starts[1:], len(blk))
-    return np.concatenate([day_starts(zone_of[int(blk[a])], t[a:b]) for a, b in zip(starts, ends, strict=True)])
+    names = sorted({str(b.zone) for _, b in blocks})
+    code = {z: i for i, z in enumerate(names)}
+    zone_of_block = np.zeros(max(i for i, _ in blocks) + 1, dtype=np.int64)
+    for i, b in blocks:
+        zone_of_block[i] = code[str(b.zone)]
+    return v1.zoned_day_starts(names, zone_of_block[blk], blk, t)
 
 
 def heart_rate(blocks: Sequence[tuple[int, Block]], s: FeatureSettings) -> list[Partial]:

@@ -59,22 +59,18 @@ def port_in_use(host: str, port: int) -> bool:
 
 
 def process_alive(pid: int | None, *, marker: str) -> bool:
-    """True when `pid` runs (not a zombie) and its command line contains `marker`."""
-    if pid is None or pid <= 0:
+    """True when `pid` runs (not a zombie) and its command line contains `marker` (for pids read from files, which
+    may have been reused)."""
+    if pid is None or pid <= 0 or not process_exists(pid):
         return False
     try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            _reap(pid)
-            return False
-        return any(marker in part for part in proc.cmdline())
+        return any(marker in part for part in psutil.Process(pid).cmdline())
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return False
 
 
 def process_exists(pid: int) -> bool:
-    """True while `pid` exists and is not a zombie, whatever its command line says (for a process this one started;
-    `process_alive` is for pids read from files, which may have been reused)."""
+    """True while `pid` exists and is not a zombie (which it reaps), whatever its command line says."""
     try:
         if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
             return True
