@@ -13,9 +13,11 @@ from clinstream_devtools.stack.common import process_alive, process_exists
 
 
 def test_a_started_process_exists_until_it_exits_and_a_zombie_does_not() -> None:
-    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    child = subprocess.Popen([sys.executable, "-c", "import sys; print('up', flush=True); sys.stdin.read()"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
-        assert process_exists(child.pid)
+        assert process_exists(child.pid)  # at once: right after a start its command line can read empty
+        assert child.stdout is not None and child.stdout.readline() == b"up\n"  # now it runs its own code
         assert process_alive(child.pid, marker="sys.stdin.read")
         assert not process_alive(child.pid, marker="no such marker")  # a pid file's check would refuse it
     finally:
