@@ -20,6 +20,7 @@ class ProcessorContext(Protocol):
     settings: FeatureSettings
     state: FeatureState
     deadline_ms: dict[WindowKind, int]
+    coalesce_blocks: bool
     topic_features: str
     topic_samples: str
     topic_late: str

@@ -218,6 +218,17 @@ def plausible_hr(blocks: Sequence[tuple[int, Block]], s: FeatureSettings) -> tup
     return plausible(blocks, s.hr_min_bpm, s.hr_max_bpm, cat.HEART_RATE)
 
 
+def heart_rate_windows(blocks: Sequence[tuple[int, Block]], s: FeatureSettings) -> list[tuple[int, WindowKind, int]]:
+    """The (block, window kind, window start) of every partial `heart_rate` makes of blocks (either version), without
+    computing the partials."""
+    cols, _ = plausible_hr(blocks, s)
+    out: list[tuple[int, WindowKind, int]] = []
+    for kind in ALL_KINDS:
+        groups = Groups.of(cols, kind)
+        out.extend((b, kind, w) for b, w in groups.keys())  # noqa: SIM118 (Groups is not a dict)
+    return out
+
+
 def heart_rate_of(cols: Columns, q: I64) -> list[Partial]:
     """`heart_rate` of plausible readings (`plausible_hr`)."""
     if not len(cols):
@@ -365,3 +376,7 @@ PARTIALS = {
     HEART_RATE_SAMPLES: heart_rate, RR_SAMPLES: hrv, STEP_SAMPLES: steps, SPO2_SAMPLES: spo2,
     SKIN_SAMPLES: skin_temperature, SLEEP_EPISODES: sleep,
 }
+
+# Measurements whose partials (in both versions) are sums over readings that do not depend on block boundaries: the
+# blocks of one participant (same zone and UTC offset) can be folded as one, and these give their windows.
+WINDOWS_OF_SUMS = {HEART_RATE_SAMPLES: (cat.HEART_RATE, heart_rate_windows)}

@@ -48,9 +48,10 @@ class FeatureProcessor:
     """Pure batch processor of the features stage; all state lives in the injected mapping."""
 
     def __init__(self, site_id: str, state: MutableMapping[str, Entry], settings: FeatureSettings | None = None,
-                 version: int = cat.FEATURE_VERSION, codec: Codec | None = None) -> None:
+                 version: int = cat.FEATURE_VERSION, codec: Codec | None = None, coalesce_blocks: bool = True) -> None:
         cat.definitions_version(version)  # refuses a version below the first
         self.site_id = site_id
+        self.coalesce_blocks = coalesce_blocks  # False: every block's partials merged alone (the reference in tests)
         self.settings = settings or get_feature_settings()
         self.version = version
         self.codec = codec or get_codec()

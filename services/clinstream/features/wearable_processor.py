@@ -1,11 +1,15 @@
 """The wearable-window half of the feature processor: telemetry blocks folded into event-time windows.
 
-Per batch and input partition, every block's samples are split by window with numpy (`partials`), then folded
-block by block, in arrival order, into window entries. Per (block, window entry): a block already recorded in the
+Per batch and input partition, every block's samples are split by window with numpy (`partials`), then admitted
+block by block, in arrival order, to window entries. Per (block, window entry): a block already recorded in the
 entry (same device pseudonym and sequence number) is a duplicate and changes nothing, but the window is emitted
 again; a window whose end + horizon is at or before the watermark (max event time seen in the partition before
-this block) is final and refuses the data; otherwise the partial is merged, the sequence recorded and the revision
-incremented, atomically in one entry. A block refused by all its windows goes unchanged to LATE_TELEMETRY.
+this block) is final and refuses the data; otherwise the sequence is recorded and the revision incremented, and
+the block's partial is merged into the entry's accumulator before the batch's state is written. A block refused by
+all its windows goes unchanged to LATE_TELEMETRY. Heart-rate partials are sums over readings, so the blocks of one
+participant (zone, UTC offset) that all their windows accepted are merged as one partial per window: a device's
+upload of ten one-minute blocks costs one merge per hour and day window, not ten (the same records and state as
+block by block; `coalesce_blocks=False` is that reference).
 Windows whose deadline the watermark has reached are emitted with is_final=true (same revision) and deleted; each
 touched window is emitted once per batch with its latest value.
 
@@ -29,7 +33,7 @@ from clinstream.features import catalogue as cat
 from clinstream.features.blocks import Block
 from clinstream.features.context import ProcessorContext
 from clinstream.features.local_days import day_end, local_ordinal, offset_minutes
-from clinstream.features.partials import PARTIALS, SCALE, Partial
+from clinstream.features.partials import PARTIALS, SCALE, WINDOWS_OF_SUMS, Partial
 from clinstream.features.partials_v2 import PARTIALS_V2
 from clinstream.features.partition_work import PartitionWork
 from clinstream.features.state import Entry, baseline_key, parse_window_key, window_key
@@ -58,10 +62,19 @@ class WearableWindows(PartitionWork):
 
     # --- folding -------------------------------------------------------------------------------------------
     def fold_blocks(self, blocks: list[tuple[InRecord, Block]]) -> None:
-        """Fold decoded blocks (arrival order) into their windows; refused blocks go to LATE_TELEMETRY."""
+        """Fold decoded blocks (arrival order) into their windows; refused blocks go to LATE_TELEMETRY.
+
+        First every block is admitted to each of its windows, in arrival order (duplicate, late or accepted: the
+        entry's dedup record, revision and computed_at are updated); then the accepted partials are merged into
+        the entries' accumulators. Merging commutes, so the order of the second step does not matter, and for
+        measurements whose partials are sums over readings (`WINDOWS_OF_SUMS`) the blocks of one participant
+        whose every window accepted them are merged as one partial per window (`_merge_sums`).
+        """
         if not blocks:
             return
+        windows: list[list[tuple[str, WindowKind, int]]] = [[] for _ in blocks]  # per block, in partial order
         parts: list[list[Partial]] = [[] for _ in blocks]
+        summed: dict[str, list[tuple[int, Block]]] = {}  # measurement -> its blocks, merged by `_merge_sums`
         by_measurement: dict[str, list[tuple[int, Block]]] = defaultdict(list)
         for i, (_, block) in enumerate(blocks):
             if self.zoned:
@@ -69,24 +82,30 @@ class WearableWindows(PartitionWork):
             by_measurement[block.measurement].append((i, block))
         for measurement, members in by_measurement.items():
             fn = self.partials.get(measurement)
-            if fn is not None:
-                for part in fn(members, self.settings):
-                    parts[part.block].append(part)
-        if self.zoned:
-            self._count_offset_mismatches(blocks, parts)
+            if fn is None:
+                continue
+            sums = WINDOWS_OF_SUMS.get(measurement) if self.proc.coalesce_blocks else None
+            if sums is not None:
+                feature_set, windows_of = sums
+                for b, kind, start in windows_of(members, self.settings):
+                    windows[b].append((feature_set, kind, start))
+                summed[measurement] = members
+                continue
+            for part in fn(members, self.settings):
+                parts[part.block].append(part)
+                windows[part.block].append((part.feature_set, part.kind, part.start))
+        mismatch = self._offset_mismatches(blocks)
         wm0 = self.state.watermark(self.p)
         latest = np.array([b.max_event_ms if b.max_event_ms is not None else wm0 for _, b in blocks], dtype=np.int64)
         wm_before = np.maximum.accumulate(np.concatenate(([wm0], latest)))[:-1].tolist()
+        outcomes: list[list[str]] = []
         for i, (rec, block) in enumerate(blocks):
-            if not parts[i]:
+            outcome = [self._admit(block, fs, kind, start, wm_before[i]) for fs, kind, start in windows[i]]
+            outcomes.append(outcome)
+            if not outcome:
                 self.result.count("blocks_without_features")
                 continue
-            accepted = duplicate = late = 0
-            for part in parts[i]:
-                outcome = self._fold(block, part, wm_before[i])
-                accepted += outcome == "accepted"
-                duplicate += outcome == "duplicate"
-                late += outcome == "late"
+            accepted, duplicate, late = (outcome.count(o) for o in ("accepted", "duplicate", "late"))
             if accepted == 0 and duplicate == 0:
                 self.result.out.append(OutRecord(self.proc.topic_late, rec.key, rec.value))
                 self.result.count("late_blocks")
@@ -94,46 +113,99 @@ class WearableWindows(PartitionWork):
                 self.result.count("late_windows", late)
             if duplicate and not accepted:
                 self.result.count("duplicate_blocks")
+        for i, block_parts in enumerate(parts):
+            if block_parts:  # the blocks of summed measurements have none here
+                self._merge_accepted(blocks[i][1], block_parts, outcomes[i], mismatch[i])
+        for measurement, members in summed.items():
+            self._merge_sums(measurement, members, windows, outcomes, mismatch)
         self.state.set_watermark(self.p, int(latest.max()))
 
-    @staticmethod
-    def _count_offset_mismatches(blocks: list[tuple[InRecord, Block]], parts: list[list[Partial]]) -> None:
-        """Mark LOCAL_DAY partials of blocks whose UTC offset disagrees with their zone (counted, not re-dated)."""
-        for (_, block), block_parts in zip(blocks, parts, strict=True):
-            zone_offset = offset_minutes(str(block.zone), block.start_ms)
-            for part in block_parts:
-                if part.kind is WindowKind.LOCAL_DAY:
-                    part.acc["om"] = int(block.utc_offset_min != zone_offset)
+    def _offset_mismatches(self, blocks: list[tuple[InRecord, Block]]) -> list[int]:
+        """Per block, 1 if its UTC offset disagrees with its zone (version 2: counted on LOCAL_DAY, not re-dated)."""
+        if not self.zoned:
+            return [0] * len(blocks)
+        return [int(block.utc_offset_min != offset_minutes(str(block.zone), block.start_ms)) for _, block in blocks]
 
-    def _fold(self, block: Block, part: Partial, watermark: int) -> str:
-        key = window_key(self.p, block.pseudonym, part.feature_set, part.kind, part.start)
+    def _admit(self, block: Block, feature_set: str, kind: WindowKind, start: int, watermark: int) -> str:
+        """Admit a block to one window: duplicate (already recorded), late (the window is final) or accepted (its
+        sequence recorded, the revision raised); the accumulator is merged afterwards."""
+        key = window_key(self.p, block.pseudonym, feature_set, kind, start)
         entry = self.state.get(key)
         if entry is not None and ranges.contains(entry["d"].get(block.device, []), block.sequence):
-            self._touch(key, block.pseudonym, part)
+            self._touch(key, block.pseudonym, feature_set, kind, start)
             return "duplicate"
-        if part.start + self._deadline_of(part.kind) <= watermark:
+        if start + self._deadline_of(kind) <= watermark:
             return "late"
         if entry is None:
-            entry = {"r": 0, "ca": 0, "o": block.utc_offset_min if part.kind is WindowKind.LOCAL_DAY else 0,
+            entry = {"r": 0, "ca": 0, "o": block.utc_offset_min if kind is WindowKind.LOCAL_DAY else 0,
                      "d": {}, "a": {}}
-            if self.zoned and part.kind is WindowKind.LOCAL_DAY:
+            if self.zoned and kind is WindowKind.LOCAL_DAY:
                 entry["z"] = block.zone
-                entry["o"] = offset_minutes(str(block.zone), part.start)
-        accumulators.merge(part.feature_set, entry["a"], part.acc)
+                entry["o"] = offset_minutes(str(block.zone), start)
         ranges.add(entry["d"].setdefault(block.device, []), block.sequence)
         entry["r"] += 1
         entry["ca"] = max(entry["ca"], block.received_ms)
         self.state.put(key, entry)
-        self._touch(key, block.pseudonym, part)
+        self._touch(key, block.pseudonym, feature_set, kind, start)
         return "accepted"
+
+    def _merge(self, pseudonym: str, part: Partial) -> None:
+        entry = self.state.get(window_key(self.p, pseudonym, part.feature_set, part.kind, part.start))
+        if entry is None:
+            raise RuntimeError("a partial merged into a window that did not admit its block")
+        accumulators.merge(part.feature_set, entry["a"], part.acc)
+
+    def _merge_accepted(self, block: Block, parts: list[Partial], outcomes: list[str], mismatch: int) -> None:
+        """Merge a block's partials (in the order they were admitted) into the windows that accepted it."""
+        for part, outcome in zip(parts, outcomes, strict=True):
+            if outcome == "accepted":
+                self._merge_block_part(block, part, mismatch)
+
+    def _merge_block_part(self, block: Block, part: Partial, mismatch: int) -> None:
+        if self.zoned and part.kind is WindowKind.LOCAL_DAY:
+            part.acc["om"] = mismatch
+        self._merge(block.pseudonym, part)
+
+    def _merge_sums(self, measurement: str, members: list[tuple[int, Block]],
+                    windows: list[list[tuple[str, WindowKind, int]]], outcomes: list[list[str]],
+                    mismatch: list[int]) -> None:
+        """Merge the partials of a measurement whose partials are sums over readings: the blocks of one participant,
+        zone and UTC offset that every window of theirs accepted, as one partial per window; the others alone. Local
+        days come from the zone (version 2) or the offset (version 1), so within one unit they follow event time:
+        each window and minute is one run of readings, and a window's offset mismatches are counted once."""
+        units: dict[tuple[str, str | None, int], list[int]] = defaultdict(list)
+        alone: list[tuple[int, Block]] = []
+        blocks = dict(members)
+        for i, block in members:
+            if all(o == "accepted" for o in outcomes[i]):
+                units[(block.pseudonym, block.zone, block.utc_offset_min)].append(i)
+            else:
+                alone.append((i, block))
+        unit_of = list(units.values())
+        fn = self.partials[measurement]
+        for part in fn([(u, blocks[i]) for u, unit in enumerate(unit_of) for i in unit], self.settings):
+            unit = unit_of[part.block]
+            if self.zoned and part.kind is WindowKind.LOCAL_DAY:
+                window = (part.feature_set, part.kind, part.start)
+                part.acc["om"] = sum(mismatch[i] for i in unit if window in windows[i])
+            self._merge(blocks[unit[0]].pseudonym, part)
+        if alone:
+            by_block: dict[int, list[Partial]] = defaultdict(list)
+            for part in fn(alone, self.settings):
+                by_block[part.block].append(part)
+            for i, block in alone:
+                accepted = {w for w, o in zip(windows[i], outcomes[i], strict=True) if o == "accepted"}
+                for part in by_block[i]:
+                    if (part.feature_set, part.kind, part.start) in accepted:
+                        self._merge_block_part(block, part, mismatch[i])
 
     def _deadline_of(self, kind: WindowKind) -> int:
         return self.proc.deadline_ms[kind]
 
-    def _touch(self, key: str, pseudonym: str, part: Partial) -> None:
+    def _touch(self, key: str, pseudonym: str, feature_set: str, kind: WindowKind, start: int) -> None:
         self.touched[key] = None
-        if part.feature_set == cat.HEART_RATE:
-            self.hr_windows[(pseudonym, part.kind, part.start)] = None
+        if feature_set == cat.HEART_RATE:
+            self.hr_windows[(pseudonym, kind, start)] = None
 
     # --- finalisation and emission -------------------------------------------------------------------------
     def finalise_and_emit(self) -> None:
