@@ -189,14 +189,19 @@ def test_bad_records_go_to_the_dlq_with_original_bytes() -> None:
     mismatched = block(P1, D1, 2, T0, "HeartRateSamples", {"offsets_ms": [0, 1], "bpm": [60.0]})
     future = block(P1, D1, 3, T0, "HeartRateSamples", hr_body([0, 2 * HOUR], [60, 61]), received_ms=T0 + MIN)
     unordered_rr = block(P1, D1, 4, T0, "RRIntervalSamples", {"offsets_ms": [900, 800], "rr_ms": [900.0, 800.0]})
+    negative = block(P1, D1, 5, T0, "HeartRateSamples", hr_body([0, -1000, 500], [60, 61, 62]))
+    future_first = block(P1, D1, 6, T0, "HeartRateSamples", hr_body([2 * HOUR, 0], [60, 61]), received_ms=T0 + MIN)
     topic = PSEUDO_TELEMETRY.name(SITE)
     garbage = InRecord(topic, 0, 9, b"k", b"\x00not avro", 123)
-    recs = [*in_records([good, mismatched, future, unordered_rr]), garbage]
+    recs = [*in_records([good, mismatched, future, unordered_rr, negative, future_first]), garbage]
     outs, _ = run(recs)
     dead = _dlq(outs)
     assert [d["reason"] for d in dead] == ["array lengths differ", "event time after receipt (device clock)",
-                                         "RR offsets not in beat order", "not Avro single-object encoded (bad magic)"]
-    assert [d["original_value"] for d in dead] == [mismatched.value, future.value, unordered_rr.value, b"\x00not avro"]
+                                         "RR offsets not in beat order", "negative sample offset",
+                                         "event time after receipt (device clock)",
+                                         "not Avro single-object encoded (bad magic)"]
+    assert [d["original_value"] for d in dead] == [mismatched.value, future.value, unordered_rr.value, negative.value,
+                                                   future_first.value, b"\x00not avro"]
     assert all(P1 not in d["reason"] for d in dead)
     assert dead[-1]["failed_at"].timestamp() * 1000 == 123  # deterministic: the input's timestamp
     assert len(finals(outs)) == 0 and _records(outs)  # the good block still counted

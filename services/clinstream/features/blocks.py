@@ -22,6 +22,9 @@ SKIN_SAMPLES = NS + "SkinTemperatureSamples"
 SLEEP_EPISODES = NS + "SleepEpisodes"
 ACCELERATION_SAMPLES = NS + "AccelerationSamples"
 
+_NO_TIMES: npt.NDArray[np.int64] = np.empty(0, dtype=np.int64)  # shared by blocks without samples (read-only)
+_NO_VALUES: npt.NDArray[np.float64] = np.empty(0, dtype=np.float64)
+_NO_TIMES.flags.writeable = _NO_VALUES.flags.writeable = False
 _VALUE_FIELD = {HEART_RATE_SAMPLES: "bpm", RR_SAMPLES: "rr_ms", SPO2_SAMPLES: "spo2_percent", SKIN_SAMPLES: "celsius"}
 
 
@@ -62,9 +65,10 @@ class Block:
     t_ms: npt.NDArray[np.int64]
     values: npt.NDArray[np.float64]
     episodes: list[SleepEpisode] = field(default_factory=list)
-    durations_ms: npt.NDArray[np.int64] = field(default_factory=lambda: np.empty(0, dtype=np.int64))  # steps
+    durations_ms: npt.NDArray[np.int64] = field(default_factory=lambda: _NO_TIMES)  # steps
     time_zone: str | None = None  # the block's IANA zone as sent (None: the site default applies)
     zone: str | None = None  # the zone that defines LOCAL_DAY windows (set by version >= 2; None: by utc offset)
+    max_event_ms: int | None = None  # the latest event time (None without readings), set by `decode_block`
 
     @property
     def offset_ms(self) -> int:
@@ -75,13 +79,6 @@ class Block:
     def size(self) -> int:
         """Number of readings (samples or episodes)."""
         return len(self.episodes) if self.measurement == SLEEP_EPISODES else len(self.t_ms)
-
-    @property
-    def max_event_ms(self) -> int | None:
-        """Latest event time of the block, or None if it holds no readings."""
-        if self.measurement == SLEEP_EPISODES:
-            return max((e.end_ms for e in self.episodes), default=None)
-        return int(self.t_ms.max()) if len(self.t_ms) else None
 
 
 def _int_array(values: Any, path: str) -> npt.NDArray[np.int64]:
@@ -106,7 +103,7 @@ def decode_block(codec: Codec, value: bytes, max_future_skew_ms: int) -> Block:
         block_id=str(record["block_id"]), pseudonym=record["participant_pseudonym"],
         device=record["device_pseudonym"], sequence=int(record["sequence"]), start_ms=start,
         utc_offset_min=int(record["utc_offset_minutes"]), received_ms=received, measurement=name,
-        t_ms=np.empty(0, dtype=np.int64), values=np.empty(0, dtype=np.float64), time_zone=record.get("time_zone"),
+        t_ms=_NO_TIMES, values=_NO_VALUES, time_zone=record.get("time_zone"),
     )
     if block.time_zone is not None and zone(block.time_zone) is None:
         raise BlockError("not an IANA time zone", "time_zone")
@@ -114,6 +111,7 @@ def decode_block(codec: Codec, value: bytes, max_future_skew_ms: int) -> Block:
         raise BlockError("utc offset outside +-18 h", "utc_offset_minutes")
     if name == SLEEP_EPISODES:
         _sleep(block, body)
+        block.max_event_ms = max((e.end_ms for e in block.episodes), default=None)
     elif name == ACCELERATION_SAMPLES:
         return block  # no features from acceleration: no samples kept
     elif name == STEP_SAMPLES:
@@ -126,6 +124,7 @@ def decode_block(codec: Codec, value: bytes, max_future_skew_ms: int) -> Block:
             raise BlockError("negative steps or duration", "measurement.steps")
         block.t_ms, block.values = start + offsets, steps.astype(np.float64)
         block.durations_ms = durations * 1000
+        _offset_range(block, body["offsets_ms"])
     elif name in _VALUE_FIELD:
         offsets = _int_array(body["offsets_ms"], "measurement.offsets_ms")
         values = np.asarray(body[_VALUE_FIELD[name]], dtype=np.float64)
@@ -134,14 +133,22 @@ def decode_block(codec: Codec, value: bytes, max_future_skew_ms: int) -> Block:
         if name == RR_SAMPLES and len(offsets) > 1 and (np.diff(offsets) < 0).any():
             raise BlockError("RR offsets not in beat order", "measurement.offsets_ms")
         block.t_ms, block.values = start + offsets, values
+        _offset_range(block, body["offsets_ms"])
     else:
         raise BlockError("unknown measurement", "measurement")
-    if block.measurement != SLEEP_EPISODES and len(block.t_ms) and int(block.t_ms.min()) < start:
-        raise BlockError("negative sample offset", "measurement.offsets_ms")
     latest = block.max_event_ms
     if latest is not None and latest > received + max_future_skew_ms:
         raise BlockError("event time after receipt (device clock)", "measurement.offsets_ms")
     return block
+
+
+def _offset_range(block: Block, offsets: list[int]) -> None:
+    """Refuse a negative sample offset and set the block's latest event time (on the decoded list: a numpy
+    reduction costs more than the whole list on a block's few dozen samples)."""
+    if offsets:
+        if min(offsets) < 0:
+            raise BlockError("negative sample offset", "measurement.offsets_ms")
+        block.max_event_ms = block.start_ms + int(max(offsets))
 
 
 def _sleep(block: Block, body: dict[str, Any]) -> None:
