@@ -88,10 +88,15 @@ def local_day_starts(blocks: Sequence[tuple[int, Block]], times: Sequence[I64]) 
         return None
     t = np.concatenate(times) if times else np.empty(0, dtype=np.int64)
     lens = np.fromiter((len(x) for x in times), dtype=np.int64, count=len(times))
+    names, codes = zone_codes(blocks)
+    return zoned_day_starts(names, np.repeat(codes, lens), np.repeat(np.arange(len(blocks), dtype=np.int64), lens), t)
+
+
+def zone_codes(blocks: Sequence[tuple[int, Block]]) -> tuple[list[str], I64]:
+    """The distinct zones of blocks (sorted) and each block's index into them, in the order of `blocks`."""
     names = sorted({str(b.zone) for _, b in blocks})
     code = {z: i for i, z in enumerate(names)}
-    row_zone = np.repeat(np.fromiter((code[str(b.zone)] for _, b in blocks), dtype=np.int64, count=len(blocks)), lens)
-    return zoned_day_starts(names, row_zone, np.repeat(np.arange(len(blocks), dtype=np.int64), lens), t)
+    return names, np.fromiter((code[str(b.zone)] for _, b in blocks), dtype=np.int64, count=len(blocks))
 
 
 def zoned_day_starts(zones: Sequence[str], row_zone: I64, blk: I64, t: I64) -> I64:

@@ -36,11 +36,10 @@ def _zoned(blocks: Sequence[tuple[int, Block]], blk: v1.I64, t: v1.I64) -> v1.I6
     """Local-day starts of instants ordered by block index (None unless the blocks carry zones)."""
     if not blocks or any(b.zone is None for _, b in blocks) or len(t) == 0:
         return None
-    names = sorted({str(b.zone) for _, b in blocks})
-    code = {z: i for i, z in enumerate(names)}
-    zone_of_block = np.zeros(max(i for i, _ in blocks) + 1, dtype=np.int64)
-    for i, b in blocks:
-        zone_of_block[i] = code[str(b.zone)]
+    names, codes = v1.zone_codes(blocks)
+    index = np.fromiter((i for i, _ in blocks), dtype=np.int64, count=len(blocks))
+    zone_of_block = np.zeros(int(index.max()) + 1, dtype=np.int64)
+    zone_of_block[index] = codes
     return v1.zoned_day_starts(names, zone_of_block[blk], blk, t)
 
 
