@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import copy
+import io
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from fastavro import schemaless_writer
 
 from clinstream.core.avro import get_codec
 from clinstream.core.compat import IncompatibleSchema, check_catalogue, check_compatible, lint_schema
+from clinstream.core.constants import AVRO_SINGLE_OBJECT_MAGIC
 from clinstream.core.schemas import canonical, load_catalogue, parsed_standalone_of
 from clinstream.core.timeutil import to_ms
 
@@ -88,6 +91,31 @@ def test_plain_decoding_reads_logical_types_as_their_underlying_values() -> None
     assert (plain["start"], plain["received_at"]) == (to_ms(start), to_ms(start) + 65_000)
     assert {k: v for k, v in plain.items() if k not in ("block_id", "start", "received_at")} == {
         k: v for k, v in full.items() if k not in ("block_id", "start", "received_at")}
+
+
+def test_plain_decoding_resolves_an_older_writer_into_the_reader_schema() -> None:
+    """A block written with the released version before time_zone existed reads, plain, as the current version."""
+    codec = get_codec()
+    name = "org.clinstream.telemetry.PseudonymisedTelemetryBlock"
+    cat = codec.catalogue
+    older = [fp for fp, schema in cat.by_fingerprint.items()
+             if schema.get("name") == name and fp != cat.fingerprint_of[name]]
+    assert len(older) == 1
+    writer = cat.by_fingerprint[older[0]]
+    assert "time_zone" not in [f["name"] for f in writer["fields"]]
+    buf = io.BytesIO()
+    schemaless_writer(buf, writer, {
+        "block_id": str(uuid.UUID(int=9)), "site_id": "s", "participant_pseudonym": "p" * 64,
+        "device_pseudonym": "d" * 64, "key_version": 1, "sequence": 3, "start": 1_767_268_800_000,
+        "utc_offset_minutes": 60, "received_at": 1_767_268_865_000,
+        "measurement": ("org.clinstream.telemetry.HeartRateSamples", {"offsets_ms": [0], "bpm": [61.0]})})
+    data = AVRO_SINGLE_OBJECT_MAGIC + older[0] + buf.getvalue()
+    plain = codec.decode_plain(data, reader=name)
+    assert plain["time_zone"] is None
+    assert (plain["block_id"], plain["start"], plain["received_at"]) == (
+        str(uuid.UUID(int=9)), 1_767_268_800_000, 1_767_268_865_000)
+    assert {k: v for k, v in plain.items() if k not in ("block_id", "start", "received_at")} == {
+        k: v for k, v in codec.decode(data, reader=name).items() if k not in ("block_id", "start", "received_at")}
 
 
 def test_plain_encoding_gives_the_bytes_of_logical_encoding() -> None:

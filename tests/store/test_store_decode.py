@@ -43,6 +43,10 @@ def test_bad_records_are_rejected_with_a_reason_and_their_bytes() -> None:
         "wrong record type": CODEC.encode(SAMPLE_FEATURES.value_schema, sample(SITE, 1, 1)),
         "other site": CODEC.encode(FEATURES.value_schema, feature("site-y", 1, 0)),
         "nan": CODEC.encode(FEATURES.value_schema, {**good, "values": {"mean": math.nan}}),
+        "-inf after a finite value": CODEC.encode(FEATURES.value_schema,
+                                                  {**good, "values": {"mean": 60.0, "min": -math.inf}}),
+        "empty feature name": CODEC.encode(FEATURES.value_schema, {**good, "values": {"mean": 60.0, "": 1.0}}),
+        "nul in a feature name": CODEC.encode(FEATURES.value_schema, {**good, "values": {"mean": 60.0, "m\x00": 1.0}}),
         "inf completeness": CODEC.encode(FEATURES.value_schema, {**good, "completeness": math.inf}),
         "completeness > 1": CODEC.encode(FEATURES.value_schema, {**good, "completeness": 1.5}),
         "empty window": CODEC.encode(FEATURES.value_schema, {**good, "window_end": good["window_start"]}),
@@ -60,3 +64,5 @@ def test_bad_records_are_rejected_with_a_reason_and_their_bytes() -> None:
     reasons = [why.reason for _, why in out.rejected]
     assert all(reasons) and "completeness outside [0, 1]" in reasons and "record of another site" in reasons
     assert "non-finite feature value" in reasons and "empty value" in reasons
+    assert reasons.count("non-finite feature value") == 2
+    assert reasons.count("empty or invalid feature name") == 2
