@@ -1,15 +1,15 @@
 """The wearable-window half of the feature processor: telemetry blocks folded into event-time windows.
 
-Per batch and input partition, every block's samples are split by window with numpy (`partials`), then admitted
-block by block, in arrival order, to window entries. Per (block, window entry): a block already recorded in the
-entry (same device pseudonym and sequence number) is a duplicate and changes nothing, but the window is emitted
-again; a window whose end + horizon is at or before the watermark (max event time seen in the partition before
-this block) is final and refuses the data; otherwise the sequence is recorded and the revision incremented, and
-the block's partial is merged into the entry's accumulator before the batch's state is written. A block refused by
-all its windows goes unchanged to LATE_TELEMETRY. Heart-rate partials are sums over readings, so the blocks of one
-participant (zone, UTC offset) that all their windows accepted are merged as one partial per window: a device's
-upload of ten one-minute blocks costs one merge per hour and day window, not ten (the same records and state as
-block by block; `coalesce_blocks=False` is that reference).
+Per batch and input partition, every block's samples are split by window with numpy (`partials`), then admitted in
+arrival order to window entries (grouped by window: one read and write of each entry per batch). Per (block, window
+entry): a block already recorded in the entry (same device pseudonym and sequence number) is a duplicate and changes
+nothing, but the window is emitted again; a window whose end + horizon is at or before the watermark (max event time
+seen in the partition before this block) is final and refuses the data; otherwise the sequence is recorded and the
+revision incremented, and the block's partial is merged into the entry's accumulator before the batch's state is
+written. A block refused by all its windows goes unchanged to LATE_TELEMETRY. Heart-rate partials are sums over
+readings, so the blocks of one participant (zone, UTC offset) that all their windows accepted are merged as one
+partial per window: a device's upload of ten one-minute blocks costs one merge per hour and day window, not ten (the
+same records and state as block by block; `coalesce_blocks=False` is that reference).
 Windows whose deadline the watermark has reached are emitted with is_final=true (same revision) and deleted; each
 touched window is emitted once per batch with its latest value.
 
@@ -98,10 +98,13 @@ class WearableWindows(PartitionWork):
         wm0 = self.state.watermark(self.p)
         latest = np.array([b.max_event_ms if b.max_event_ms is not None else wm0 for _, b in blocks], dtype=np.int64)
         wm_before = np.maximum.accumulate(np.concatenate(([wm0], latest)))[:-1].tolist()
-        outcomes: list[list[str]] = []
-        for i, (rec, block) in enumerate(blocks):
-            outcome = [self._admit(block, fs, kind, start, wm_before[i]) for fs, kind, start in windows[i]]
-            outcomes.append(outcome)
+        if self.proc.coalesce_blocks:
+            outcomes = self._admit_by_window(blocks, windows, wm_before)
+        else:  # the reference: block by block, window by window
+            outcomes = [[self._admit(block, fs, kind, start, wm_before[i]) for fs, kind, start in windows[i]]
+                        for i, (_, block) in enumerate(blocks)]
+        for i, (rec, _) in enumerate(blocks):
+            outcome = outcomes[i]
             if not outcome:
                 self.result.count("blocks_without_features")
                 continue
@@ -137,17 +140,63 @@ class WearableWindows(PartitionWork):
         if start + self._deadline_of(kind) <= watermark:
             return "late"
         if entry is None:
-            entry = {"r": 0, "ca": 0, "o": block.utc_offset_min if kind is WindowKind.LOCAL_DAY else 0,
-                     "d": {}, "a": {}}
-            if self.zoned and kind is WindowKind.LOCAL_DAY:
-                entry["z"] = block.zone
-                entry["o"] = offset_minutes(str(block.zone), start)
+            entry = self._new_entry(block, kind, start)
         ranges.add(entry["d"].setdefault(block.device, []), block.sequence)
         entry["r"] += 1
         entry["ca"] = max(entry["ca"], block.received_ms)
         self.state.put(key, entry)
         self._touch(key, block.pseudonym, feature_set, kind, start)
         return "accepted"
+
+    def _admit_by_window(self, blocks: list[tuple[InRecord, Block]], windows: list[list[tuple[str, WindowKind, int]]],
+                         wm_before: list[int]) -> list[list[str]]:
+        """`_admit` of every (block, window) pair, grouped by window: each window entry is read, written and touched
+        once per batch instead of once per block. Within a window its blocks are admitted in arrival order and windows
+        do not affect each other, so outcomes and entries are those of `_admit` in arrival order. Windows are touched
+        in the order of their first block, which is where `_admit` first touches them unless that block was late; but
+        then the window's deadline is at or before the batch's watermark, so it is emitted as final, in deadline order,
+        wherever it was touched."""
+        groups: dict[tuple[str, str, WindowKind, int], list[tuple[int, int]]] = {}
+        for i, (_, block) in enumerate(blocks):
+            pseudonym = block.pseudonym
+            for j, (fs, kind, start) in enumerate(windows[i]):
+                groups.setdefault((pseudonym, fs, kind, start), []).append((i, j))
+        outcomes = [[""] * len(w) for w in windows]
+        for (pseudonym, fs, kind, start), members in groups.items():
+            key = window_key(self.p, pseudonym, fs, kind, start)
+            entry = self.state.get(key)
+            deadline = start + self._deadline_of(kind)
+            touched = accepted = False
+            for i, j in members:
+                block = blocks[i][1]
+                if entry is not None and ranges.contains(entry["d"].get(block.device, []), block.sequence):
+                    outcomes[i][j] = "duplicate"
+                elif deadline <= wm_before[i]:
+                    outcomes[i][j] = "late"
+                    continue
+                else:
+                    if entry is None:
+                        entry = self._new_entry(block, kind, start)
+                    ranges.add(entry["d"].setdefault(block.device, []), block.sequence)
+                    entry["r"] += 1
+                    entry["ca"] = max(entry["ca"], block.received_ms)
+                    outcomes[i][j] = "accepted"
+                    accepted = True
+                touched = True
+            if accepted and entry is not None:
+                self.state.put(key, entry)
+            if touched:
+                self._touch(key, pseudonym, fs, kind, start)
+        return outcomes
+
+    def _new_entry(self, block: Block, kind: WindowKind, start: int) -> Entry:
+        """A window's entry before its first block: no revision, no blocks, no accumulators."""
+        entry: Entry = {"r": 0, "ca": 0, "o": block.utc_offset_min if kind is WindowKind.LOCAL_DAY else 0, "d": {},
+                        "a": {}}
+        if self.zoned and kind is WindowKind.LOCAL_DAY:
+            entry["z"] = block.zone
+            entry["o"] = offset_minutes(str(block.zone), start)
+        return entry
 
     def _merge(self, pseudonym: str, part: Partial) -> None:
         entry = self.state.get(window_key(self.p, pseudonym, part.feature_set, part.kind, part.start))
