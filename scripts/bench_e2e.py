@@ -679,7 +679,7 @@ def run_cohort(n: int, args: argparse.Namespace, out_dir: Path, profile: bool,
         pipeline.start()
         wait_ready(f"http://127.0.0.1:{settings.gateway_port}", pipeline)
         asyncio.run(grant_consent(site, t0_ms))
-        warm = send(site, build_requests(people, t0_ms, args.blocks, range(0, 1), min(n, args.warm_participants)),
+        warm = send(site, build_requests(people, t0_ms, args.blocks, range(0, 1), min(n, args.warm_participants or n)),
                     args, 600)
         count, _ = wait_rows(settings, t0_ms, warm.accepted_requests * args.blocks, args.startup_timeout)
         print(f"  warm-up: {count}/{warm.accepted_requests * args.blocks} rows visible after "
@@ -869,7 +869,9 @@ def main() -> None:
     parser.add_argument("--naive", action="store_true", help="Also run the naive faust pipeline (record/reading).")
     parser.add_argument("--startup-timeout", type=float, default=180.0, help="Max wait for the warm-up rows.")
     parser.add_argument("--drain-timeout", type=float, default=180.0, help="Max wait for all rows after sending.")
-    parser.add_argument("--warm-participants", type=int, default=200, help="Participants of the warm-up round.")
+    parser.add_argument("--warm-participants", type=int, default=None,
+                        help="Participants of the warm-up round (default: all of them, so the timed phase meets a site "
+                             "in steady state: every device's credential cached, every participant's windows open).")
     parser.add_argument("--paced-seconds", type=float, default=15.0,
                         help="Paced phase (half the measured sustained rate) for latency below saturation.")
     parser.add_argument("--naive-cap", type=int, default=400_000, help="Readings fed to the naive pipeline.")
