@@ -167,6 +167,8 @@ def test_bad_input_goes_to_the_dlq_with_original_bytes_and_never_raises() -> Non
         f.raw("biobank", body, key=subject_key(SITE, "P-000123")),  # a block on the biobank topic
         f.raw("telemetry", truncated, key=subject_key(SITE, "P-000123")),
         f.raw("telemetry", body + b"\x00", key=subject_key(SITE, "P-000123")),
+        f.raw("telemetry", encode_block(block(kind=SLEEP)) + b"\x00", key=subject_key(SITE, "P-000123")),
+        f.raw("telemetry", encode_block(block(kind=ACC))[:-5], key=subject_key(SITE, "P-000123")),
         f.block(uneven), f.block(other_site), mismatched_key, no_key, f.event(bad_birth),
         InRecord("site-a.raw.unknown.v1", 0, 0, None, b"x"),
         f.block(good),
@@ -297,6 +299,8 @@ def test_fast_path_equals_full_reencoding(kind: str) -> None:
     slow = slow_proc.process([grant, rec])
     [a], [b], [c] = on(fast, PSEUDO_TELEMETRY), on(unverified, PSEUDO_TELEMETRY), on(slow, PSEUDO_TELEMETRY)
     assert a.value == b.value == c.value
+    assert fast.counters["readings_forwarded"] == slow.counters["readings_forwarded"] == {"hr": 60, ACC: 60,
+                                                                                           SLEEP: 1}[kind]
     full = CODEC.decode(a.value or b"")
     assert full["measurement"][0] == (kind if kind != "hr" else "org.clinstream.telemetry.HeartRateSamples")
 
