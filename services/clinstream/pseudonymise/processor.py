@@ -17,8 +17,9 @@ DLQ records whose `failed_at` is the wall-clock time (dedupe those by source top
 Fast path: a telemetry block written with the current TelemetryBlock schema is not fully re-encoded. Its header
 fields are decoded with a prefix schema, the pseudonymised header is encoded with the output's prefix schema
 and the measurement bytes (the last field, identical union in both schemas; numbers and enums only) are copied.
-With `verify_measurements` (default) those bytes are still checked to reject corrupt blocks: scanned with numpy
-(`MeasurementChecker`), without a Python object per reading; decoded with fastavro for sleep episodes.
+With `verify_measurements` (default) those bytes are still checked to reject corrupt blocks: matched by compiled
+regular expressions (`MeasurementChecker`), without a Python object per reading; decoded with fastavro for sleep
+episodes.
 """
 
 from __future__ import annotations
@@ -271,7 +272,7 @@ class PseudonymiseProcessor:
         return _Block(header["participant_id"], header, tail, readings)
 
     def _check_measurement(self, tail: bytes) -> int:
-        """Readings of well-formed measurement bytes (numpy scan; fastavro for the branches it cannot scan)."""
+        """Readings of well-formed measurement bytes (`MeasurementChecker`; fastavro for branches it cannot check)."""
         try:
             readings = self._checker.readings(tail)
         except MeasurementError as err:
