@@ -115,6 +115,19 @@ def _read(data: bytes, writer: Any, reader: Any) -> dict[str, Any]:
     return record
 
 
+def prefix_schema(raw_record: Mapping[str, Any], name: str) -> Any:
+    """A parsed record schema of all but the last field of `raw_record` (a record's JSON form), logical types
+    stripped: it reads the same bytes up to where the last field begins (a block's header before its samples)."""
+    fields = [{"name": f["name"], "type": _strip_logical(f["type"])} for f in raw_record["fields"][:-1]]
+    return parse_schema({"type": "record", "name": name, "fields": fields})
+
+
+def _strip_logical(field_type: Any) -> Any:
+    if isinstance(field_type, dict) and "logicalType" in field_type:
+        return field_type["type"]
+    return field_type
+
+
 def _without_logical_types(schema: Any) -> Any:
     """A parsed schema's JSON form with its logical-type annotations (and fastavro's parse marks) removed: the same
     bytes, read as the underlying types."""

@@ -22,10 +22,10 @@ SKIN_SAMPLES = NS + "SkinTemperatureSamples"
 SLEEP_EPISODES = NS + "SleepEpisodes"
 ACCELERATION_SAMPLES = NS + "AccelerationSamples"
 
-_NO_TIMES: npt.NDArray[np.int64] = np.empty(0, dtype=np.int64)  # shared by blocks without samples (read-only)
-_NO_VALUES: npt.NDArray[np.float64] = np.empty(0, dtype=np.float64)
-_NO_TIMES.flags.writeable = _NO_VALUES.flags.writeable = False
-_VALUE_FIELD = {HEART_RATE_SAMPLES: "bpm", RR_SAMPLES: "rr_ms", SPO2_SAMPLES: "spo2_percent", SKIN_SAMPLES: "celsius"}
+NO_TIMES: npt.NDArray[np.int64] = np.empty(0, dtype=np.int64)  # shared by blocks without samples (read-only)
+NO_VALUES: npt.NDArray[np.float64] = np.empty(0, dtype=np.float64)
+NO_TIMES.flags.writeable = NO_VALUES.flags.writeable = False
+VALUE_FIELD = {HEART_RATE_SAMPLES: "bpm", RR_SAMPLES: "rr_ms", SPO2_SAMPLES: "spo2_percent", SKIN_SAMPLES: "celsius"}
 
 
 class BlockError(ValueError):
@@ -65,7 +65,7 @@ class Block:
     t_ms: npt.NDArray[np.int64]
     values: npt.NDArray[np.float64]
     episodes: list[SleepEpisode] = field(default_factory=list)
-    durations_ms: npt.NDArray[np.int64] = field(default_factory=lambda: _NO_TIMES)  # steps
+    durations_ms: npt.NDArray[np.int64] = field(default_factory=lambda: NO_TIMES)  # steps
     time_zone: str | None = None  # the block's IANA zone as sent (None: the site default applies)
     zone: str | None = None  # the zone that defines LOCAL_DAY windows (set by version >= 2; None: by utc offset)
     max_event_ms: int | None = None  # the latest event time (None without readings), set by `decode_block`
@@ -103,7 +103,7 @@ def decode_block(codec: Codec, value: bytes, max_future_skew_ms: int) -> Block:
         block_id=str(record["block_id"]), pseudonym=record["participant_pseudonym"],
         device=record["device_pseudonym"], sequence=int(record["sequence"]), start_ms=start,
         utc_offset_min=int(record["utc_offset_minutes"]), received_ms=received, measurement=name,
-        t_ms=_NO_TIMES, values=_NO_VALUES, time_zone=record.get("time_zone"),
+        t_ms=NO_TIMES, values=NO_VALUES, time_zone=record.get("time_zone"),
     )
     if block.time_zone is not None and zone(block.time_zone) is None:
         raise BlockError("not an IANA time zone", "time_zone")
@@ -125,9 +125,9 @@ def decode_block(codec: Codec, value: bytes, max_future_skew_ms: int) -> Block:
         block.t_ms, block.values = start + offsets, steps.astype(np.float64)
         block.durations_ms = durations * 1000
         _offset_range(block, body["offsets_ms"])
-    elif name in _VALUE_FIELD:
+    elif name in VALUE_FIELD:
         offsets = _int_array(body["offsets_ms"], "measurement.offsets_ms")
-        values = np.asarray(body[_VALUE_FIELD[name]], dtype=np.float64)
+        values = np.asarray(body[VALUE_FIELD[name]], dtype=np.float64)
         if len(offsets) != len(values):
             raise BlockError("array lengths differ", "measurement")
         if name == RR_SAMPLES and len(offsets) > 1 and (np.diff(offsets) < 0).any():

@@ -36,7 +36,8 @@ from clinstream.core.topics import (
 )
 from clinstream.features import catalogue as cat
 from clinstream.features.biobank_processor import BiobankSamples
-from clinstream.features.blocks import Block, BlockError, decode_block
+from clinstream.features.block_batch import BlockBatchReader
+from clinstream.features.blocks import Block, BlockError
 from clinstream.features.config import FeatureSettings, get_feature_settings
 from clinstream.features.partition_work import PartitionWork
 from clinstream.features.state import Entry, FeatureState, tombstone_key
@@ -65,6 +66,7 @@ class FeatureProcessor:
         self.topic_late = LATE_TELEMETRY.name(site_id)
         self.topic_dlq = dlq(Stage.FEATURES).name(site_id)
         self.future_skew_ms = self.settings.max_future_skew_s * 1000
+        self.block_reader = BlockBatchReader(self.codec, self.future_skew_ms)
         self._keys: dict[str, bytes] = {}
 
     def key_of(self, pseudonym: str) -> bytes:
@@ -121,9 +123,11 @@ class _Batch(PartitionWork):
         blocks: list[tuple[InRecord, Block]] = []
         events: list[tuple[InRecord, dict[str, Any]]] = []
         erasures: list[str] = []
+        telemetry = self.proc.topic_telemetry
+        decoded = iter(self.proc.block_reader.read([rec.value for rec in records if rec.topic == telemetry]))
         for rec in records:
-            if rec.topic == self.proc.topic_telemetry:
-                block = self._decode_block(rec)
+            if rec.topic == telemetry:
+                block = self._take_block(rec, next(decoded))
                 if block is not None:
                     blocks.append((rec, block))
             elif rec.topic == self.proc.topic_biobank:
@@ -154,15 +158,15 @@ class _Batch(PartitionWork):
             self.reject(rec, str(exc))
             return None
 
-    def _decode_block(self, rec: InRecord) -> Block | None:
-        try:
-            block = decode_block(self.proc.codec, rec.value, self.proc.future_skew_ms)
-        except BlockError as exc:
-            self.reject(rec, exc.reason, exc.field_path)
+    def _take_block(self, rec: InRecord, decoded: Block | BlockError | DecodeError) -> Block | None:
+        """The decoded block of a telemetry record, or None after sending the record to the DLQ."""
+        if isinstance(decoded, BlockError):
+            self.reject(rec, decoded.reason, decoded.field_path)
             return None
-        except DecodeError as exc:
-            self.reject(rec, str(exc))
+        if isinstance(decoded, DecodeError):
+            self.reject(rec, str(decoded))
             return None
+        block = decoded
         self.result.count("blocks")
         self.result.count("readings", block.size)
         return block

@@ -36,9 +36,10 @@ from typing import Any
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
-from clinstream.core.avro import Codec, get_codec, subject_key
+from clinstream.core.avro import Codec, get_codec, prefix_schema, subject_key
 from clinstream.core.constants import AVRO_SINGLE_OBJECT_MAGIC, PSEUDONYMISE_ID_NAMESPACE
 from clinstream.core.dlq import Rejection, dead_letter
+from clinstream.core.measurement_bytes import MeasurementChecker, MeasurementError
 from clinstream.core.records import BatchResult, InRecord, OutRecord
 from clinstream.core.timeutil import now_ms, to_ms
 from clinstream.core.topics import (
@@ -54,7 +55,6 @@ from clinstream.core.topics import (
 )
 from clinstream.pseudonymise.consent import ConsentEntry, consent_order
 from clinstream.pseudonymise.keys import KeyRing
-from clinstream.pseudonymise.measurement_check import MeasurementChecker, MeasurementError
 from clinstream.pseudonymise.minimise import CONSENT_EVENT, MinimisationError, duo_scope, minimise_biobank_event
 from clinstream.pseudonymise.pseudonyms import Pseudonymiser
 
@@ -80,18 +80,6 @@ def _read(buf: io.BytesIO, schema: Any, *, record_names: bool = False) -> Any:
     """Decode one schemaless Avro datum from a buffer (optionally with (name, record) union branches)."""
     return schemaless_reader(buf, schema, None, return_record_name=record_names,
                              return_record_name_override=record_names)
-
-
-def _strip_logical(field_type: Any) -> Any:
-    if isinstance(field_type, dict) and "logicalType" in field_type:
-        return field_type["type"]
-    return field_type
-
-
-def _prefix_schema(raw_record: dict[str, Any], name: str) -> Any:
-    """A record schema of all but the last field of `raw_record`, logical types stripped (same bytes)."""
-    fields = [{"name": f["name"], "type": _strip_logical(f["type"])} for f in raw_record["fields"][:-1]]
-    return parse_schema({"type": "record", "name": name, "fields": fields})
 
 
 def measurement_readings(measurement: dict[str, Any]) -> int:
@@ -163,8 +151,8 @@ class PseudonymiseProcessor:
                 and json.dumps(in_fields[-1]["type"], sort_keys=True)
                 == json.dumps(out_fields[-1]["type"], sort_keys=True)):
             raise RuntimeError("raw and pseudonymised telemetry blocks must end in the same measurement union")
-        self._in_prefix = _prefix_schema(cat.raw[TELEMETRY_BLOCK], "clinstream.internal.RawBlockHeader")
-        self._out_prefix = _prefix_schema(cat.raw[P_TELEMETRY_BLOCK], "clinstream.internal.PseudoBlockHeader")
+        self._in_prefix = prefix_schema(cat.raw[TELEMETRY_BLOCK], "clinstream.internal.RawBlockHeader")
+        self._out_prefix = prefix_schema(cat.raw[P_TELEMETRY_BLOCK], "clinstream.internal.PseudoBlockHeader")
         self._measurement = parse_schema(in_fields[-1]["type"])
         self._checker = MeasurementChecker(in_fields[-1]["type"])
         self._raw_key = lru_cache(maxsize=65_536)(lambda pid: subject_key(site_id, pid))

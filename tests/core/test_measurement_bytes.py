@@ -5,13 +5,14 @@ from __future__ import annotations
 import io
 from typing import Any
 
+import numpy as np
 import pytest
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clinstream.core.avro import get_codec
-from clinstream.pseudonymise.measurement_check import MeasurementChecker, MeasurementError
+from clinstream.core.measurement_bytes import NUMPY_DTYPE, MeasurementChecker, MeasurementError, zigzag_varints
 
 UNION = get_codec().catalogue.parsed["org.clinstream.telemetry.TelemetryBlock"]["fields"][-1]["type"]
 SCHEMA = parse_schema(UNION)
@@ -122,3 +123,33 @@ def test_sleep_episodes_are_left_to_the_caller() -> None:
                "wake_after_sleep_onset_min": 30.0, "latency_to_sleep_onset_min": 12.0, "number_of_awakenings": 3,
                "is_main_sleep": True}
     assert CHECKER.readings(encode((NS + "SleepEpisodes", {"episodes": [episode]}))) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(measurements())
+def test_the_spans_of_valid_measurements_hold_their_arrays(measurement: tuple[str, dict[str, Any]]) -> None:
+    """Each array's span decodes (varints at once in numpy, floats in place) to the values fastavro reads."""
+    data = encode(measurement)
+    _, record = schemaless_reader(io.BytesIO(data), SCHEMA, None, return_record_name=True)
+    scan = CHECKER.scan(data)
+    assert scan is not None and scan.contiguous and scan.name == measurement[0]
+    assert sorted(scan.arrays) == sorted(k for k, v in record.items() if isinstance(v, list))
+    for name, span in scan.arrays.items():
+        items = data[span.start:span.end]
+        got = zigzag_varints(items) if span.kind in ("int", "long") else np.frombuffer(items, NUMPY_DTYPE[span.kind])
+        assert span.items == len(got) == len(record[name])
+        assert np.array_equal(got, np.asarray(record[name], dtype=got.dtype), equal_nan=True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(-(2**63), 2**63 - 1), max_size=200))
+def test_zigzag_varints_decodes_what_avro_encodes(numbers: list[int]) -> None:
+    buf = io.BytesIO()
+    for n in numbers:
+        schemaless_writer(buf, "long", n)
+    assert zigzag_varints(buf.getvalue()).tolist() == numbers
+
+
+def test_zigzag_varints_refuses_bytes_that_end_inside_a_number() -> None:
+    with pytest.raises(ValueError, match="inside a number"):
+        zigzag_varints(b"\x02\x80")
