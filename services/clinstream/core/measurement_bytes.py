@@ -54,11 +54,7 @@ class Scan(NamedTuple):
     name: str
     readings: int
     arrays: dict[str, ArraySpan]
-
-    @property
-    def contiguous(self) -> bool:
-        """Every array's items lie in one run of bytes."""
-        return all(span.start >= 0 for span in self.arrays.values())
+    contiguous: bool  # every array's items lie in one run of bytes
 
 
 def _layout(record: Any) -> Layout | None:
@@ -119,7 +115,7 @@ class MeasurementChecker:
                 if match is not None:
                     return Scan(self._names[branch], count, {
                         name: ArraySpan(kind, count, *match.span(name))
-                        for name, kind, _ in layout if kind != _ENUM})
+                        for name, kind, _ in layout if kind != _ENUM}, contiguous=True)
         return self._scan_fields(branch, layout, data, pos)
 
     def _scan_fields(self, branch: int, layout: Layout, data: bytes, pos: int) -> Scan:
@@ -137,7 +133,8 @@ class MeasurementChecker:
         lengths = {span.items for span in arrays.values()}
         if len(lengths) > 1:
             raise MeasurementError("measurement arrays differ in length")
-        return Scan(self._names[branch], lengths.pop() if lengths else 0, arrays)
+        return Scan(self._names[branch], lengths.pop() if lengths else 0, arrays,
+                    contiguous=all(span.start >= 0 for span in arrays.values()))
 
 
 def _array(data: bytes, pos: int, kind: str) -> tuple[ArraySpan, int]:

@@ -150,9 +150,11 @@ class BlockBatchReader:
             lowest[nonempty] = np.minimum.reduceat(offsets, bounds[nonempty])
             highest[nonempty] = np.maximum.reduceat(offsets, bounds[nonempty])
         backwards = np.zeros(len(pending), dtype=bool)  # an offset below the one before it in the same block
-        falls = np.flatnonzero(np.diff(offsets) < 0) + 1
+        falls = np.flatnonzero(np.diff(offsets) < 0) + 1  # where an offset is below the one before it
         if falls.size:
-            within = falls[~np.isin(falls, bounds)]
+            first = np.zeros(len(offsets), dtype=bool)
+            first[bounds[nonempty]] = True  # a block's first offset: the one before it is another block's
+            within = falls[~first[falls]]
             backwards[np.searchsorted(bounds, within, side="right") - 1] = True
         for j, p in enumerate(pending):
             block, n, a = p.block, int(sizes[j]), p.at

@@ -130,23 +130,31 @@ class WearableWindows(PartitionWork):
         return [int(block.utc_offset_min != offset_minutes(str(block.zone), block.start_ms)) for _, block in blocks]
 
     def _admit(self, block: Block, feature_set: str, kind: WindowKind, start: int, watermark: int) -> str:
-        """Admit a block to one window: duplicate (already recorded), late (the window is final) or accepted (its
-        sequence recorded, the revision raised); the accumulator is merged afterwards."""
+        """Admit a block to one window (`_admission`); the accumulator is merged afterwards."""
         key = window_key(self.p, block.pseudonym, feature_set, kind, start)
-        entry = self.state.get(key)
-        if entry is not None and ranges.contains(entry["d"].get(block.device, []), block.sequence):
+        outcome, entry = self._admission(self.state.get(key), block, kind, start,
+                                         late=start + self._deadline_of(kind) <= watermark)
+        if outcome == "accepted" and entry is not None:
+            self.state.put(key, entry)
+        if outcome != "late":
             self._touch(key, block.pseudonym, feature_set, kind, start)
-            return "duplicate"
-        if start + self._deadline_of(kind) <= watermark:
-            return "late"
+        return outcome
+
+    def _admission(self, entry: Entry | None, block: Block, kind: WindowKind, start: int,
+                   late: bool) -> tuple[str, Entry | None]:
+        """One block's admission to a window's entry (None before its first block): duplicate (the entry already
+        records the block), late (the window is final) or accepted (its sequence recorded, the revision raised, the
+        entry made if needed). Returns the outcome and the entry."""
+        if entry is not None and ranges.contains(entry["d"].get(block.device, []), block.sequence):
+            return "duplicate", entry
+        if late:
+            return "late", entry
         if entry is None:
             entry = self._new_entry(block, kind, start)
         ranges.add(entry["d"].setdefault(block.device, []), block.sequence)
         entry["r"] += 1
         entry["ca"] = max(entry["ca"], block.received_ms)
-        self.state.put(key, entry)
-        self._touch(key, block.pseudonym, feature_set, kind, start)
-        return "accepted"
+        return "accepted", entry
 
     def _admit_by_window(self, blocks: list[tuple[InRecord, Block]], windows: list[list[tuple[str, WindowKind, int]]],
                          wm_before: list[int]) -> list[list[str]]:
@@ -168,21 +176,10 @@ class WearableWindows(PartitionWork):
             deadline = start + self._deadline_of(kind)
             touched = accepted = False
             for i, j in members:
-                block = blocks[i][1]
-                if entry is not None and ranges.contains(entry["d"].get(block.device, []), block.sequence):
-                    outcomes[i][j] = "duplicate"
-                elif deadline <= wm_before[i]:
-                    outcomes[i][j] = "late"
-                    continue
-                else:
-                    if entry is None:
-                        entry = self._new_entry(block, kind, start)
-                    ranges.add(entry["d"].setdefault(block.device, []), block.sequence)
-                    entry["r"] += 1
-                    entry["ca"] = max(entry["ca"], block.received_ms)
-                    outcomes[i][j] = "accepted"
-                    accepted = True
-                touched = True
+                outcome, entry = self._admission(entry, blocks[i][1], kind, start, late=deadline <= wm_before[i])
+                outcomes[i][j] = outcome
+                accepted |= outcome == "accepted"
+                touched |= outcome != "late"
             if accepted and entry is not None:
                 self.state.put(key, entry)
             if touched:
