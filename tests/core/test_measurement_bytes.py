@@ -12,7 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clinstream.core.avro import get_codec
-from clinstream.core.measurement_bytes import NUMPY_DTYPE, MeasurementChecker, MeasurementError, zigzag_varints
+from clinstream.core.measurement_bytes import (
+    NUMPY_DTYPE,
+    MeasurementChecker,
+    MeasurementError,
+    zigzag_varints,
+)
 
 UNION = get_codec().catalogue.parsed["org.clinstream.telemetry.TelemetryBlock"]["fields"][-1]["type"]
 SCHEMA = parse_schema(UNION)

@@ -190,11 +190,11 @@ def _record_pattern(layout: Layout, count: int) -> re.Pattern[bytes]:
     """A pattern matching a whole measurement record whose arrays each hold `count` items in one Avro block
     (a named group per array's items), compiled once per layout and count in use. Bytes it does not match are
     scanned field by field, which accepts every other valid form and names the reason for a refusal."""
-    header = re.escape(_zigzag(count))
+    header = re.escape(zigzag(count))
     parts: list[bytes] = []
     for name, kind, symbols in layout:
         if kind == _ENUM:  # an index below `symbols`: one byte each while the zigzag code stays below 0x80
-            codes = [_zigzag(i) for i in range(symbols)]
+            codes = [zigzag(i) for i in range(symbols)]
             parts.append(b"(?:" + b"|".join(re.escape(c) for c in codes) + b")")
         elif kind in _WIDTH:
             parts.append(header + b"(?P<%s>[\x00-\xff]{%d})\x00" % (name.encode(), count * _WIDTH[kind]))
@@ -203,7 +203,7 @@ def _record_pattern(layout: Layout, count: int) -> re.Pattern[bytes]:
     return re.compile(b"".join(parts), re.DOTALL)
 
 
-def _zigzag(number: int) -> bytes:
+def zigzag(number: int) -> bytes:
     """The Avro (zigzag varint) encoding of an int or long."""
     code = (number << 1) ^ (number >> 63)
     out = bytearray()

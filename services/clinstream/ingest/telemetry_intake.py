@@ -18,6 +18,7 @@ from clinstream.ingest.errors import ApiError
 from clinstream.ingest.gateway_db import DevicePrincipal
 from clinstream.ingest.metrics import GatewayMetrics
 from clinstream.ingest.producer import AsyncDurableProducer
+from clinstream.ingest.telemetry_encoding import TelemetryEncoder
 from clinstream.ingest.telemetry_validate import AcceptedBlock, RejectedBlock, TelemetryValidator
 
 JSON = "application/json"
@@ -57,6 +58,7 @@ class TelemetryIntake:
         self.producer = producer
         self.metrics = metrics
         self.codec = codec or get_codec()
+        self.encoder = TelemetryEncoder(self.codec)
         self.raw_topic = RAW_TELEMETRY.name(site_id)
         self.dlq_topic = dlq(Stage.INGEST).name(site_id)
 
@@ -87,8 +89,7 @@ class TelemetryIntake:
         """Kafka messages of the accepted blocks and the DLQ messages of the rejected ones."""
         key = subject_key(self.site_id, device.participant_id)
         try:
-            values = self.codec.encode_many(RAW_TELEMETRY.value_schema, [b.record for b in outcome.accepted],
-                                            plain=True)  # timestamps are epoch-ms ints, the UUID a string
+            values = self.encoder.encode(outcome.accepted)
         except Exception:  # a validated block that Avro refuses is a gateway bug; dead-letter it, do not 500
             values = []
             kept: list[AcceptedBlock] = []

@@ -9,6 +9,7 @@ from typing import Any
 from uuid import UUID
 
 import numpy as np
+import numpy.typing as npt
 import orjson
 from pydantic import TypeAdapter, ValidationError
 
@@ -38,9 +39,18 @@ _BLOCK: TypeAdapter[AnyBlock] = TypeAdapter(TelemetryBlockIn)
 
 
 @dataclass(frozen=True, slots=True)
+class Columns:
+    """A block's offsets and values as the numpy arrays its checks ran on (blocks of one value per offset)."""
+
+    offsets_ms: npt.NDArray[np.int64]
+    values: npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True, slots=True)
 class AcceptedBlock:
     """A valid block, as the Avro TelemetryBlock record to produce (timestamps as epoch-ms ints, the block id a
-    string: `Codec.encode_many(plain=True)` encodes it without logical-type conversion)."""
+    string: `Codec.encode_many(plain=True)` encodes it without logical-type conversion), with its columns when it
+    holds one value per offset (`TelemetryEncoder` writes those without a Python object per reading)."""
 
     index: int
     block_id: str
@@ -48,6 +58,7 @@ class AcceptedBlock:
     kind: str
     readings: int
     record: dict[str, Any]
+    columns: Columns | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,25 +113,27 @@ def instant_ms(value: datetime) -> int:
 
 
 def _first(mask: np.ndarray[Any, np.dtype[np.bool_]]) -> int | None:
-    hits = np.flatnonzero(mask)
-    return int(hits[0]) if hits.size else None
+    """The index of the mask's first true element, if any."""
+    return int(np.argmax(mask)) if mask.any() else None
 
 
-def _check_range(values: list[float] | list[int], lo: float, hi: float, unit: str, path: str) -> None:
+def _check_range(values: list[float] | list[int] | npt.NDArray[np.float64], lo: float, hi: float, unit: str,
+                 path: str) -> None:
     arr = np.asarray(values, dtype=np.float64)
-    bad = _first(~((arr >= lo) & (arr <= hi)))  # NaN fails both comparisons
-    if bad is not None:
-        count = int(np.count_nonzero(~((arr >= lo) & (arr <= hi))))
-        raise _Reject(f"{count} value(s) outside the plausible range {lo:g}-{hi:g} {unit}", f"{path}[{bad}]")
+    inside = (arr >= lo) & (arr <= hi)  # NaN fails both comparisons
+    if not inside.all():
+        outside = ~inside
+        raise _Reject(f"{int(np.count_nonzero(outside))} value(s) outside the plausible range {lo:g}-{hi:g} {unit}",
+                      f"{path}[{int(np.argmax(outside))}]")
 
 
-def _check_offsets(offsets: list[int], *, strict: bool, span_ms: int, path: str) -> None:
+def _check_offsets(offsets: list[int] | npt.NDArray[np.int64], *, strict: bool, span_ms: int, path: str) -> None:
     if len(offsets) > 1:
-        diffs = np.diff(np.asarray(offsets, dtype=np.int64))
-        bad = _first(diffs <= 0 if strict else diffs < 0)
-        if bad is not None:
+        arr = np.asarray(offsets, dtype=np.int64)
+        backwards = arr[1:] <= arr[:-1] if strict else arr[1:] < arr[:-1]
+        if backwards.any():
             order = "strictly increasing" if strict else "non-decreasing"
-            raise _Reject(f"offsets must be {order}", f"{path}[{bad + 1}]")
+            raise _Reject(f"offsets must be {order}", f"{path}[{int(np.argmax(backwards)) + 1}]")
     if offsets[-1] > span_ms:
         raise _Reject(f"a block may span at most {span_ms} ms", f"{path}[{len(offsets) - 1}]")
 
@@ -177,7 +190,7 @@ class TelemetryValidator:
             return self._rejected(index, raw, first_rejection(exc, prefix, tag_field="schema",
                                                               tag_values=SCHEMA_NAMES))
         try:
-            measurement, readings, end_ms = self._measurement(block, prefix)
+            measurement, readings, end_ms, columns = self._measurement(block, prefix)
             start_ms = instant_ms(block.start)
             if start_ms < received_ms - self.limits.max_block_age_days * DAY_MS:
                 raise _Reject(f"the block starts more than {self.limits.max_block_age_days} days ago",
@@ -199,7 +212,7 @@ class TelemetryValidator:
             "measurement": measurement,
             "time_zone": time_zone,
         }
-        return AcceptedBlock(index, str(block.block_id), block.participant_id, block.kind, readings, record)
+        return AcceptedBlock(index, str(block.block_id), block.participant_id, block.kind, readings, record, columns)
 
     @staticmethod
     def _rejected(index: int, raw: Any, rejection: Rejection, block_id: str | None = None) -> RejectedBlock:
@@ -207,12 +220,14 @@ class TelemetryValidator:
             block_id = valid_uuid(raw["block_id"])
         return RejectedBlock(index, block_id, rejection, orjson.dumps(raw))
 
-    def _measurement(self, block: AnyBlock, prefix: str) -> tuple[tuple[str, dict[str, Any]], int, int]:
-        """The Avro measurement branch, the number of readings and the last instant (ms after start)."""
+    def _measurement(self, block: AnyBlock, prefix: str) -> tuple[tuple[str, dict[str, Any]], int, int,
+                                                                  Columns | None]:
+        """The Avro measurement branch, the number of readings, the last instant (ms after start) and the columns
+        of a block of one value per offset."""
         lim = self.limits
         span = lim.max_block_span_ms
         if isinstance(block, SleepEpisodeBlock):
-            return self._sleep(block, prefix)
+            return (*self._sleep(block, prefix), None)
         offsets = block.offsets_ms
         if len(offsets) > lim.max_block_samples:
             raise _Reject(f"a block holds at most {lim.max_block_samples} samples", f"{prefix}.offsets_ms")
@@ -220,11 +235,13 @@ class TelemetryValidator:
         vpath = f"{prefix}.values"
         last = offsets[-1]
         body: dict[str, Any]
+        columns = None
         if isinstance(block, ValuesBlock):
             check = _VALUES_CHECKS[type(block)]
             _equal_lengths(prefix, offsets_ms=offsets, values=block.values)
-            _check_offsets(offsets, strict=check.strict, span_ms=span, path=opath)
-            _check_range(block.values, *check.bounds(lim), check.unit, vpath)
+            columns = Columns(np.asarray(offsets, dtype=np.int64), np.asarray(block.values, dtype=np.float64))
+            _check_offsets(columns.offsets_ms, strict=check.strict, span_ms=span, path=opath)
+            _check_range(columns.values, *check.bounds(lim), check.unit, vpath)
             branch, body = check.branch, {"offsets_ms": offsets, check.field: block.values}
             if isinstance(block, BodyTemperatureBlock):
                 body["location"] = block.location.upper()
@@ -242,7 +259,7 @@ class TelemetryValidator:
             for axis, values in (("x", block.x), ("y", block.y), ("z", block.z)):
                 _check_range(values, -lim.accel_max_m_s2, lim.accel_max_m_s2, "m/s2", f"{prefix}.{axis}")
             branch, body = "AccelerationSamples", {"offsets_ms": offsets, "x": block.x, "y": block.y, "z": block.z}
-        return (NS + branch, body), len(offsets), last
+        return (NS + branch, body), len(offsets), last, columns
 
     def _check_steps(self, block: StepCountBlock, prefix: str) -> None:
         offsets = np.asarray(block.offsets_ms, dtype=np.int64)
