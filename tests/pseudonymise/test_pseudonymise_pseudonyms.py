@@ -54,3 +54,28 @@ def test_distinct_identifiers_give_distinct_pseudonyms(a: str, b: str) -> None:
 def test_domain_label_cannot_be_forged_by_the_identifier() -> None:
     # "participant" + NUL + "x" vs "participantx": the separator keeps domains apart.
     assert P.pseudonym(Domain.DEVICE, "x") != P.pseudonym(Domain.PARTICIPANT, "\x00device\x00x")
+
+
+def _mac(key: bytes, domain: str, identifier: str) -> str:
+    return hmac.new(key, b"clinstream.pseudonym.v1\x00" + domain.encode() + b"\x00" + identifier.encode(),
+                    hashlib.sha256).hexdigest()
+
+
+@given(st.lists(st.tuples(st.sampled_from(list(Domain)), st.sampled_from([1, 2]), st.sampled_from(["a", "b", ""])),
+                max_size=30))
+def test_remembered_pseudonyms_are_those_of_their_domain_and_version(asks: list[tuple[Domain, int, str]]) -> None:
+    """The in-memory cache answers per (version, domain, identifier): a pseudonym asked for again, after the same
+    identifier was asked for in other domains and versions, is still the MAC of its own."""
+    p = Pseudonymiser(RING)
+    for domain, version, identifier in asks + asks:
+        assert p.pseudonym(domain, identifier, version) == _mac({1: K1, 2: K2}[version], domain.value, identifier)
+
+
+def test_the_cache_is_bounded_and_answers_stay_right_after_it_is_emptied(monkeypatch: object) -> None:
+    import clinstream.pseudonymise.pseudonyms as module
+
+    p = Pseudonymiser(RING)
+    for i in range(module.CACHE_SIZE + 10):
+        p.device(f"D-{i}")
+    assert len(p._cache) <= module.CACHE_SIZE
+    assert p.device("D-3") == _mac(K2, "device", "D-3")

@@ -3,7 +3,8 @@
 MAC input = ``b"clinstream.pseudonym.v1\\x00" + domain + b"\\x00" + identifier (UTF-8)``, so the same
 identifier gives unrelated pseudonyms in the participant, device and sample domains, and a different key
 version gives unrelated pseudonyms too. The keyed HMAC state after the domain prefix is computed once per
-(version, domain) and copied per identifier.
+(version, domain) and copied per identifier; the pseudonyms of the identifiers seen most recently are kept in
+memory (at most `CACHE_SIZE`, never written anywhere), since a site's devices send block after block.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from enum import StrEnum
 from clinstream.pseudonymise.keys import KeyRing
 
 _LABEL = b"clinstream.pseudonym.v1\x00"
+CACHE_SIZE = 65_536
 
 
 class Domain(StrEnum):
@@ -28,7 +30,7 @@ class Domain(StrEnum):
 class Pseudonymiser:
     """Pseudonyms of one key ring; `version` defaults to the ring's active version."""
 
-    __slots__ = ("_macs", "key_version", "versions")
+    __slots__ = ("_cache", "_macs", "key_version", "versions")
 
     def __init__(self, ring: KeyRing) -> None:
         self.key_version = ring.active
@@ -38,12 +40,21 @@ class Pseudonymiser:
                                         hashlib.sha256)
             for version in ring.versions for domain in Domain
         }
+        self._cache: dict[tuple[int, Domain, str], str] = {}
 
     def pseudonym(self, domain: Domain, identifier: str, version: int | None = None) -> str:
         """The hex pseudonym of an identifier in a domain."""
-        mac = self._macs[(self.key_version if version is None else version, domain)].copy()
+        version = self.key_version if version is None else version
+        key = (version, domain, identifier)
+        known = self._cache.get(key)
+        if known is not None:
+            return known
+        mac = self._macs[(version, domain)].copy()
         mac.update(identifier.encode())
-        return mac.hexdigest()
+        if len(self._cache) >= CACHE_SIZE:
+            self._cache.clear()
+        known = self._cache[key] = mac.hexdigest()
+        return known
 
     def participant(self, participant_id: str, version: int | None = None) -> str:
         """Participant-domain pseudonym."""
