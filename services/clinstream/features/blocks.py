@@ -1,4 +1,4 @@
-"""Decodes and validates pseudonymised telemetry blocks into numpy columns (event times, values) per measurement."""
+"""Decodes and validates pseudonymised telemetry blocks one at a time into numpy columns (`block_batch`'s reference)."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ class Block:
     durations_ms: npt.NDArray[np.int64] = field(default_factory=lambda: NO_TIMES)  # steps
     time_zone: str | None = None  # the block's IANA zone as sent (None: the site default applies)
     zone: str | None = None  # the zone that defines LOCAL_DAY windows (set by version >= 2; None: by utc offset)
-    max_event_ms: int | None = None  # the latest event time (None without readings), set by `decode_block`
+    max_event_ms: int | None = None  # the latest event time (None without readings), set by the decoders
 
     @property
     def offset_ms(self) -> int:
