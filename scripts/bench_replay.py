@@ -115,7 +115,7 @@ def main() -> None:
         print(f"replay: {c.get('records_read', 0):,} blocks, {c.get('readings', 0):,} readings in {wall:.1f} s "
               f"(incl. {outcome.checkpoint.elapsed_s:.1f} s engine time)")
         print(f"        {c.get('records_read', 0) / wall:,.0f} blocks/s, {rate:,.0f} readings/s; "
-              f"{c.get('feature_records', 0):,} feature records, {c.get('features_written', 0):,} row writes")
+              f"{c.get('feature_records_delivered', 0):,} feature records, {c.get('features_written', 0):,} row writes")
         speedup = rate / args.participants
         print(f"        {speedup:,.1f}x faster than real time for {args.participants} participants "
               f"(one day of this cohort replays in {86_400 * args.participants / rate / 60:,.1f} min)")

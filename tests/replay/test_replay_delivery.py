@@ -59,8 +59,8 @@ def test_feature_outputs_go_through_the_store_sink_and_dead_letters_carry_the_ru
     counts = delivery.deliver(adapter, BatchResult(out))
     assert [(r.topic, r.key, r.value, r.offset) for r in sink.written] == [("features", b"a", b"f1", -1),
                                                                           ("features", b"b", b"f2", -1)]
-    assert counts == {"feature_records": 1, "features_written": 1, "features_unchanged": 0, "dead_lettered": 2,
-                      "late_not_republished": 1, "produced": 1}
+    assert counts == {"feature_records_delivered": 1, "features_written": 1, "features_unchanged": 0,
+                      "dead_lettered": 2, "late_not_republished": 1, "produced": 1}
     assert set(producer.sent) == {features_dlq, store_dlq, "other"}
     run_header = (HEADER_REPLAY_RUN, b"run-1")
     assert run_header in (producer.sent[features_dlq][0][2] or [])

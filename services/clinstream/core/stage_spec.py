@@ -67,6 +67,9 @@ class ReplayAdapter(Protocol):
     def process(self, records: Sequence[InRecord]) -> BatchResult:
         """Process one batch of input records (any partitions, offset order per partition)."""
 
+    def finish(self) -> BatchResult:
+        """The outputs held back until the end of the range (delivered with its last batch)."""
+
     def dump_state(self) -> Any:
         """The state in JSON-able form, for the checkpoint."""
 

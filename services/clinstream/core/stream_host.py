@@ -796,6 +796,9 @@ class BoundedStage(Protocol):
     def process(self, records: Sequence[InRecord]) -> BatchResult:
         """Process one batch (any partitions, offset order per partition)."""
 
+    def finish(self) -> BatchResult:
+        """The outputs held back until the end of the range (delivered with its last batch)."""
+
 
 class BoundedCheckpoint(Protocol):
     """Where a bounded run's outputs go and how its state and next offsets are made durable."""
@@ -815,7 +818,9 @@ def run_bounded(settings: Settings, group_id: str, ranges: Sequence[OffsetRange]
 
     Per batch: process; deliver the outputs and wait for them; then, when due (and at the end, and when asked
     to stop), the state with the next offsets; then those offsets are committed to the run's group (informational:
-    `clinstream lag` shows the progress; a resume uses the saved state). A replay's input topics are neither
+    `clinstream lag` shows the progress; a resume uses the saved state). The batch that completes every range also
+    delivers what the stage held back (`finish`) before the completed state is saved, so a run killed before that
+    save redoes the end from its last checkpoint. A replay's input topics are neither
     compacted nor transactional, so the reading is `contiguous`: offsets passed without their records are read again.
     """
     crash = CrashPoints(crash_dir if crash_dir is not None else settings.state_dir / "bounded", stage="bounded")
@@ -826,9 +831,17 @@ def run_bounded(settings: Settings, group_id: str, ranges: Sequence[OffsetRange]
         with contextlib.suppress(KafkaException):
             consumer.commit(offsets=offsets, asynchronous=False)
 
+    finished = [False]
+
     def one_batch(records: Sequence[InRecord]) -> None:
         result = stage.process(records) if records else BatchResult()
         done = all(nxt[r.tp] >= r.end for r in ranges)
+        if done:
+            held = stage.finish()
+            result.out.extend(held.out)
+            for name, n in held.counters.items():
+                result.count(name, n)
+            finished[0] = True
         saved: list[bool] = []
         checkpoint_in_order(crash, result.counters, lambda: checkpoint.deliver(records, result),
                                  lambda: saved.append(checkpoint.save_state(nxt, completed=done, force=done)),
@@ -840,6 +853,8 @@ def run_bounded(settings: Settings, group_id: str, ranges: Sequence[OffsetRange]
         for msgs in bounded_batches(consumer, ranges, nxt, batch_max, stop=stop, contiguous=True):
             one_batch([from_kafka_message(m) for m in msgs])
         done = all(nxt[r.tp] >= r.end for r in ranges)
+        if done and not finished[0]:  # nothing left to read (an empty range, or resumed at its end)
+            one_batch([])
         checkpoint.save_state(nxt, completed=done, force=True)  # done, or asked to stop: remember where we are
         commit()
         return done

@@ -21,6 +21,7 @@ class ProcessorContext(Protocol):
     state: FeatureState
     deadline_ms: dict[WindowKind, int]
     coalesce_blocks: bool
+    emit_open: bool
     topic_features: str
     topic_samples: str
     topic_late: str

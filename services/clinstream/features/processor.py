@@ -40,7 +40,7 @@ from clinstream.features.block_batch import BlockBatchReader
 from clinstream.features.blocks import Block, BlockError
 from clinstream.features.config import FeatureSettings, get_feature_settings
 from clinstream.features.partition_work import PartitionWork
-from clinstream.features.state import Entry, FeatureState, tombstone_key
+from clinstream.features.state import WINDOW_PREFIX, Entry, FeatureState, partition_of, tombstone_key
 from clinstream.features.wearable_processor import WearableWindows
 from clinstream.features.windows import deadlines
 
@@ -49,10 +49,14 @@ class FeatureProcessor:
     """Pure batch processor of the features stage; all state lives in the injected mapping."""
 
     def __init__(self, site_id: str, state: MutableMapping[str, Entry], settings: FeatureSettings | None = None,
-                 version: int = cat.FEATURE_VERSION, codec: Codec | None = None, coalesce_blocks: bool = True) -> None:
+                 version: int = cat.FEATURE_VERSION, codec: Codec | None = None, coalesce_blocks: bool = True,
+                 emit_open: bool = True) -> None:
         cat.definitions_version(version)  # refuses a version below the first
         self.site_id = site_id
         self.coalesce_blocks = coalesce_blocks  # False: every block's partials merged alone (the reference in tests)
+        # False (a replay): a window is emitted once, when final or by `emit_open_windows` at the end of the run,
+        # instead of after every batch that touched it; nobody watches a replay's rows grow
+        self.emit_open = emit_open
         self.settings = settings or get_feature_settings()
         self.version = version
         self.codec = codec or get_codec()
@@ -95,6 +99,19 @@ class FeatureProcessor:
             by_partition[rec.partition].append(rec)
         for p in sorted(by_partition):
             _Batch(self, p, result).run(by_partition[p])
+            self.state.flush()
+        return result
+
+    def emit_open_windows(self) -> BatchResult:
+        """Every window still open in the state, emitted with its latest value (is_final=false), partition by partition
+        in key order: the end of a run whose processor does not `emit_open` after each batch."""
+        result = BatchResult()
+        by_partition: dict[int, list[str]] = defaultdict(list)
+        for key in self.state.mapping:
+            if key.startswith(WINDOW_PREFIX):
+                by_partition[partition_of(key)].append(key)
+        for p in sorted(by_partition):
+            WearableWindows(self, p, result).emit_latest(sorted(by_partition[p]))
             self.state.flush()
         return result
 

@@ -5,7 +5,10 @@ first batch (and again on resume) the whole ERASURE topic is read and every eras
 processor's own erasure (its state is purged and tombstoned), so a replay never recomputes an erased
 participant. A participant filter keeps the records whose key is the participant's SubjectKey. Feature
 records are written through the store stage's sink; LATE_TELEMETRY outputs are only counted (their bytes are
-still in the pseudonymised telemetry topic).
+still in the pseudonymised telemetry topic). A window is written once: when it turns final, or, if it is still open
+when the range ends, by `finish` with its latest value (the live stage re-emits a window after every batch that
+touched it, so that its row grows while people watch; nobody watches a replay's rows, and the rows it leaves are the
+same).
 """
 
 from __future__ import annotations
@@ -35,9 +38,13 @@ class FeaturesReplay:
         self.feature_settings = feature_settings
         self.keys = {subject_key(settings.site_id, p) for p in request.participants}
         self.state: dict[str, Entry] = {}
-        self.processor = FeatureProcessor(settings.site_id, self.state, feature_settings, self.version)
+        self.processor = self._processor()
         self.store_topics = frozenset({self.processor.topic_features, self.processor.topic_samples})
         self.unpublished_topics = frozenset({self.processor.topic_late})
+
+    def _processor(self) -> FeatureProcessor:
+        return FeatureProcessor(self.settings.site_id, self.state, self.feature_settings, self.version,
+                                emit_open=False)
 
     def input_topics(self) -> tuple[str, ...]:
         """Pseudonymised telemetry and biobank events (erasures are applied up front, see the module doc)."""
@@ -46,7 +53,7 @@ class FeaturesReplay:
     def prepare(self, saved_state: Any) -> None:
         """Fresh or restored state, then every erasure requested until now, honoured by the processor itself."""
         self.state = dict(saved_state or {})
-        self.processor = FeatureProcessor(self.settings.site_id, self.state, self.feature_settings, self.version)
+        self.processor = self._processor()
         topic = self.processor.topic_erasure
         group = app_id(self.settings, REPLAY_READER)
         erasures = [from_kafka_message(m) for m in read_range(self.settings, topic, group)]
@@ -60,6 +67,10 @@ class FeaturesReplay:
             result.count("filtered_out", len(records) - len(kept))
             return result
         return self.processor.process(records)
+
+    def finish(self) -> BatchResult:
+        """The windows still open at the end of the range, with their latest value."""
+        return self.processor.emit_open_windows()
 
     def dump_state(self) -> Any:
         """The window/sample/baseline/tombstone/watermark entries (already JSON-able)."""

@@ -27,6 +27,7 @@ from clinstream.features.windows import WindowKind
 
 Entry = dict[str, Any]
 WM_PREFIX = "__wm__"
+WINDOW_PREFIX = "w/"
 _NO_WATERMARK = -(2**62)
 
 
@@ -97,7 +98,7 @@ class FeatureState:
 
     def put(self, key: str, entry: Entry) -> None:
         """Set an entry; written at `flush`."""
-        if key.startswith("w/") and self.get(key) is None:
+        if key.startswith(WINDOW_PREFIX) and self.get(key) is None:
             self._index_add(key)
         self._cache[key] = entry
         self._dirty[key] = None
@@ -148,7 +149,7 @@ class FeatureState:
             heaps: dict[int, list[tuple[int, str]]] = {}
             self._sets = {}
             for key in list(self.mapping.keys()):
-                if key.startswith("w/"):
+                if key.startswith(WINDOW_PREFIX):
                     p, pseudonym, feature_set, kind, start = parse_window_key(key)
                     heaps.setdefault(p, []).append((start + self._deadline_ms[kind], key))
                     self._sets.setdefault(pseudonym, set()).add(feature_set)

@@ -255,8 +255,12 @@ class WearableWindows(PartitionWork):
 
     # --- finalisation and emission -------------------------------------------------------------------------
     def finalise_and_emit(self) -> None:
-        """Emit every touched window (open) and every window the watermark made due (final, then deleted)."""
+        """Emit every touched window (open; unless the processor does not `emit_open`) and every window the watermark
+        made due (final, then deleted)."""
         others: dict[str, list[str]] = {}  # pseudonym -> its other feature sets with windows, in catalogue order
+        if not self.proc.emit_open:
+            self.touched.clear()
+            self.hr_windows.clear()
         for pseudonym, kind, start in self.hr_windows:  # completeness of the window's other rows changed
             sets = others.get(pseudonym)
             if sets is None:
@@ -287,6 +291,14 @@ class WearableWindows(PartitionWork):
             if fs == cat.SKIN_TEMPERATURE and kind is WindowKind.LOCAL_DAY:
                 self._record_baseline_day(pseudonym, start, entry)
             self.state.delete(key)
+
+    def emit_latest(self, keys: list[str]) -> None:
+        """Emit these windows of the partition with their latest value (is_final=false)."""
+        for key in keys:
+            entry = self.state.get(key)
+            if entry is not None:
+                self.result.out.append(self._feature_record(key, entry, final=False))
+                self.result.count("feature_records")
 
     def _deadline_key(self, key: str) -> int:
         _, _, _, kind, start = parse_window_key(key)

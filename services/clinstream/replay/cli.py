@@ -106,7 +106,7 @@ def _summary(cp: ckpt.Checkpoint, interrupted: bool) -> None:
     rows: list[tuple[str, Any]] = [
         ("records read", c.get("records_read", 0)),
         ("readings", c.get("readings", 0)),
-        ("feature records emitted", c.get("feature_records", 0)),
+        ("feature records emitted", c.get("feature_records_delivered", 0)),
         ("features written (rows changed)", c.get("features_written", 0)),
         ("features unchanged (already stored)", c.get("features_unchanged", 0)),
         ("records dead-lettered", c.get("dead_lettered", 0)),

@@ -86,7 +86,7 @@ class Delivery:
             stored = self.backoff.run(lambda: self.sink.process(to_store), "feature store write")
             c = stored.counters
             written = c.get("wearable_written", 0) + c.get("sample_written", 0)
-            _add(counts, {"feature_records": c.get("feature_rows", 0), "features_written": written,
+            _add(counts, {"feature_records_delivered": c.get("feature_rows", 0), "features_written": written,
                           "features_unchanged": c.get("feature_rows", 0) - written,
                           "dead_lettered": c.get("dead_lettered", 0)})
             out.extend(stored.out)

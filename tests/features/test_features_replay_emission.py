@@ -1,0 +1,68 @@
+"""A processor that does not emit open windows after each batch (a replay's) emits every window once: when it turns
+final, or at the end with `emit_open_windows`; and the rows a store keeps of it are those of the live processor."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from features_factories import (
+    decoded,
+    erasure,
+    feature_key,
+    generate,
+    in_records,
+    latest,
+    records_of,
+)
+
+from clinstream.core.records import InRecord, OutRecord
+from clinstream.core.topics import ERASURE
+from clinstream.features.config import FeatureSettings
+from clinstream.features.processor import FeatureProcessor
+
+SHORT = FeatureSettings(horizon_minute_min=3, horizon_hour_min=30)  # windows turn final within the data
+
+
+def _run(records: Sequence[InRecord], batch: int, version: int, emit_open: bool) -> list[OutRecord]:
+    proc = FeatureProcessor("site-t", {}, SHORT, version, emit_open=emit_open)
+    out: list[OutRecord] = []
+    for i in range(0, len(records), batch):
+        out.extend(proc.process(records[i:i + batch]).out)
+    if not emit_open:
+        out.extend(proc.emit_open_windows().out)
+    return out
+
+
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("batch", [7, 60, 500])
+def test_each_window_is_emitted_once_and_the_stored_rows_are_the_live_ones(version: int, batch: int) -> None:
+    data = generate(n_participants=3, hours=9, seed=23)
+    records = in_records(data.blocks)
+    live = _run(records, batch, version, emit_open=True)
+    replayed = _run(records, batch, version, emit_open=False)
+    emitted = Counter(feature_key(rec) for rec, _ in decoded(replayed))
+    assert emitted and max(emitted.values()) == 1
+    kept = latest(live)
+    assert latest(replayed) == kept  # byte for byte
+    finals = sum(rec["is_final"] for rec, _ in decoded(replayed))
+    assert 0 < finals < len(kept)  # some windows turned final during the run, the others were emitted at its end
+    # late blocks and dead letters are not windows: the same either way
+    others = [o for o in live if not o.topic.endswith(".feature.wearable.v1")]
+    assert [o for o in replayed if not o.topic.endswith(".feature.wearable.v1")] == others
+
+
+def test_an_erased_participant_has_no_window_emitted_at_the_end() -> None:
+    data = generate(n_participants=2, hours=3, seed=5)
+    gone = data.participants[0]
+    erase: list[InRecord] = records_of([(ERASURE.name("site-t"), gone, erasure(gone))])
+    proc = FeatureProcessor("site-t", {}, SHORT, 2, emit_open=False)
+    half = len(data.blocks) // 2
+    out: list[OutRecord] = [*proc.process(in_records(data.blocks[:half])).out]
+    out.extend(proc.process(erase).out)
+    out.extend(proc.process(in_records(data.blocks[half:])).out)
+    end = proc.emit_open_windows().out
+    people: set[Any] = {rec["participant_pseudonym"] for rec, _ in decoded(end)}
+    assert people == {data.participants[1]}
