@@ -1,5 +1,7 @@
 """A processor that does not emit open windows after each batch (a replay's) emits every window once: when it turns
-final, or at the end with `emit_open_windows`; and the rows a store keeps of it are those of the live processor."""
+final, or at the end with `emit_open_windows`; and the rows a store keeps of it are those of the live processor.
+A processor that keeps its feature records (a replay's, for the store's sink in process) hands over exactly what
+Avro would decode of the bytes it would have encoded."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from features_factories import (
     records_of,
 )
 
+from clinstream.core.avro import get_codec
 from clinstream.core.records import InRecord, OutRecord
 from clinstream.core.topics import ERASURE
 from clinstream.features.config import FeatureSettings
@@ -66,3 +69,27 @@ def test_an_erased_participant_has_no_window_emitted_at_the_end() -> None:
     end = proc.emit_open_windows().out
     people: set[Any] = {rec["participant_pseudonym"] for rec, _ in decoded(end)}
     assert people == {data.participants[1]}
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_kept_records_are_what_avro_decodes_of_the_encoded_ones(version: int) -> None:
+    data = generate(n_participants=3, hours=30, seed=31)  # all measurement kinds, local days, skin baselines
+    records = in_records(data.blocks)
+    encoded = FeatureProcessor("site-t", {}, SHORT, version)
+    kept = FeatureProcessor("site-t", {}, SHORT, version, keep_records=True)
+    codec = get_codec()
+    n = 0
+    for i in range(0, len(records), 400):
+        want, got = encoded.process(records[i:i + 400]).out, kept.process(records[i:i + 400]).out
+        assert [(o.topic, o.key) for o in got] == [(o.topic, o.key) for o in want]
+        for w, g in zip(want, got, strict=True):
+            if g.record is None:  # late blocks, dead letters, sample features: bytes as before
+                assert g == w
+                continue
+            n += 1
+            assert g.value == b""
+            decoded = codec.decode_plain(w.value)
+            assert g.record == decoded
+            assert {k: type(v) for k, v in g.record.items()} == {k: type(v) for k, v in decoded.items()}
+            assert {type(v) for v in g.record["values"].values()} == {float}
+    assert n > 1000

@@ -66,3 +66,16 @@ def test_bad_records_are_rejected_with_a_reason_and_their_bytes() -> None:
     assert "non-finite feature value" in reasons and "empty value" in reasons
     assert reasons.count("non-finite feature value") == 2
     assert reasons.count("empty or invalid feature name") == 2
+
+
+def test_a_record_handed_over_in_process_is_checked_as_decoded_and_dead_lettered_as_encoded() -> None:
+    d = BatchDecoder(CODEC, SITE)
+    good = CODEC.decode_plain(CODEC.encode(FEATURES.value_schema, feature(SITE, 1, 0)))
+    bad = {**good, "completeness": 1.5}
+    out = d.decode([InRecord(FEATURES.name(SITE), -1, -1, None, b"", record=good),
+                    InRecord(FEATURES.name(SITE), -1, -1, None, b"", record=bad)])
+    assert [i.record for i in out.items] == [good]
+    assert [why.reason for _, why in out.rejected] == ["completeness outside [0, 1]"]
+    rejected = out.rejected[0][0]
+    assert CODEC.decode_plain(d.original_bytes(rejected)) == bad  # the dead letter carries the record's bytes
+    assert d.original_bytes(rec(FEATURES, b"\x00raw")) == b"\x00raw"

@@ -201,3 +201,27 @@ def test_record_the_database_refuses_is_isolated_and_dead_lettered(
     # The worker reports the edition and has stored the feature catalogue.
     assert "TimescaleDB edition: " in worker.log_text()
     assert rows(site, "SELECT count(*) FROM feature_catalogue")[0][0] > 0
+
+
+def test_records_handed_over_in_process_are_written_and_their_dead_letters_carry_their_bytes(site: Settings) -> None:
+    """A replay hands its feature records to the sink without encoding them: the good ones are stored, and what the
+    checks or the database refuse is dead-lettered as the bytes the record would have had."""
+    from clinstream.core.records import InRecord
+    from clinstream.store.worker import StoreSink
+
+    s = site.site_id
+    with connect(site, autocommit=True) as conn:
+        conn.execute("ALTER TABLE wearable_features ADD CONSTRAINT test_refuse CHECK (revision <> 999)")
+    good = [feature(s, 1, m) for m in range(5)]
+    refused, invalid = feature(s, 1, 500, revision=999), {**feature(s, 1, 501), "completeness": 1.5}
+    topic = FEATURES.name(s)
+    sink = StoreSink(site)
+    try:
+        sink.start()
+        result = sink.process([InRecord(topic, -1, -1, None, b"", record=r) for r in [*good, refused, invalid]])
+    finally:
+        sink.close()
+    assert wearable_state(site) == expected_state(good)
+    dead = {CODEC.decode(o.value)["reason"]: CODEC.decode_plain(CODEC.decode(o.value)["original_value"])
+            for o in result.out if o.topic == dlq(Stage.STORE).name(s)}
+    assert dead == {"completeness outside [0, 1]": invalid, "refused by the feature store (23514)": refused}

@@ -19,6 +19,7 @@ class InRecord:
     key: bytes | None
     value: bytes
     timestamp_ms: int = 0
+    record: dict[str, Any] | None = None  # the plain record itself, when it never left the process (`value` empty)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +30,9 @@ class OutRecord:
     key: bytes | None
     value: bytes | None
     headers: Sequence[Header] | None = None
+    # instead of `value` (then empty): the plain record (timestamps as epoch-ms ints), as Avro decodes it, for a
+    # consumer in the same process (a replay hands feature records to the store's sink without encoding them)
+    record: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)

@@ -22,6 +22,7 @@ class ProcessorContext(Protocol):
     deadline_ms: dict[WindowKind, int]
     coalesce_blocks: bool
     emit_open: bool
+    keep_records: bool
     topic_features: str
     topic_samples: str
     topic_late: str

@@ -50,13 +50,16 @@ class FeatureProcessor:
 
     def __init__(self, site_id: str, state: MutableMapping[str, Entry], settings: FeatureSettings | None = None,
                  version: int = cat.FEATURE_VERSION, codec: Codec | None = None, coalesce_blocks: bool = True,
-                 emit_open: bool = True) -> None:
+                 emit_open: bool = True, keep_records: bool = False) -> None:
         cat.definitions_version(version)  # refuses a version below the first
         self.site_id = site_id
         self.coalesce_blocks = coalesce_blocks  # False: every block's partials merged alone (the reference in tests)
         # False (a replay): a window is emitted once, when final or by `emit_open_windows` at the end of the run,
         # instead of after every batch that touched it; nobody watches a replay's rows grow
         self.emit_open = emit_open
+        # True (a replay, whose store sink runs in the same process): wearable feature records are handed over as
+        # records (`OutRecord.record`), not encoded
+        self.keep_records = keep_records
         self.settings = settings or get_feature_settings()
         self.version = version
         self.codec = codec or get_codec()

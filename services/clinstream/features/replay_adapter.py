@@ -8,7 +8,7 @@ records are written through the store stage's sink; LATE_TELEMETRY outputs are o
 still in the pseudonymised telemetry topic). A window is written once: when it turns final, or, if it is still open
 when the range ends, by `finish` with its latest value (the live stage re-emits a window after every batch that
 touched it, so that its row grows while people watch; nobody watches a replay's rows, and the rows it leaves are the
-same).
+same). Wearable feature records go to the sink as records, not Avro bytes it would decode again.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class FeaturesReplay:
 
     def _processor(self) -> FeatureProcessor:
         return FeatureProcessor(self.settings.site_id, self.state, self.feature_settings, self.version,
-                                emit_open=False)
+                                emit_open=False, keep_records=True)
 
     def input_topics(self) -> tuple[str, ...]:
         """Pseudonymised telemetry and biobank events (erasures are applied up front, see the module doc)."""

@@ -335,6 +335,10 @@ class WearableWindows(PartitionWork):
             "is_final": final, "revision": entry["r"] + extra_revision,
             "computed_at": max(entry["ca"], hr_entry["ca"] if hr_entry else 0),
         }
+        if self.proc.keep_records:  # as Avro decodes it: doubles as floats
+            record["values"] = {name: float(v) for name, v in values.items()}
+            record["completeness"] = float(completeness)
+            return OutRecord(self.proc.topic_features, self.proc.key_of(pseudonym), b"", record=record)
         value = self.proc.codec.encode_plain(FEATURES.value_schema, record)
         return OutRecord(self.proc.topic_features, self.proc.key_of(pseudonym), value)
 

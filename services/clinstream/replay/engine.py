@@ -76,7 +76,8 @@ class Delivery:
             if o.value is None:
                 continue
             if o.topic in adapter.store_topics:
-                to_store.append(InRecord(o.topic, -1, -1, o.key, o.value))  # not read from a topic: no position
+                # not read from a topic: no position
+                to_store.append(InRecord(o.topic, -1, -1, o.key, o.value, record=o.record))
             elif o.topic in adapter.unpublished_topics:
                 _add(counts, {"late_not_republished": 1})
             else:

@@ -128,6 +128,12 @@ class BatchDecoder:
             return decode(value)
         return decode(value, reader=schema)  # an older writer version, or a wrong record type
 
+    def original_bytes(self, rec: InRecord) -> bytes:
+        """What a dead letter of the record carries: its bytes, or its record encoded if it was handed over."""
+        if rec.value or rec.record is None:
+            return rec.value
+        return self.codec.encode_plain(self._kinds[rec.topic][1], rec.record)
+
     def decode(self, records: Iterable[InRecord]) -> DecodedBatch:
         """Decode and validate; every record ends up either as an item or as a rejection."""
         out = DecodedBatch()
@@ -137,14 +143,17 @@ class BatchDecoder:
                 out.rejected.append((rec, Rejection("topic not consumed by the store")))
                 continue
             kind, schema = kind_schema
-            if not rec.value:
+            if rec.record is not None and kind == WEARABLE:  # handed over in process, never encoded (a replay's)
+                decoded = rec.record
+            elif not rec.value:
                 out.rejected.append((rec, Rejection("empty value")))
                 continue
-            try:
-                decoded = self._decode(rec.value, schema, kind)
-            except DecodeError as exc:
-                out.rejected.append((rec, Rejection(str(exc))))
-                continue
+            else:
+                try:
+                    decoded = self._decode(rec.value, schema, kind)
+                except DecodeError as exc:
+                    out.rejected.append((rec, Rejection(str(exc))))
+                    continue
             if kind == WEARABLE:
                 problem = check_feature(decoded, self.site_id)
                 item: Any = decoded

@@ -164,8 +164,9 @@ class StoreSink:
         result = BatchResult()
         for r, why in rejected:
             key, value, headers = dead_letter(
-                self.codec, site_id=self.settings.site_id, stage=STAGE, rejection=why, original_value=r.value,
-                original_key=r.key, source_topic=r.topic, source_partition=r.partition if r.offset >= 0 else None,
+                self.codec, site_id=self.settings.site_id, stage=STAGE, rejection=why,
+                original_value=self.decoder.original_bytes(r), original_key=r.key, source_topic=r.topic,
+                source_partition=r.partition if r.offset >= 0 else None,
                 source_offset=r.offset if r.offset >= 0 else None)
             result.out.append(OutRecord(self.dlq_topic, key, value, headers))
         result.out.extend(self._audit_records(res.erasures))
