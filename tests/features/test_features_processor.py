@@ -16,6 +16,7 @@ from features_factories import (
     decoded,
     erasure,
     finals,
+    generate,
     hr_body,
     in_records,
     pseudonym,
@@ -211,3 +212,20 @@ def test_implausible_readings_are_left_out() -> None:
     b = block(P1, D1, 1, T0, "HeartRateSamples", hr_body([0, 1000, 2000, 3000], [0.0, 60.0, float("nan"), 300.0]))
     outs, _ = run(in_records([b]))
     assert _records(outs, "MINUTE")[0]["values"]["count"] == 1
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_every_heart_rate_window_counts_each_reading_once_in_its_histogram_and_epochs(version: int) -> None:
+    """Folded over many batches, a window's 1-bpm histogram (and, in version 2, its 5-minute epochs) hold exactly its
+    n readings: no two windows' accumulators share a histogram, however their partials were computed."""
+    data = generate(n_participants=3, hours=30, seed=13)
+    _, state = run_any_version(in_records(data.blocks), batch=50, version=version)
+    checked = 0
+    for key, entry in state.items():
+        if key.startswith("w/") and "/heart_rate/" in key and ("/DAY/" in key or "/LOCAL_DAY/" in key):
+            acc = entry["a"]
+            assert sum(acc["h"].values()) == acc["n"], key
+            if version == 2:
+                assert sum(acc["e5n"].values()) == acc["n"], key
+            checked += 1
+    assert checked >= 6

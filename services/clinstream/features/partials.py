@@ -240,22 +240,36 @@ def heart_rate_of(cols: Columns, q: I64) -> list[Partial]:
         return []
     bins = np.clip((q + 500) // 1000, 0, (1 << _HIST_BITS) - 1)  # round half up to whole bpm
     everything = np.ones(len(cols), dtype=np.bool_)
+    q2 = q * q
     out: list[Partial] = []
+    # A kind whose groups are the same runs of rows as the previous kind's (a block within one hour has one group
+    # per hour, day and local day) has the same sums and histograms: computed once (a histogram shared by partials
+    # is only read: `accumulators.merge` copies it).
+    sums_of: tuple[I64, list[tuple[int, ...]]] | None = None
+    hists_of: tuple[I64, list[dict[str, int]]] | None = None
     for kind in ALL_KINDS:
         g = Groups.of(cols, kind)
-        mx = np.maximum.reduceat(q, g.starts).tolist()
-        accs: list[dict[str, Any]] = [
-            {"n": n, "s1": s1, "s2": s2, "mn": mn, "mx": x, "w": 0}
-            for n, s1, s2, mn, x in zip(g.counts(), g.sums(q), g.sums(q * q), g.mins(q), mx, strict=True)]
-        first = len(out)
-        index = add_partials(out, cat.HEART_RATE, kind, g.keys(), accs)
-        minute_bits(cols, everything, kind, index, "w")
+        if sums_of is None or not np.array_equal(sums_of[0], g.starts):
+            mx = np.maximum.reduceat(q, g.starts).tolist()
+            sums_of = (g.starts, list(zip(g.counts(), g.sums(q), g.sums(q2), g.mins(q), mx, strict=True)))
+        accs: list[dict[str, Any]] = [{"n": n, "s1": s1, "s2": s2, "mn": mn, "mx": x, "w": 0}
+                                      for n, s1, s2, mn, x in sums_of[1]]
+        minute_bits(cols, everything, kind, add_partials(out, cat.HEART_RATE, kind, g.keys(), accs), "w")
         if kind in DAY_KINDS:
-            keys, n_in_bin = np.unique((_group_ids(g.starts, len(cols)) << _HIST_BITS) | bins, return_counts=True)
-            for key, n in zip(keys.tolist(), n_in_bin.tolist(), strict=True):
-                hist = out[first + (key >> _HIST_BITS)].acc.setdefault("h", {})
-                hist[str(key & ((1 << _HIST_BITS) - 1))] = n
+            if hists_of is None or not np.array_equal(hists_of[0], g.starts):
+                hists_of = (g.starts, _histograms(g, bins))
+            for acc, hist in zip(accs, hists_of[1], strict=True):
+                acc["h"] = hist
     return out
+
+
+def _histograms(g: Groups, bins: I64) -> list[dict[str, int]]:
+    """Per group, the count of rows in each 1-bpm bin (bin number as text)."""
+    hists: list[dict[str, int]] = [{} for _ in range(len(g.starts))]
+    keys, n_in_bin = np.unique((_group_ids(g.starts, g.rows) << _HIST_BITS) | bins, return_counts=True)
+    for key, n in zip(keys.tolist(), n_in_bin.tolist(), strict=True):
+        hists[key >> _HIST_BITS][str(key & ((1 << _HIST_BITS) - 1))] = n
+    return hists
 
 
 def hrv(blocks: Sequence[tuple[int, Block]], s: FeatureSettings) -> list[Partial]:
