@@ -9,6 +9,7 @@ per reading.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,7 @@ BOOL = npt.NDArray[np.bool_]
 # Fixed-point resolution of each quantity (units per stored integer step).
 SCALE: dict[str, int] = {cat.HEART_RATE: 1000, cat.HRV: 1000, cat.SPO2: 1000, cat.SKIN_TEMPERATURE: 10_000}
 _HIST_BITS = 10  # 1-bpm histogram bins 0..1023
+_BIN_NAMES = tuple(str(b) for b in range(1 << _HIST_BITS))  # a bin's key in an accumulator's histogram
 _ONE_CALL_SPAN_MS = 400 * 86_400_000  # instants of a batch within this span get their local days in one call
 
 
@@ -264,12 +266,12 @@ def heart_rate_of(cols: Columns, q: I64) -> list[Partial]:
 
 
 def _histograms(g: Groups, bins: I64) -> list[dict[str, int]]:
-    """Per group, the count of rows in each 1-bpm bin (bin number as text)."""
-    hists: list[dict[str, int]] = [{} for _ in range(len(g.starts))]
+    """Per group, the count of rows in each 1-bpm bin (bin number as text), each group's dict built in one call."""
     keys, n_in_bin = np.unique((_group_ids(g.starts, g.rows) << _HIST_BITS) | bins, return_counts=True)
-    for key, n in zip(keys.tolist(), n_in_bin.tolist(), strict=True):
-        hists[key >> _HIST_BITS][str(key & ((1 << _HIST_BITS) - 1))] = n
-    return hists
+    bounds = np.searchsorted(keys >> _HIST_BITS, np.arange(len(g.starts) + 1)).tolist()
+    names = list(map(_BIN_NAMES.__getitem__, (keys & ((1 << _HIST_BITS) - 1)).tolist()))
+    counts = n_in_bin.tolist()
+    return [dict(zip(names[a:b], counts[a:b], strict=True)) for a, b in itertools.pairwise(bounds)]
 
 
 def hrv(blocks: Sequence[tuple[int, Block]], s: FeatureSettings) -> list[Partial]:
