@@ -238,8 +238,15 @@ def heart_rate_windows(blocks: Sequence[tuple[int, Block]], s: FeatureSettings) 
 
 def heart_rate_of(cols: Columns, q: I64) -> list[Partial]:
     """`heart_rate` of plausible readings (`plausible_hr`)."""
+    return heart_rate_indexed(cols, q)[0]
+
+
+def heart_rate_indexed(cols: Columns, q: I64) -> tuple[list[Partial], dict[WindowKind, dict[tuple[int, int],
+                                                                                              dict[str, Any]]]]:
+    """`heart_rate_of`, and per window kind its accumulators by (block, window start)."""
+    by_kind: dict[WindowKind, dict[tuple[int, int], dict[str, Any]]] = {}
     if not len(cols):
-        return []
+        return [], by_kind
     bins = np.clip((q + 500) // 1000, 0, (1 << _HIST_BITS) - 1)  # round half up to whole bpm
     everything = np.ones(len(cols), dtype=np.bool_)
     q2 = q * q
@@ -256,13 +263,14 @@ def heart_rate_of(cols: Columns, q: I64) -> list[Partial]:
             sums_of = (g.starts, list(zip(g.counts(), g.sums(q), g.sums(q2), g.mins(q), mx, strict=True)))
         accs: list[dict[str, Any]] = [{"n": n, "s1": s1, "s2": s2, "mn": mn, "mx": x, "w": 0}
                                       for n, s1, s2, mn, x in sums_of[1]]
-        minute_bits(cols, everything, kind, add_partials(out, cat.HEART_RATE, kind, g.keys(), accs), "w")
+        index = by_kind[kind] = add_partials(out, cat.HEART_RATE, kind, g.keys(), accs)
+        minute_bits(cols, everything, kind, index, "w")
         if kind in DAY_KINDS:
             if hists_of is None or not np.array_equal(hists_of[0], g.starts):
                 hists_of = (g.starts, _histograms(g, bins))
             for acc, hist in zip(accs, hists_of[1], strict=True):
                 acc["h"] = hist
-    return out
+    return out, by_kind
 
 
 def _histograms(g: Groups, bins: I64) -> list[dict[str, int]]:

@@ -46,11 +46,11 @@ def _zoned(blocks: Sequence[tuple[int, Block]], blk: v1.I64, t: v1.I64) -> v1.I6
 def heart_rate(blocks: Sequence[tuple[int, Block]], s: FeatureSettings) -> list[Partial]:
     """Version 1's heart-rate partials plus, on day windows, per-epoch sample counts and sums (e5n, e5s)."""
     cols, q = v1.plausible_hr(blocks, s)
-    out = v1.heart_rate_of(cols, q)
+    out, by_kind = v1.heart_rate_indexed(cols, q)
     if not len(cols):
         return out
-    index = {(p.block, p.kind, p.start): p.acc for p in out}
     for kind in DAY_KINDS:
+        index = by_kind[kind]
         ws = cols.starts(kind)
         epoch = (cols.t - ws) // EPOCH_MS
         starts = runs(cols.blk, ws * 1024 + epoch)
@@ -58,7 +58,7 @@ def heart_rate(blocks: Sequence[tuple[int, Block]], s: FeatureSettings) -> list[
         s1 = np.add.reduceat(q, starts).tolist()
         for g, (b, w, e) in enumerate(zip(cols.blk[starts].tolist(), ws[starts].tolist(), epoch[starts].tolist(),
                                           strict=True)):
-            acc = index[(b, kind, w)]
+            acc = index[(b, w)]
             acc.setdefault("e5n", {})[str(e)] = n[g]
             acc.setdefault("e5s", {})[str(e)] = s1[g]
     return out
