@@ -10,9 +10,9 @@ processed again and their outputs are idempotent (store upserts by natural key a
 byte-identical).
 
 Delivery: outputs the adapter names as store outputs (feature records) are written through the store stage's
-own sink (`StageSpec.sink`: decode, check, one upsert transaction under the monotonic revision rule and the
-erasure filter, dead letters for what the checks refuse), so a replay of months stays out of the live store
-worker's queue and "written" means committed. Outputs the adapter names as unpublished are counted only. Every
+own sink (`StageSpec.sink`: decode (or take the record an adapter handed over without encoding it), check, one
+upsert transaction under the monotonic revision rule and the erasure filter, dead letters for what the checks
+refuse), so a replay of months stays out of the live store worker's queue and "written" means committed. Outputs the adapter names as unpublished are counted only. Every
 other output is produced (acks=all); dead letters carry a `clinstream.replay-run` header naming the run.
 """
 
