@@ -12,8 +12,9 @@ byte-identical).
 Delivery: outputs the adapter names as store outputs (feature records) are written through the store stage's
 own sink (`StageSpec.sink`: decode (or take the record an adapter handed over without encoding it), check, one
 upsert transaction under the monotonic revision rule and the erasure filter, dead letters for what the checks
-refuse), so a replay of months stays out of the live store worker's queue and "written" means committed. Outputs the adapter names as unpublished are counted only. Every
-other output is produced (acks=all); dead letters carry a `clinstream.replay-run` header naming the run.
+refuse), so a replay of months stays out of the live store worker's queue and "written" means committed. Outputs
+the adapter names as unpublished are counted only. Every other output is produced (acks=all); dead letters carry a
+`clinstream.replay-run` header naming the run.
 """
 
 from __future__ import annotations
