@@ -249,6 +249,8 @@ class WearableWindows(PartitionWork):
         return self.proc.deadline_ms[kind]
 
     def _touch(self, key: str, pseudonym: str, feature_set: str, kind: WindowKind, start: int) -> None:
+        if not self.proc.emit_open:  # emitted when final or at the end of the run
+            return
         self.touched[key] = None
         if feature_set == cat.HEART_RATE:
             self.hr_windows[(pseudonym, kind, start)] = None
@@ -258,9 +260,6 @@ class WearableWindows(PartitionWork):
         """Emit every touched window (open; unless the processor does not `emit_open`) and every window the watermark
         made due (final, then deleted)."""
         others: dict[str, list[str]] = {}  # pseudonym -> its other feature sets with windows, in catalogue order
-        if not self.proc.emit_open:
-            self.touched.clear()
-            self.hr_windows.clear()
         for pseudonym, kind, start in self.hr_windows:  # completeness of the window's other rows changed
             sets = others.get(pseudonym)
             if sets is None:
