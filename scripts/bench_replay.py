@@ -4,7 +4,9 @@ Cohort: N participants x H hours of 1 Hz heart rate in B-second blocks (syntheti
 fresh site's pseudonymised telemetry topic. The replay then runs end to end exactly as the CLI does (own
 consumer group, assign(), features processor, store writer into TimescaleDB, checkpoints), and the script
 reports records/s, readings/s and how many times faster than real time the cohort is reprocessed
-(readings/s / N, since the cohort produces N readings per second). The site's topics and schema are deleted
+(readings/s / N, since the cohort produces N readings per second). `--workers` (default: the machine's cores)
+splits the run into processes by partition as `clinstream replay --workers` does; the wall time counts their
+start and the merge of their checkpoints. The site's topics and schema are deleted
 afterwards unless --keep.
 
     .venv/bin/python scripts/bench_replay.py --participants 1000 --hours 24
@@ -13,6 +15,8 @@ afterwards unless --keep.
 from __future__ import annotations
 
 import argparse
+import os
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -22,6 +26,7 @@ import numpy as np
 
 from clinstream.core.avro import get_codec, subject_key
 from clinstream.core.config import Settings
+from clinstream.core.constants import REPLAY_CHECKPOINT_EVERY_S
 from clinstream.core.db import connect
 from clinstream.core.kafka import DurableProducer
 from clinstream.core.stream_host import tool_consumer
@@ -30,6 +35,7 @@ from clinstream.core.topics import PSEUDO_TELEMETRY
 from clinstream.replay.engine import Delivery, ReplayEngine, make_adapter
 from clinstream.replay.plan import make_plan
 from clinstream.replay.specs import SINK
+from clinstream.replay.workers import run_in_workers
 from clinstream.store.migrate import migrate
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -79,6 +85,8 @@ def main() -> None:
     ap.add_argument("--hours", type=int, default=24)
     ap.add_argument("--block-s", type=int, default=60, help="seconds of 1 Hz heart rate per block")
     ap.add_argument("--batch-size", type=int, default=5000)
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                    help="worker processes, as `clinstream replay --workers` (default: the machine's cores)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--keep", action="store_true", help="keep the site's topics and schema")
     args = ap.parse_args()
@@ -101,18 +109,24 @@ def main() -> None:
                                  topics=stage.input_topics(), version=2, in_place=False)
             finally:
                 consumer.close()
-            producer = DurableProducer(local)
-            assert SINK.sink is not None
-            sink = Delivery(local, plan.run_id, producer, SINK.sink(local))
-            engine = ReplayEngine(local, plan, stage, sink, batch_max=args.batch_size)
             t1 = time.perf_counter()
-            outcome = engine.run()
+            if args.workers > 1:  # as `clinstream replay --workers N` runs it
+                plan.workers = args.workers
+                outcome = run_in_workers(local, plan, None, batch_max=args.batch_size,
+                                         checkpoint_every_s=REPLAY_CHECKPOINT_EVERY_S, max_rate=None,
+                                         progress=lambda _n: None, stop=threading.Event())
+            else:
+                producer = DurableProducer(local)
+                assert SINK.sink is not None
+                sink = Delivery(local, plan.run_id, producer, SINK.sink(local))
+                outcome = ReplayEngine(local, plan, stage, sink, batch_max=args.batch_size).run()
+                sink.close()
+                producer.close()
             wall = time.perf_counter() - t1
-            sink.close()
-            producer.close()
         c = outcome.checkpoint.counters
         rate = c.get("readings", 0) / wall
-        print(f"replay: {c.get('records_read', 0):,} blocks, {c.get('readings', 0):,} readings in {wall:.1f} s "
+        print(f"replay ({args.workers} worker process(es)): {c.get('records_read', 0):,} blocks, "
+              f"{c.get('readings', 0):,} readings in {wall:.1f} s "
               f"(incl. {outcome.checkpoint.elapsed_s:.1f} s engine time)")
         print(f"        {c.get('records_read', 0) / wall:,.0f} blocks/s, {rate:,.0f} readings/s; "
               f"{c.get('feature_records_delivered', 0):,} feature records, {c.get('features_written', 0):,} row writes")

@@ -56,12 +56,22 @@ def _send(settings: Settings, blocks: list) -> None:  # type: ignore[type-arg]
             [(key_of(settings, b.participant), b.value) for b in blocks])
 
 
+def _site_over_two_partitions() -> Settings:
+    """A fresh site whose participants' records lie in two partitions at least (the tests of a replay in worker
+    processes need two shards); a random site id spreads three participants over one partition 1 time in 16."""
+    while True:
+        settings = Settings(site_id="t" + uuid.uuid4().hex[:10])  # type: ignore[call-arg]
+        people = generate(n_participants=3, hours=1, site_id=settings.site_id).participants
+        if len({partition_of_key(key_of(settings, p), settings.topic_partitions) for p in people}) >= 2:
+            return settings
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     from clinstream.core.topic_admin import apply_topics, delete_site_topics
     from clinstream.store.migrate import migrate
 
-    settings = Settings(site_id="t" + uuid.uuid4().hex[:10])  # type: ignore[call-arg]
+    settings = _site_over_two_partitions()
     data_dir = tmp_path_factory.mktemp("replay")
     apply_topics(settings)
     migrate(settings)
@@ -222,6 +232,75 @@ def test_participant_filter_reads_only_their_partition_and_writes_only_their_row
         line.split()[-1] for line in out.splitlines() if line.startswith("run id:")))
     assert cp is not None and {r.partition for r in cp.plan.ranges} == {partition}
     assert feature_rows(s, 4) == [r for r in feature_rows(s, 2) if r[0] == who]  # version 2's definitions
+
+
+def test_a_replay_in_worker_processes_survives_kills_and_writes_what_one_process_writes(site: Site) -> None:
+    """Two workers, one per share of the partitions. A worker SIGKILLed: the other checkpoints and stops, the run
+    exits 1, resumable. A resumed run whose parent is SIGKILLed: its workers checkpoint and stop by themselves.
+    The last resume completes: every shard's offsets and counters in the run's checkpoint, the rows of one process."""
+    import psutil
+
+    s = site.settings
+    if 2 not in site.replayed:
+        _replay(site, 2, run_id="v2")
+    local = s.model_copy(update={"data_dir": site.data_dir})
+    log = site.data_dir / "replay-v5.log"
+    slow = ("--batch-size", "20", "--checkpoint-every", "0", "--max-rate", "200")
+
+    def read(k: int) -> int:
+        cp = ckpt.load(local, "v5", k)
+        return cp.counters.get("records_read", 0) if cp is not None else 0
+
+    def gone(procs: list[psutil.Process]) -> bool:
+        return not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in procs)
+
+    proc = start_clinstream(s, site.data_dir, log, "replay", "--stage", "features", "--version", "5",
+                            "--run-id", "v5", "--workers", "2", *slow)
+    try:
+        wait_for("both workers to checkpoint batches", lambda: read(0) >= 40 and read(1) >= 40, timeout_s=60)
+        workers = psutil.Process(proc.pid).children()
+        assert len(workers) == 2
+        workers[0].kill()
+        assert proc.wait(30) == 1, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "resume with: clinstream replay --resume v5" in log.read_text()
+    wait_for("the other worker to leave", lambda: gone(workers), timeout_s=30)
+    run = ckpt.load(local, "v5")
+    assert run is not None and not run.completed
+    assert 0 < run.counters["records_read"] < run.plan.estimate
+    assert not any(cp is not None and cp.completed for cp in (ckpt.load(local, "v5", k) for k in (0, 1)))  # stopped
+    # a resume whose parent dies: the workers it forked stop after their batch in hand, checkpointed
+    proc = start_clinstream(s, site.data_dir, log, "replay", "--resume", "v5", *slow)
+    try:
+        wait_for("the resumed workers to start", lambda: len(psutil.Process(proc.pid).children()) == 2,
+                 timeout_s=30)
+        orphans = psutil.Process(proc.pid).children()
+        proc.kill()
+        proc.wait(10)
+        wait_for("the orphaned workers to stop", lambda: gone(orphans), timeout_s=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    run = ckpt.load(local, "v5")
+    assert run is not None and not run.completed
+    assert not all(cp is not None and cp.completed for cp in (ckpt.load(local, "v5", k) for k in (0, 1)))
+    res = clinstream(s, site.data_dir, "replay", "--resume", "v5")
+    assert res.returncode == 0, res.stderr[-3000:] + res.stdout[-3000:]
+    assert "workers:         2 processes by partition" in res.stdout
+    run = ckpt.load(local, "v5")
+    parts = [ckpt.load(local, "v5", k) for k in (0, 1)]
+    assert run is not None and run.completed and run.plan.workers == 2
+    assert all(cp is not None and cp.completed for cp in parts)
+    owned = [{r.partition for r in cp.plan.ranges} for cp in parts if cp is not None]
+    assert owned[0] and owned[1] and not owned[0] & owned[1]  # each worker had partitions of its own
+    assert run.next_offsets == {r.tp: r.end for r in run.plan.ranges}
+    for name in ("records_read", "readings", "feature_records_delivered"):
+        assert run.counters[name] == sum(cp.counters[name] for cp in parts if cp is not None) > 0
+    assert run.counters["records_read"] >= run.plan.estimate  # batches after a checkpoint were read again
+    v2 = feature_rows(s, 2)
+    assert v2 and [r for r in feature_rows(s, 5) if r[0] in {r[0] for r in v2}] == v2
 
 
 def test_promote_switches_the_current_views_and_prints_the_rollback(site: Site) -> None:

@@ -18,7 +18,16 @@ from clinstream.core.topics import Stage
 from clinstream.replay import checkpoint as ckpt
 from clinstream.replay.dlq import safe_view, summarise
 from clinstream.replay.lag import group_kind
-from clinstream.replay.plan import PartitionRange, PlanError, ReplayPlan, check_run_id, parse_instant, parse_offsets
+from clinstream.replay.plan import (
+    PartitionRange,
+    PlanError,
+    ReplayPlan,
+    check_run_id,
+    make_plan,
+    parse_instant,
+    parse_offsets,
+    shards,
+)
 from clinstream.replay.redrive import Pending, _PartitionRun, decode_pending, encode_pending
 
 
@@ -74,6 +83,48 @@ def test_checkpoint_round_trip_is_atomic_and_keeps_big_integers(tmp_path: Path) 
     assert back.plan == plan and back.next_offsets == {"t.x/0": 5} and back.state["w/0/p/hr/DAY/0"]["s2"] == 2**70
     assert [p.name for p in path.parent.iterdir()] == ["checkpoint.json"]  # no temporary files left
     assert ckpt.load(settings, "never") is None
+
+
+@given(st.dictionaries(st.integers(0, 11), st.tuples(st.integers(0, 5000), st.integers(0, 50)), min_size=0,
+                       max_size=12), st.integers(1, 6))
+def test_shards_give_each_partition_of_every_topic_to_one_worker_and_balance_them(
+        sizes: dict[int, tuple[int, int]], workers: int) -> None:
+    ranges = [r for p, (a, b) in sorted(sizes.items())
+              for r in (PartitionRange("tele", p, 10, 10 + a), PartitionRange("bio", p, 0, b)) if r.count]
+    plan = ReplayPlan("r", "s", "features", 2, False, ranges, workers=workers)
+    parts = shards(plan)
+    partitions = {r.partition for r in ranges}
+    assert len(parts) == max(1, min(workers, len(partitions)))
+    assert [p.shard for p in parts] == list(range(len(parts)))
+    assert sorted((r for p in parts for r in p.ranges), key=lambda r: (r.partition, r.topic)) == sorted(
+        ranges, key=lambda r: (r.partition, r.topic))  # every range once
+    owners = {r.partition: {p.shard for p in parts if r in p.ranges} for r in ranges}
+    assert all(len(o) == 1 for o in owners.values())  # a partition's ranges of every topic in one shard
+    assert all(p.ranges for p in parts) or not ranges
+    loads = [sum(r.count for r in p.ranges) for p in parts]
+    biggest = max((sum(r.count for r in ranges if r.partition == q) for q in partitions), default=0)
+    assert max(loads) - min(loads) <= biggest  # greedy largest-first: within one partition of even
+    assert shards(plan) == parts  # a resumed run gets the same shards
+
+
+def test_a_shard_has_its_own_checkpoint_beside_the_runs(tmp_path: Path) -> None:
+    settings = Settings(site_id="t" + uuid.uuid4().hex[:8], data_dir=tmp_path)  # type: ignore[call-arg]
+    plan = ReplayPlan("r2", settings.site_id, "features", 2, False,
+                      [PartitionRange("t.x", 0, 0, 9), PartitionRange("t.x", 1, 0, 4)], workers=2)
+    ckpt.save(settings, ckpt.Checkpoint(plan, {"t.x/0": 0, "t.x/1": 0}))
+    for part in shards(plan):
+        ckpt.save(settings, ckpt.Checkpoint(part, {r.tp: r.end for r in part.ranges}, completed=True))
+    run, first = ckpt.load(settings, "r2"), ckpt.load(settings, "r2", 0)
+    assert run is not None and run.plan == plan and not run.completed
+    assert first is not None and first.plan.shard == 0 and first.plan.ranges == [PartitionRange("t.x", 0, 0, 9)]
+    assert sorted(p.name for p in ckpt.run_dir(settings, "r2").iterdir()) == [
+        "checkpoint.json", "shard-0.json", "shard-1.json"]
+
+
+def test_a_stage_not_partitioned_by_participant_replays_in_one_process() -> None:
+    with pytest.raises(PlanError, match="one process"):
+        make_plan(None, run_id="r", site_id="s", stage="pseudonymise", topics=("a",),  # type: ignore[arg-type]
+                  version=0, in_place=True, key_partitioned=False, workers=2)
 
 
 def _dead_letter(stage: Stage, value: bytes, reason: str, offset: int) -> DeadLetterRecord:

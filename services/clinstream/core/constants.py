@@ -182,6 +182,7 @@ FEDERATED_FILL_FLARE_RESPONSE: Final = 0.5  # SD of the log flare-response gains
 REPLAY_BATCH_MAX: Final = 5000  # input records per replay batch (one DB transaction, one checkpoint at most)
 REPLAY_CHECKPOINT_EVERY_S: Final = 10.0  # a replay writes its offsets + processor state at most this often
 REPLAY_POLL_S: Final = 0.5  # consumer poll timeout of replay and re-drive loops
+REPLAY_WORKER_POLL_S: Final = 0.2  # how often a replay split into worker processes reports their progress
 REPLAY_IDLE_CHECKS: Final = 2  # empty polls after which partitions whose position passed their end are done
 REDRIVE_BATCH_MAX: Final = 500  # dead letters judged per re-drive batch (one produce, one offset commit)
 REDRIVE_METADATA_MAX_CHARS: Final = 3000  # pending-offset list kept in the commit metadata (broker limit 4096)
@@ -221,6 +222,7 @@ CRASH_POINT_ENV: Final = "CLINSTREAM_CRASH_POINT"  # the checkpoint step after w
 CRASH_WHEN_ENV: Final = "CLINSTREAM_CRASH_WHEN"  # only in a batch whose result counts this (e.g. "withdrawals")
 CRASH_TIMES_ENV: Final = "CLINSTREAM_CRASH_TIMES"  # how many times per data dir (default 1)
 EXIT_CRASH_POINT: Final = 71  # exit status of a worker stopped at a crash point
+EXIT_INTERRUPTED: Final = 130  # exit status of a replay asked to stop, checkpointed and resumable
 # Prometheus endpoints of the stream workers (CLINSTREAM_METRICS_PORT; 0 = off): each stage serves on the base port
 # plus its offset, on loopback unless CLINSTREAM_METRICS_HOST says otherwise.
 METRICS_HOST: Final = "127.0.0.1"

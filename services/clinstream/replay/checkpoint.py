@@ -1,6 +1,7 @@
 """Atomic replay checkpoints: plan, next offsets, counters and the processor's state in one file.
 
-`<state_dir>/replay/<run id>/checkpoint.json` is replaced atomically (temporary file in the same directory,
+`<state_dir>/replay/<run id>/checkpoint.json` (and, for a run split into worker processes, each shard's
+`shard-<k>.json` beside it) is replaced atomically (temporary file in the same directory,
 fsync, rename, fsync of the directory), so a reader sees either the previous checkpoint or the new one, never
 a mix. The engine writes it only after every output of the batches it covers is durable (database committed,
 broker acknowledged), so resuming from it re-processes at most the batches after it, whose outputs are
@@ -66,14 +67,14 @@ def run_dir(settings: Settings, run_id: str) -> Path:
     return settings.state_dir / "replay" / run_id
 
 
-def checkpoint_path(settings: Settings, run_id: str) -> Path:
-    """Path of a run's checkpoint file."""
-    return run_dir(settings, run_id) / "checkpoint.json"
+def checkpoint_path(settings: Settings, run_id: str, shard: int | None = None) -> Path:
+    """Path of a run's checkpoint file, or of one shard's."""
+    return run_dir(settings, run_id) / ("checkpoint.json" if shard is None else f"shard-{shard}.json")
 
 
 def save(settings: Settings, checkpoint: Checkpoint) -> Path:
     """Write a checkpoint atomically; returns its path."""
-    path = checkpoint_path(settings, checkpoint.plan.run_id)
+    path = checkpoint_path(settings, checkpoint.plan.run_id, checkpoint.plan.shard)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     checkpoint.updated_at_ms = now_ms()
     data = checkpoint.to_bytes()
@@ -96,9 +97,9 @@ def save(settings: Settings, checkpoint: Checkpoint) -> Path:
     return path
 
 
-def load(settings: Settings, run_id: str) -> Checkpoint | None:
-    """A run's checkpoint, or None if the run never started."""
-    path = checkpoint_path(settings, run_id)
+def load(settings: Settings, run_id: str, shard: int | None = None) -> Checkpoint | None:
+    """A run's checkpoint (or one shard's), or None if it never started."""
+    path = checkpoint_path(settings, run_id, shard)
     if not path.exists():
         return None
     return Checkpoint.from_bytes(path.read_bytes())

@@ -24,7 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from clinstream.core.config import Settings, get_settings
-from clinstream.core.constants import REPLAY_BATCH_MAX, REPLAY_CHECKPOINT_EVERY_S
+from clinstream.core.constants import EXIT_INTERRUPTED, REPLAY_BATCH_MAX, REPLAY_CHECKPOINT_EVERY_S
 from clinstream.core.timeutil import from_ms
 from clinstream.core.topics import Stage, dlq
 from clinstream.replay import checkpoint as ckpt
@@ -36,6 +36,7 @@ from clinstream.replay.plan import (
     new_run_id,
     parse_instant,
     parse_offsets,
+    shards,
 )
 from clinstream.replay.specs import live_feature_version
 
@@ -43,7 +44,6 @@ app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
 console = Console()
 err = Console(stderr=True)
 
-EXIT_INTERRUPTED = 130
 
 
 class ReplayStageName(StrEnum):
@@ -96,6 +96,12 @@ def _print_plan(settings: Settings, plan: ReplayPlan, *, dry_run: bool) -> None:
     console.print(f"participants:    {len(plan.participants) or 'all'}")
     console.print(f"consumer group:  {plan.group_id} (assign() only; live groups untouched)")
     console.print(f"checkpoint:      {ckpt.checkpoint_path(settings, plan.run_id)}")
+    if plan.workers > 1:
+        parts = shards(plan)
+        split = "; ".join(f"{p.shard}: " + ",".join(str(q) for q in sorted({r.partition for r in p.ranges}))
+                          for p in parts)
+        console.print(f"workers:         {len(parts)} processes by partition ({split}), "
+                      f"checkpoints shard-<k>.json beside it")
     for line in _targets(settings, plan):
         console.print(f"target:          {line}")
 
@@ -143,6 +149,9 @@ def replay(
                                            help="Seconds between checkpoints (0: after every batch)."),
     max_rate: float | None = typer.Option(None, "--max-rate", min=1.0,
                                           help="At most this many records/s (spare the broker and database)."),
+    workers: int = typer.Option(1, "--workers", min=1,
+                                help="Processes, each replaying whole partitions (features; at most the partition "
+                                     "count). Kept by --resume."),
 ) -> None:
     """Re-run a stage's processor over a range of its input topics, into a versioned target or in place.
 
@@ -155,12 +164,13 @@ def replay(
             resumed = ckpt.load(settings, check_run_id(resume))
             if resumed is None:
                 raise _fail(f"no checkpoint for run {resume} under {ckpt.run_dir(settings, resume)}")
-            if any(v is not None for v in (stage, from_, to, offsets, version, run_id)) or participant or in_place:
+            if (any(v is not None for v in (stage, from_, to, offsets, version, run_id)) or participant or in_place
+                    or workers != 1):
                 err.print("note: --resume continues the stored plan; the other range/target options are ignored")
             plan = resumed.plan
         else:
             plan = _new_plan(settings, stage, from_, to, offsets, participant, version, in_place,
-                             check_run_id(run_id) if run_id else new_run_id())
+                             check_run_id(run_id) if run_id else new_run_id(), workers)
     except PlanError as exc:
         raise _fail(str(exc)) from None
     _print_plan(settings, plan, dry_run=dry_run)
@@ -179,7 +189,7 @@ def replay(
 
 def _new_plan(settings: Settings, stage: ReplayStageName | None, from_: str | None, to: str | None,
               offsets: str | None, participants: list[str], version: int | None, in_place: bool,
-              run_id: str) -> ReplayPlan:
+              run_id: str, workers: int) -> ReplayPlan:
     from clinstream.core.stream_host import tool_consumer
     from clinstream.replay.engine import make_adapter
 
@@ -206,9 +216,19 @@ def _new_plan(settings: Settings, stage: ReplayStageName | None, from_: str | No
                          version=target, in_place=in_place,
                          from_ms=parse_instant(from_) if from_ else None, to_ms=parse_instant(to) if to else None,
                          offsets=parse_offsets(offsets, topics[0]) if offsets else None,
-                         participants=participants, key_partitioned=adapter.key_partitioned)
+                         participants=participants, key_partitioned=adapter.key_partitioned, workers=workers)
     finally:
         consumer.close()
+
+
+_COLUMNS = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(), TimeElapsedColumn(),
+            TextColumn("ETA"), TimeRemainingColumn())
+
+
+def _done_before(plan: ReplayPlan, resumed: ckpt.Checkpoint | None) -> int:
+    """Records of the plan already read by the run being resumed."""
+    return sum(n - r.start for r in plan.ranges for tp, n in (resumed.next_offsets.items() if resumed else [])
+               if tp == r.tp)
 
 
 def _execute(settings: Settings, plan: ReplayPlan, resumed: ckpt.Checkpoint | None, batch_size: int,
@@ -224,15 +244,14 @@ def _execute(settings: Settings, plan: ReplayPlan, resumed: ckpt.Checkpoint | No
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    if plan.workers > 1:
+        return _execute_in_workers(settings, plan, resumed, batch_size, checkpoint_every, max_rate, stop)
     producer = DurableProducer(settings)
     assert SINK.sink is not None
     delivery = Delivery(settings, plan.run_id, producer, SINK.sink(settings))
-    done_before = sum(n - r.start for r in plan.ranges
-                      for tp, n in (resumed.next_offsets.items() if resumed else []) if tp == r.tp)
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(),
-               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    done_before = _done_before(plan, resumed)
     try:
-        with Progress(*columns, console=err) as progress:
+        with Progress(*_COLUMNS, console=err) as progress:
             task = progress.add_task(f"replay {plan.stage}", total=plan.estimate, completed=done_before)
             engine = ReplayEngine(settings, plan, make_adapter(settings, plan.stage, plan.version, plan.participants),
                                   delivery, batch_max=batch_size, checkpoint_every_s=checkpoint_every,
@@ -244,3 +263,35 @@ def _execute(settings: Settings, plan: ReplayPlan, resumed: ckpt.Checkpoint | No
     finally:
         delivery.close()
         producer.close()
+
+
+def _execute_in_workers(settings: Settings, plan: ReplayPlan, resumed: ckpt.Checkpoint | None, batch_size: int,
+                        checkpoint_every: float, max_rate: float | None, stop: threading.Event) -> Any:
+    """`_execute` for a plan split into worker processes (`replay.workers`); a failed worker exits 1, resumable."""
+    from clinstream.replay.workers import ReplayWorkerFailed, run_in_workers
+
+    if resumed is not None:  # the shards' checkpoints know better than the run's (written when the workers ended)
+        resumed.next_offsets = {**resumed.next_offsets, **{
+            tp: n for part in shards(plan) if (cp := ckpt.load(settings, plan.run_id, part.shard)) is not None
+            for tp, n in cp.next_offsets.items()}}
+    progress = Progress(*_COLUMNS, console=err)
+    task = progress.add_task(f"replay {plan.stage} ({len(shards(plan))} workers)", total=plan.estimate,
+                             completed=_done_before(plan, resumed))
+    try:
+        # the workers are forked before the progress display starts its thread
+        outcome = run_in_workers(settings, plan, resumed, batch_max=batch_size, checkpoint_every_s=checkpoint_every,
+                                 max_rate=max_rate, progress=lambda n: _advance(progress, task, n), stop=stop)
+    except ReplayWorkerFailed as exc:
+        progress.stop()
+        err.print(f"[red]error:[/red] {exc}; resume with: clinstream replay --resume {plan.run_id}")
+        raise typer.Exit(1) from None
+    if not outcome.interrupted:
+        progress.update(task, total=progress.tasks[0].completed)
+    progress.stop()
+    return outcome
+
+
+def _advance(progress: Progress, task: Any, n: int) -> None:
+    if not progress.live.is_started:
+        progress.start()
+    progress.advance(task, n)

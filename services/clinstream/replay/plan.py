@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -64,6 +64,8 @@ class ReplayPlan:
     from_ms: int | None = None
     to_ms: int | None = None
     created_at_ms: int = 0
+    workers: int = 1  # processes the run is split into (`shards`); each has its own checkpoint
+    shard: int | None = None  # set on a shard's plan: which one (its ranges are that shard's)
 
     @property
     def group_id(self) -> str:
@@ -86,6 +88,24 @@ class ReplayPlan:
         """Inverse of `to_json`."""
         ranges = [PartitionRange(**r) for r in doc["ranges"]]
         return cls(**{**doc, "ranges": ranges})
+
+
+def shards(plan: ReplayPlan) -> list[ReplayPlan]:
+    """The plan split into `plan.workers` shards by partition number, each with every input topic's range of its
+    partitions (a participant's records share one partition number in every input topic, and the processor's state
+    is per partition, so shards share nothing). Partitions go, largest first, to the shard with the fewest records
+    so far; the split depends only on the plan, so a resumed run has the same shards."""
+    sizes: dict[int, int] = {}
+    for r in plan.ranges:
+        sizes[r.partition] = sizes.get(r.partition, 0) + r.count
+    n = max(1, min(plan.workers, len(sizes)))
+    load = [0] * n
+    owner: dict[int, int] = {}
+    for p in sorted(sizes, key=lambda q: (-sizes[q], q)):
+        k = min(range(n), key=lambda i: (load[i], i))
+        owner[p] = k
+        load[k] += sizes[p]
+    return [replace(plan, ranges=[r for r in plan.ranges if owner[r.partition] == k], shard=k) for k in range(n)]
 
 
 def replay_group(site_id: str, run_id: str) -> str:
@@ -144,8 +164,11 @@ def parse_offsets(spec: str, default_topic: str) -> dict[tuple[str, int], tuple[
 def make_plan(consumer: Consumer, *, run_id: str, site_id: str, stage: str, topics: tuple[str, ...], version: int,
               in_place: bool, from_ms: int | None = None, to_ms: int | None = None,
               offsets: dict[tuple[str, int], tuple[int, int | None]] | None = None,
-              participants: list[str] | None = None, key_partitioned: bool = True) -> ReplayPlan:
-    """Resolve the input ranges now; `key_partitioned` narrows a participant filter to the participants' partitions."""
+              participants: list[str] | None = None, key_partitioned: bool = True, workers: int = 1) -> ReplayPlan:
+    """Resolve the input ranges now; `key_partitioned` narrows a participant filter to the participants' partitions
+    (and allows `workers` > 1: the run split into processes by partition)."""
+    if workers > 1 and not key_partitioned:
+        raise PlanError(f"{stage} replays in one process: its input topics are not partitioned by participant alike")
     if offsets is not None and (from_ms is not None or to_ms is not None):
         raise PlanError("give either --from/--to or --offsets, not both")
     if from_ms is not None and to_ms is not None and to_ms <= from_ms:
@@ -177,7 +200,7 @@ def make_plan(consumer: Consumer, *, run_id: str, site_id: str, stage: str, topi
         raise PlanError("no records in the given offset ranges (beyond the end, or already deleted)")
     return ReplayPlan(run_id=run_id, site_id=site_id, stage=stage, version=version, in_place=in_place,
                       ranges=ranges, participants=sorted(participants or []), from_ms=from_ms, to_ms=to_ms,
-                      created_at_ms=now_ms())
+                      created_at_ms=now_ms(), workers=workers)
 
 
 def _offset_at(consumer: Consumer, topic: str, partition: int, at_ms: int | None, default: int, hi: int) -> int:
