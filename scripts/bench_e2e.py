@@ -23,7 +23,7 @@ Per cohort (a fresh throw-away site `bench-<hex>` each: topics, DB schema, key f
 8. profile (the largest cohort, `--profile`): py-spy samples of every service for a few seconds of the timed phase.
 
 After the cohorts, the replay benchmark (scripts/bench_replay.py, `--replay-participants` x `--replay-hours`):
-`clinstream replay` of the features stage, readings/s and its multiple of real time.
+`clinstream replay` of the features stage with a worker process per core, readings/s and its multiple of real time.
 `--soak-minutes M`: a 10,000-participant site under load for M minutes; the features worker's RSS is sampled and
 its slope (MB/min) reported. Results go to reports/bench-e2e-<time>/bench-e2e.json, .png (rewritten after each
 cohort) and .md (the README table).
@@ -840,7 +840,9 @@ def run_replay(participants: int, hours: int, out_dir: Path) -> dict[str, Any]:
     text = log.read_text(errors="replace")
     rate = re.search(r"([\d,]+) readings/s;", text)
     speed = re.search(r"([\d,.]+)x faster than real time", text)
-    result: dict[str, Any] = {"participants": participants, "hours": hours, "output": text[-1500:]}
+    workers = re.search(r"replay \((\d+) worker process", text)
+    result: dict[str, Any] = {"participants": participants, "hours": hours, "output": text[-1500:],
+                              "workers": int(workers.group(1)) if workers else 1}
     if rate and speed:
         result["readings_per_s"] = int(rate.group(1).replace(",", ""))
         result["times_real_time"] = float(speed.group(1).replace(",", ""))

@@ -135,7 +135,8 @@ def table(report: Mapping[str, Any]) -> str:
                     + f" | {qm.get('quix', '-')} | {qm.get('kafka', '-')} | {qm.get('postgres', '-')} |")
     replay = report.get("replay") or {}
     if "times_real_time" in replay:
-        rows += ["", f"Replay of the features stage (`clinstream replay`, {replay['participants']:,} participants x "
-                 f"{replay['hours']} h): {replay['readings_per_s']:,} readings/s = {replay['times_real_time']:,.0f}x "
-                 "real time."]
+        workers = f" --workers {replay['workers']}" if replay.get("workers", 1) > 1 else ""
+        rows += ["", f"Replay of the features stage (`clinstream replay{workers}`, {replay['participants']:,} "
+                 f"participants x {replay['hours']} h): {replay['readings_per_s']:,} readings/s = "
+                 f"{replay['times_real_time']:,.0f}x real time."]
     return "\n".join(rows) + "\n"
