@@ -216,7 +216,8 @@ def test_interrupted_replay_resumed_gives_the_same_result(site: Site) -> None:
     # version 3 computes with the newest definitions (version 2's): the same rows as the uninterrupted replay into
     # version 2 for its participants (version 3's range may also hold the newcomer sent during that replay)
     v2 = feature_rows(s, 2)
-    assert v2 and [r for r in feature_rows(s, 3) if r[0] in {r[0] for r in v2}] == v2
+    people = {r[0] for r in v2}
+    assert v2 and [r for r in feature_rows(s, 3) if r[0] in people] == v2
     again = clinstream(s, site.data_dir, "replay", "--resume", "v3")
     assert again.returncode == 0 and "already complete" in again.stdout
 
@@ -300,7 +301,8 @@ def test_a_replay_in_worker_processes_survives_kills_and_writes_what_one_process
         assert run.counters[name] == sum(cp.counters[name] for cp in parts if cp is not None) > 0
     assert run.counters["records_read"] >= run.plan.estimate  # batches after a checkpoint were read again
     v2 = feature_rows(s, 2)
-    assert v2 and [r for r in feature_rows(s, 5) if r[0] in {r[0] for r in v2}] == v2
+    people = {r[0] for r in v2}
+    assert v2 and [r for r in feature_rows(s, 5) if r[0] in people] == v2
 
 
 def test_promote_switches_the_current_views_and_prints_the_rollback(site: Site) -> None:
