@@ -45,7 +45,6 @@ console = Console()
 err = Console(stderr=True)
 
 
-
 class ReplayStageName(StrEnum):
     """Stages a replay can re-run."""
 
