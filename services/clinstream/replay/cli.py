@@ -269,10 +269,6 @@ def _execute_in_workers(settings: Settings, plan: ReplayPlan, resumed: ckpt.Chec
     """`_execute` for a plan split into worker processes (`replay.workers`); a failed worker exits 1, resumable."""
     from clinstream.replay.workers import ReplayWorkerFailed, run_in_workers
 
-    if resumed is not None:  # the shards' checkpoints know better than the run's (written when the workers ended)
-        resumed.next_offsets = {**resumed.next_offsets, **{
-            tp: n for part in shards(plan) if (cp := ckpt.load(settings, plan.run_id, part.shard)) is not None
-            for tp, n in cp.next_offsets.items()}}
     progress = Progress(*_COLUMNS, console=err)
     task = progress.add_task(f"replay {plan.stage} ({len(shards(plan))} workers)", total=plan.estimate,
                              completed=_done_before(plan, resumed))

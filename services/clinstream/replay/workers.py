@@ -53,11 +53,7 @@ def run_in_workers(settings: Settings, plan: ReplayPlan, resumed: Checkpoint | N
     done = ctx.Array("q", len(parts), lock=False)  # records read per shard in this session (one writer each)
     workers: list[BaseProcess] = []
     started = time.monotonic()
-    for part in parts:
-        assert part.shard is not None
-        cp = ckpt.load(settings, plan.run_id, part.shard)
-        if cp is not None and cp.completed:
-            continue
+    for part in parts:  # a worker whose shard is already complete exits at once (it reads its checkpoint itself)
         proc = ctx.Process(target=_worker, name=f"clinstream-replay-{part.shard}",
                            args=(settings, part, batch_max, checkpoint_every_s, rate, done, os.getpid()))
         proc.start()
