@@ -2,7 +2,8 @@
 
 Realistic blocks per participant and minute: one 60-sample 1 Hz heart-rate block, one RR block (~70 beats) and
 one step block of a single one-minute interval; participants interleaved as a gateway would deliver them, in
-batches of FEATURES_BATCH_MAX records. `--json-state` stores state as serialised bytes, as the worker's state does.
+batches of FEATURES_BATCH_MAX records. `--json-state` keeps the state in the worker's table (`FeatureTableState`
+over the host's `TableState`: entries serialised, changelog records queued), as the worker does.
 
     .venv/bin/python scripts/bench_features.py --participants 1000 --minutes 60
 """
@@ -13,7 +14,7 @@ import argparse
 import hashlib
 import time
 import uuid
-from collections.abc import Iterator, MutableMapping
+from collections.abc import MutableMapping
 from typing import Any
 
 import numpy as np
@@ -21,35 +22,14 @@ import numpy as np
 from clinstream.core.avro import get_codec, subject_key
 from clinstream.core.constants import FEATURES_BATCH_MAX
 from clinstream.core.records import InRecord
+from clinstream.core.stream_host import TableState
 from clinstream.core.topics import PSEUDO_TELEMETRY
 from clinstream.features.processor import FeatureProcessor
-from clinstream.features.worker import dumps, loads
+from clinstream.features.worker import FeatureTableState, changelog_order
 
 SITE = "bench"
 T0 = 1_767_225_600_000
 NS = "org.clinstream.telemetry."
-
-
-class JsonState(MutableMapping[str, dict[str, Any]]):
-    """A dict of serialised entries: the serialisation cost the worker's state pays."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, bytes] = {}
-
-    def __getitem__(self, key: str) -> dict[str, Any]:
-        return loads(self.data[key])
-
-    def __setitem__(self, key: str, value: dict[str, Any]) -> None:
-        self.data[key] = dumps(value)
-
-    def __delitem__(self, key: str) -> None:
-        del self.data[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(list(self.data))
-
-    def __len__(self) -> int:
-        return len(self.data)
 
 
 def make_records(participants: int, minutes: int, seed: int = 1) -> tuple[list[InRecord], int]:
@@ -93,12 +73,14 @@ def main() -> None:
     t = time.perf_counter()
     records, readings = make_records(args.participants, args.minutes)
     print(f"generated {len(records):,} blocks, {readings:,} readings in {time.perf_counter() - t:.1f} s")
-    state: MutableMapping[str, dict[str, Any]] = JsonState() if args.json_state else {}
+    table = TableState(changelog_order)
+    state: MutableMapping[str, dict[str, Any]] = FeatureTableState(table) if args.json_state else {}
     proc = FeatureProcessor(SITE, state)
     outputs = 0
     t = time.perf_counter()
     for i in range(0, len(records), args.batch):
         outputs += len(proc.process(records[i:i + args.batch]).out)
+        table.take_pending()  # the host produces them to the changelog
     elapsed = time.perf_counter() - t
     print(f"processed in {elapsed:.2f} s: {readings / elapsed:,.0f} readings/s, {len(records) / elapsed:,.0f} "
           f"blocks/s, {outputs:,} feature records ({outputs / elapsed:,.0f}/s); state entries {len(state):,}"
