@@ -28,8 +28,8 @@ class _Stage:
     def process(self, records: Sequence[InRecord]) -> BatchResult:
         return BatchResult()
 
-    def finish(self) -> BatchResult:
-        return BatchResult()
+    def finish(self) -> list[BatchResult]:
+        return []
 
 
 class _Checkpoint:
@@ -99,9 +99,9 @@ class _Holding:
     def process(self, records: Sequence[InRecord]) -> BatchResult:
         return BatchResult()
 
-    def finish(self) -> BatchResult:
+    def finish(self) -> list[BatchResult]:
         self.finished += 1
-        return BatchResult(out=[OutRecord("held", None, b"end")])
+        return [BatchResult(out=[OutRecord("held", None, f"end-{i}".encode())]) for i in range(3)]
 
 
 class _Log:
@@ -119,15 +119,16 @@ class _Log:
 
 
 @pytest.mark.parametrize("records", [0, 120])
-def test_what_a_stage_holds_back_is_delivered_once_before_the_completed_state(kafka_site: Settings, records: int
-                                                                             ) -> None:
+def test_what_a_stage_holds_back_is_delivered_once_chunk_by_chunk_before_the_completed_state(
+        kafka_site: Settings, records: int) -> None:
     s = kafka_site
     ranges = _produced(s, records)
     stage, log = _Holding(), _Log()
     assert run_bounded(s, f"clinstream-{s.site_id}-replay-held", ranges, {r.tp: r.start for r in ranges}, stage, log,
                        batch_max=_BATCH, crash_dir=None)
     assert stage.finished == 1
-    held = [i for i, (what, outs) in enumerate(log.events) if what == "deliver" and outs == [b"end"]]
-    assert len(held) == 1
+    held = [(i, outs) for i, (what, outs) in enumerate(log.events)
+            if what == "deliver" and isinstance(outs, list) and outs and outs[0].startswith(b"end")]
+    assert [outs for _, outs in held] == [[b"end-0"], [b"end-1"], [b"end-2"]]  # each chunk once, on its own, in order
     first_completed = log.events.index(("save", True))
-    assert held[0] < first_completed and ("save", True) not in log.events[:held[0]]
+    assert held[-1][0] < first_completed and ("save", True) not in log.events[:held[-1][0]]

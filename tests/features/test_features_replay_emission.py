@@ -29,14 +29,19 @@ from clinstream.features.processor import FeatureProcessor
 SHORT = FeatureSettings(horizon_minute_min=3, horizon_hour_min=30)  # windows turn final within the data
 
 
-def _run(records: Sequence[InRecord], batch: int, version: int, emit_open: bool) -> list[OutRecord]:
+def _run(records: Sequence[InRecord], batch: int, version: int, emit_open: bool, chunk: int = 10**9
+         ) -> list[OutRecord]:
     proc = FeatureProcessor("site-t", {}, SHORT, version, emit_open=emit_open)
     out: list[OutRecord] = []
     for i in range(0, len(records), batch):
         out.extend(proc.process(records[i:i + batch]).out)
     if not emit_open:
-        out.extend(proc.emit_open_windows().out)
+        out.extend(o for result in proc.emit_open_windows(chunk) for o in result.out)
     return out
+
+
+def _end(proc: FeatureProcessor, chunk: int = 10**9) -> list[OutRecord]:
+    return [o for result in proc.emit_open_windows(chunk) for o in result.out]
 
 
 @pytest.mark.parametrize("version", [1, 2])
@@ -66,9 +71,26 @@ def test_an_erased_participant_has_no_window_emitted_at_the_end() -> None:
     out: list[OutRecord] = [*proc.process(in_records(data.blocks[:half])).out]
     out.extend(proc.process(erase).out)
     out.extend(proc.process(in_records(data.blocks[half:])).out)
-    end = proc.emit_open_windows().out
+    end = _end(proc)
     people: set[Any] = {rec["participant_pseudonym"] for rec, _ in decoded(end)}
     assert people == {data.participants[1]}
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 60])
+def test_the_end_comes_in_chunks_of_at_most_chunk_windows_and_together_is_the_whole_end(chunk: int) -> None:
+    data = generate(n_participants=3, hours=5, seed=23)
+    records = [r for k, who in enumerate(data.participants)  # a partition each: chunks span partitions
+               for r in in_records([b for b in data.blocks if b.participant == who], partition=k)]
+    proc = FeatureProcessor("site-t", {}, SHORT, 2, emit_open=False)
+    whole = FeatureProcessor("site-t", {}, SHORT, 2, emit_open=False)
+    for p in (proc, whole):
+        p.process(records)
+    end = _end(whole)
+    chunks = [result.out for result in proc.emit_open_windows(chunk)]
+    assert len(end) > 60  # so that every chunk size splits it
+    assert all(len(c) == chunk for c in chunks[:-1]) and 0 < len(chunks[-1]) <= chunk
+    assert [o for c in chunks for o in c] == end
+    assert len({o.key for o in end}) == 3  # every participant's (partition's) windows in it
 
 
 @pytest.mark.parametrize("version", [1, 2])

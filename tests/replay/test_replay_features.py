@@ -357,6 +357,7 @@ def test_a_replay_honours_every_erasure_requested_until_now_through_the_processo
         [b for b in data.blocks if b.participant == who], site_id=site,
         partition=partition_of_key(subject_key(site, who), kafka_site.topic_partitions))]  # as the producer placed it
     result = stage.process(records)
-    who = {o.record["participant_pseudonym"] for o in [*result.out, *stage.finish().out] if o.record}
+    end = [o for chunk in stage.finish() for o in chunk.out]
+    who = {o.record["participant_pseudonym"] for o in [*result.out, *end] if o.record}
     assert who == {kept}
     assert result.counters["erased_blocks_dropped"] == sum(b.participant == erased for b in data.blocks)

@@ -180,6 +180,7 @@ FEDERATED_FILL_FLARE_RESPONSE: Final = 0.5  # SD of the log flare-response gains
 
 # Replay, dead-letter re-drive and lag tools (issue 6).
 REPLAY_BATCH_MAX: Final = 5000  # input records per replay batch (one DB transaction, one checkpoint at most)
+REPLAY_FINISH_CHUNK: Final = 5000  # open windows per delivery when a features replay ends (a store transaction each)
 REPLAY_CHECKPOINT_EVERY_S: Final = 10.0  # a replay writes its offsets + processor state at most this often
 REPLAY_POLL_S: Final = 0.5  # consumer poll timeout of replay and re-drive loops
 REPLAY_WORKER_POLL_S: Final = 0.2  # how often a replay split into worker processes reports their progress

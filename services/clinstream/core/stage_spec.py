@@ -8,7 +8,7 @@ lazily, so importing a package for its spec stays cheap.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -67,8 +67,8 @@ class ReplayAdapter(Protocol):
     def process(self, records: Sequence[InRecord]) -> BatchResult:
         """Process one batch of input records (any partitions, offset order per partition)."""
 
-    def finish(self) -> BatchResult:
-        """The outputs held back until the end of the range (delivered with its last batch)."""
+    def finish(self) -> Iterable[BatchResult]:
+        """The outputs held back until the end of the range, in chunks (each delivered on its own)."""
 
     def dump_state(self) -> Any:
         """The state in JSON-able form, for the checkpoint."""

@@ -796,8 +796,9 @@ class BoundedStage(Protocol):
     def process(self, records: Sequence[InRecord]) -> BatchResult:
         """Process one batch (any partitions, offset order per partition)."""
 
-    def finish(self) -> BatchResult:
-        """The outputs held back until the end of the range (delivered with its last batch)."""
+    def finish(self) -> Iterable[BatchResult]:
+        """The outputs held back until the end of the range, in chunks (delivered after its last batch, one
+        delivery each, so that memory and a store transaction hold one chunk at most)."""
 
 
 class BoundedCheckpoint(Protocol):
@@ -819,8 +820,8 @@ def run_bounded(settings: Settings, group_id: str, ranges: Sequence[OffsetRange]
     Per batch: process; deliver the outputs and wait for them; then, when due (and at the end, and when asked
     to stop), the state with the next offsets; then those offsets are committed to the run's group (informational:
     `clinstream lag` shows the progress; a resume uses the saved state). The batch that completes every range also
-    delivers what the stage held back (`finish`) before the completed state is saved, so a run killed before that
-    save redoes the end from its last checkpoint. A replay's input topics are neither
+    delivers what the stage held back (`finish`, a delivery per chunk) before the completed state is saved, so a run
+    killed before that save redoes the end from its last checkpoint. A replay's input topics are neither
     compacted nor transactional, so the reading is `contiguous`: offsets passed without their records are read again.
     """
     crash = CrashPoints(crash_dir if crash_dir is not None else settings.state_dir / "bounded", stage="bounded")
@@ -836,14 +837,18 @@ def run_bounded(settings: Settings, group_id: str, ranges: Sequence[OffsetRange]
     def one_batch(records: Sequence[InRecord]) -> None:
         result = stage.process(records) if records else BatchResult()
         done = all(nxt[r.tp] >= r.end for r in ranges)
-        if done:
-            held = stage.finish()
-            result.out.extend(held.out)
-            for name, n in held.counters.items():
-                result.count(name, n)
-            finished[0] = True
+
+        def deliver() -> None:
+            checkpoint.deliver(records, result)
+            if done:  # then what the stage held back, chunk by chunk, before the completed state is saved
+                for held in stage.finish():
+                    checkpoint.deliver((), held)
+                    for name, n in held.counters.items():
+                        result.count(name, n)  # the crash points after the outputs see them
+                finished[0] = True
+
         saved: list[bool] = []
-        checkpoint_in_order(crash, result.counters, lambda: checkpoint.deliver(records, result),
+        checkpoint_in_order(crash, result.counters, deliver,
                                  lambda: saved.append(checkpoint.save_state(nxt, completed=done, force=done)),
                                  lambda: commit() if saved[0] else None)
         if after_batch is not None:

@@ -17,7 +17,7 @@ for samples) folded in, not the wall clock, so reprocessing the same input gives
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Iterator, MutableMapping, Sequence
 from typing import Any
 
 from clinstream.core.avro import Codec, DecodeError, get_codec, subject_key
@@ -105,18 +105,26 @@ class FeatureProcessor:
             self.state.flush()
         return result
 
-    def emit_open_windows(self) -> BatchResult:
+    def emit_open_windows(self, chunk: int) -> Iterator[BatchResult]:
         """Every window still open in the state, emitted with its latest value (is_final=false), partition by partition
-        in key order: the end of a run whose processor does not `emit_open` after each batch."""
-        result = BatchResult()
+        in key order, at most `chunk` windows per result: the end of a run whose processor does not `emit_open` after
+        each batch. The results are made as they are asked for, so only one chunk's records are held at a time."""
         by_partition: dict[int, list[str]] = defaultdict(list)
         for key in self.state.mapping:
             if key.startswith(WINDOW_PREFIX):
                 by_partition[partition_of(key)].append(key)
+        result, room = BatchResult(), chunk
         for p in sorted(by_partition):
-            WearableWindows(self, p, result).emit_latest(sorted(by_partition[p]))
-            self.state.flush()
-        return result
+            keys = sorted(by_partition[p])
+            while keys:
+                WearableWindows(self, p, result).emit_latest(keys[:room])
+                self.state.flush()  # nothing changed; the reads' cache is cleared
+                keys, room = keys[room:], room - len(keys[:room])
+                if room == 0:
+                    yield result
+                    result, room = BatchResult(), chunk
+        if room < chunk:
+            yield result
 
     # --- record builders -----------------------------------------------------------------------------------
     def dead_letter(self, rec: InRecord, reason: str, field_path: str | None = None) -> OutRecord:

@@ -8,16 +8,19 @@ records are written through the store stage's sink; LATE_TELEMETRY outputs are o
 still in the pseudonymised telemetry topic). A window is written once: when it turns final, or, if it is still open
 when the range ends, by `finish` with its latest value (the live stage re-emits a window after every batch that
 touched it, so that its row grows while people watch; nobody watches a replay's rows, and the rows it leaves are the
-same). Wearable feature records go to the sink as records, not Avro bytes it would decode again.
+same); `finish` hands those over `REPLAY_FINISH_CHUNK` windows at a time, each chunk a delivery (one store
+transaction), so the end of a large cohort's run never holds all its open windows' records at once. Wearable feature
+records go to the sink as records, not Avro bytes it would decode again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from clinstream.core.avro import subject_key
 from clinstream.core.config import Settings
+from clinstream.core.constants import REPLAY_FINISH_CHUNK
 from clinstream.core.records import BatchResult, InRecord, from_kafka_message
 from clinstream.core.stage_spec import ReplayRequest
 from clinstream.core.stream_host import REPLAY_READER, app_id, read_range
@@ -68,9 +71,9 @@ class FeaturesReplay:
             return result
         return self.processor.process(records)
 
-    def finish(self) -> BatchResult:
-        """The windows still open at the end of the range, with their latest value."""
-        return self.processor.emit_open_windows()
+    def finish(self) -> Iterable[BatchResult]:
+        """The windows still open at the end of the range, with their latest value, `REPLAY_FINISH_CHUNK` at a time."""
+        return self.processor.emit_open_windows(REPLAY_FINISH_CHUNK)
 
     def dump_state(self) -> Any:
         """The window/sample/baseline/tombstone/watermark entries (already JSON-able)."""

@@ -8,7 +8,7 @@ id, which the operator does not give). Every output goes back to its live topic.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -63,9 +63,9 @@ class PseudonymiseReplay:
         self.consent = consent
         self.processor = PseudonymiseProcessor(self.settings.site_id, load_key_ring(self.settings), consent)
 
-    def finish(self) -> BatchResult:
+    def finish(self) -> Iterable[BatchResult]:
         """Nothing is held back to the end of a range."""
-        return BatchResult()
+        return ()
 
     def process(self, records: Sequence[InRecord]) -> BatchResult:
         """Per partition, topics merged by record time (as the worker does); outputs filtered by participant."""
