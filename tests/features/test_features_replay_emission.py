@@ -29,19 +29,19 @@ from clinstream.features.processor import FeatureProcessor
 SHORT = FeatureSettings(horizon_minute_min=3, horizon_hour_min=30)  # windows turn final within the data
 
 
-def _run(records: Sequence[InRecord], batch: int, version: int, emit_open: bool, chunk: int = 10**9
-         ) -> list[OutRecord]:
+def _end(proc: FeatureProcessor) -> list[OutRecord]:
+    """Every open window's record at the end of a run, in one chunk."""
+    return [o for result in proc.emit_open_windows(10**9) for o in result.out]
+
+
+def _run(records: Sequence[InRecord], batch: int, version: int, emit_open: bool) -> list[OutRecord]:
     proc = FeatureProcessor("site-t", {}, SHORT, version, emit_open=emit_open)
     out: list[OutRecord] = []
     for i in range(0, len(records), batch):
         out.extend(proc.process(records[i:i + batch]).out)
     if not emit_open:
-        out.extend(o for result in proc.emit_open_windows(chunk) for o in result.out)
+        out.extend(_end(proc))
     return out
-
-
-def _end(proc: FeatureProcessor, chunk: int = 10**9) -> list[OutRecord]:
-    return [o for result in proc.emit_open_windows(chunk) for o in result.out]
 
 
 @pytest.mark.parametrize("version", [1, 2])

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterator, MutableMapping, Sequence
+from itertools import groupby
+from operator import itemgetter
 from typing import Any
 
 from clinstream.core.avro import Codec, DecodeError, get_codec, subject_key
@@ -113,17 +115,12 @@ class FeatureProcessor:
         for key in self.state.mapping:
             if key.startswith(WINDOW_PREFIX):
                 by_partition[partition_of(key)].append(key)
-        result, room = BatchResult(), chunk
-        for p in sorted(by_partition):
-            keys = sorted(by_partition[p])
-            while keys:
-                WearableWindows(self, p, result).emit_latest(keys[:room])
+        ordered = [(p, key) for p in sorted(by_partition) for key in sorted(by_partition[p])]
+        for i in range(0, len(ordered), chunk):
+            result = BatchResult()
+            for p, members in groupby(ordered[i:i + chunk], key=itemgetter(0)):
+                WearableWindows(self, p, result).emit_latest([key for _, key in members])
                 self.state.flush()  # nothing changed; the reads' cache is cleared
-                keys, room = keys[room:], room - len(keys[:room])
-                if room == 0:
-                    yield result
-                    result, room = BatchResult(), chunk
-        if room < chunk:
             yield result
 
     # --- record builders -----------------------------------------------------------------------------------
