@@ -13,6 +13,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from store_helpers import (
     BASE_MS,
+    CODEC,
     MINUTE_MS,
     decoded,
     expected_state,
@@ -104,6 +105,47 @@ def test_any_order_and_batching_gives_the_monotonic_result(db_site: Settings, da
             write(db_site, recs[lo:hi])
     mine = {k: v for k, v in wearable_state(db_site).items() if base <= (k[3] - BASE_MS) // MINUTE_MS < base + 10}
     assert mine == expected_state(recs)
+
+
+@pytest.mark.parametrize("as_decoded", [False, True], ids=["epoch-ms ints (the store's decode)",
+                                                        "datetimes (a logical-type decode)"])
+def test_every_instant_is_stored_to_the_millisecond(db_site: Settings, as_decoded: bool) -> None:
+    """Instants reach the tables exactly, whichever form the record carries them in: odd milliseconds, instants
+    before 1970 and far ahead, each column its own value (window_start, window_end, computed_at, collected_at)."""
+    site = db_site.site_id
+    instants = [BASE_MS + 123, BASE_MS + 59_999, -86_400_000 * 365 + 7, 4_102_444_800_001, 1]
+    wearable = [dict(feature(site, i, 0), window_start=t, window_end=t + 60_001, computed_at=t + 3)
+                for i, t in enumerate(instants)]
+    samples = [dict(sample(site, i, 1, parent=None), collected_at=t, computed_at=t + 5) for i, t in enumerate(instants)]
+    with connect(db_site, autocommit=True) as conn, conn.transaction():
+        if as_decoded:
+            StoreWriter(conn).write([decoded(FR, r) for r in wearable], [decoded(SR, r) for r in samples])
+        else:
+            StoreWriter(conn).write([CODEC.decode_plain(CODEC.encode(FR, r)) for r in wearable],
+                                    [CODEC.decode_plain(CODEC.encode(SR, r)) for r in samples])
+    ms = "(extract(epoch FROM {}) * 1000)::bigint"
+    got = rows(db_site, f"SELECT {ms.format('window_start')}, {ms.format('window_end')}, {ms.format('computed_at')}"
+                        " FROM wearable_features ORDER BY 1")
+    assert got == sorted((t, t + 60_001, t + 3) for t in instants)
+    got = rows(db_site, f"SELECT {ms.format('collected_at')}, {ms.format('computed_at')} FROM sample_features"
+                        " ORDER BY 1")
+    assert got == sorted((t, t + 5) for t in instants)
+
+
+def test_finalising_stored_rows_updates_them_in_place(db_site: Settings) -> None:
+    """Every wearable row is updated at least once (open, then final); the table's fill factor leaves room on each
+    page, so each update is a heap-only tuple (no new index entries). Counted in the updating transaction itself
+    (pg_stat_get_xact_*: this backend's counts before commit, no statistics delay)."""
+    site = db_site.site_id
+    open_rows = [feature(site, who, m) for who in range(40) for m in range(30)]
+    write(db_site, open_rows)
+    with connect(db_site, autocommit=True) as conn, conn.transaction():
+        written = StoreWriter(conn).write([decoded(FR, dict(r, is_final=True)) for r in open_rows])
+        updated, in_place = conn.execute(
+            "SELECT sum(pg_stat_get_xact_tuples_updated(c)), sum(pg_stat_get_xact_tuples_hot_updated(c))"
+            " FROM show_chunks('wearable_features') c").fetchone() or (None, None)
+    assert written.wearable_written == len(open_rows) == updated
+    assert in_place == updated
 
 
 def test_coalesce_keeps_greatest_and_first_of_equals() -> None:
