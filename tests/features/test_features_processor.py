@@ -167,6 +167,21 @@ def test_ranges_match_a_set(values: list[int]) -> None:
     assert all(a <= b and b + 1 < c for (a, b), (c, _) in itertools.pairwise(r))
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 200), max_size=30), st.lists(st.integers(1, 4), max_size=30))
+def test_a_devices_next_blocks_extend_the_ranges_as_adding_each(values: list[int], steps: list[int]) -> None:
+    """`extend_above` (a run of sequences above all recorded, strictly increasing) equals `add` of each in turn."""
+    one_by_one: ranges.Ranges = []
+    for v in values:
+        ranges.add(one_by_one, v)
+    run = list(itertools.accumulate(steps, initial=max(values, default=-1) + steps[0])) if steps else []
+    extended = [list(r) for r in one_by_one]
+    ranges.extend_above(extended, run)
+    for v in run:
+        ranges.add(one_by_one, v)
+    assert extended == one_by_one
+
+
 def test_erasure_purges_state_and_drops_later_records() -> None:
     p2 = pseudonym("P-000002")
     blocks = [block(P1, D1, 1, T0, "HeartRateSamples", hr_body([0], [60])),

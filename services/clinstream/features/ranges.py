@@ -36,6 +36,16 @@ def add(ranges: Ranges, value: int) -> bool:
     return True
 
 
+def extend_above(ranges: Ranges, values: list[int]) -> None:
+    """`add` of each of `values`, strictly increasing and all above every value in the ranges (a device's next
+    blocks), appended as runs."""
+    for value in values:
+        if ranges and ranges[-1][1] == value - 1:
+            ranges[-1][1] = value
+        else:
+            ranges.append([value, value])
+
+
 def count(ranges: Ranges) -> int:
     """Number of integers in the ranges."""
     return sum(b - a + 1 for a, b in ranges)

@@ -174,6 +174,19 @@ class WearableWindows(PartitionWork):
             key = window_key(self.p, pseudonym, fs, kind, start)
             entry = self.state.get(key)
             deadline = start + self._deadline_of(kind)
+            run = self._next_blocks(entry, blocks, members) if deadline > wm_before[members[-1][0]] else None
+            if run is not None:  # every member accepted, as `_admission` one by one would
+                first = blocks[members[0][0]][1]
+                if entry is None:
+                    entry = self._new_entry(first, kind, start)
+                ranges.extend_above(entry["d"].setdefault(first.device, []), run)
+                entry["r"] += len(members)
+                entry["ca"] = max(entry["ca"], max(blocks[i][1].received_ms for i, _ in members))
+                for i, j in members:
+                    outcomes[i][j] = "accepted"
+                self.state.put(key, entry)
+                self._touch(key, pseudonym, fs, kind, start)
+                continue
             touched = accepted = False
             for i, j in members:
                 outcome, entry = self._admission(entry, blocks[i][1], kind, start, late=deadline <= wm_before[i])
@@ -185,6 +198,22 @@ class WearableWindows(PartitionWork):
             if touched:
                 self._touch(key, pseudonym, fs, kind, start)
         return outcomes
+
+    @staticmethod
+    def _next_blocks(entry: Entry | None, blocks: list[tuple[InRecord, Block]],
+                     members: list[tuple[int, int]]) -> list[int] | None:
+        """The sequences of a window's members when they are one device's next blocks (strictly increasing, all
+        above what the entry records of the device): then none is a duplicate and `_admission` accepts each in
+        turn unless the window is final. None otherwise."""
+        device = blocks[members[0][0]][1].device
+        run = []
+        for i, _ in members:
+            block = blocks[i][1]
+            if block.device != device or (run and block.sequence <= run[-1]):
+                return None
+            run.append(block.sequence)
+        seen = entry["d"].get(device) if entry is not None else None
+        return run if not seen or run[0] > seen[-1][1] else None
 
     def _new_entry(self, block: Block, kind: WindowKind, start: int) -> Entry:
         """A window's entry before its first block: no revision, no blocks, no accumulators."""
