@@ -206,7 +206,7 @@ class WearableWindows(PartitionWork):
         above what the entry records of the device): then none is a duplicate and `_admission` accepts each in
         turn unless the window is final. None otherwise."""
         device = blocks[members[0][0]][1].device
-        run = []
+        run: list[int] = []
         for i, _ in members:
             block = blocks[i][1]
             if block.device != device or (run and block.sequence <= run[-1]):
