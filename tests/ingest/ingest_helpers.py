@@ -43,6 +43,14 @@ def hr_block(participant: str = "P-000001", *, start_ms: int | None = None, n: i
     return block
 
 
+def body_temperature_block(participant: str = "P-000001", *, n: int = 4, **overrides: Any) -> dict[str, Any]:
+    """A valid wrist temperature block of `n` one-minute samples that ended a few minutes ago."""
+    block = hr_block(participant, n=n, schema="body-temperature", unit="Cel", location="wrist",
+                     offsets_ms=[i * MIN for i in range(n)], values=[33.0 + i / 10 for i in range(n)])
+    block.update(overrides)
+    return block
+
+
 def body(*blocks: dict[str, Any], compress: bool = False) -> bytes:
     data = orjson.dumps({"blocks": list(blocks)})
     return gzip.compress(data) if compress else data

@@ -8,7 +8,8 @@ import logging
 import orjson
 import pytest
 from fastapi.testclient import TestClient
-from ingest_helpers import JSON, MIN, assay_event, auth, body, hr_block, now_ms, read_topic
+from ingest_helpers import JSON, MIN, assay_event, auth, body, body_temperature_block, hr_block, now_ms, read_topic
+from prometheus_client.parser import text_string_to_metric_families
 
 from clinstream.core.avro import get_codec, subject_key
 from clinstream.core.constants import DLQ_HEADER_REASON, DLQ_HEADER_STAGE
@@ -222,6 +223,30 @@ def test_health_readiness_metrics_and_openapi(gateway: TestClient, ingest_site) 
     assert block_ref == {"$ref": "#/components/schemas/TelemetryBatch"}
     assert schemas["HeartRateBlock"]["properties"]["unit"]["const"] == "beats/min"
     assert doc["components"]["securitySchemes"]["deviceToken"]["scheme"] == "bearer"
+
+
+def _samples(metrics_text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    return {tuple(sorted(s.labels.items())): s.value for family in text_string_to_metric_families(metrics_text)
+            for s in family.samples if s.name == name}
+
+
+def test_block_and_reading_counters_add_up_per_kind(gateway: TestClient, ingest_site) -> None:
+    """One request of blocks of two kinds and one refused block: each kind's accepted blocks and readings are
+    counted exactly, whatever the order of the blocks."""
+    before = gateway.get("/metrics").text
+    blocks = [hr_block(n=3, sequence=1), body_temperature_block(n=4), hr_block(n=5, sequence=2),
+              hr_block(n=2, values=[-1.0, 60.0]), hr_block(n=7, sequence=3)]
+    answer = gateway.post("/v1/telemetry", content=body(*blocks), headers=auth(ingest_site.device_token))
+    assert answer.status_code == 202 and len(answer.json()["rejected"]) == 1
+    after = gateway.get("/metrics").text
+    for name, expected in (
+            ("clinstream_gateway_blocks_total", {(("outcome", "accepted"), ("schema", "heart-rate")): 3,
+                                                 (("outcome", "accepted"), ("schema", "body-temperature")): 1,
+                                                 (("outcome", "rejected"), ("schema", "any")): 1}),
+            ("clinstream_gateway_readings_total", {(("schema", "heart-rate"),): 15,
+                                                   (("schema", "body-temperature"),): 4})):
+        was, now = _samples(before, name), _samples(after, name)
+        assert {k: now[k] - was.get(k, 0.0) for k in now if now[k] != was.get(k, 0.0)} == expected
 
 
 def test_no_identifier_or_credential_in_logs(gateway: TestClient, ingest_site, caplog) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,9 +122,14 @@ class TelemetryIntake:
         await deliver(self.producer, self.metrics, "telemetry", [(self.raw_topic, prepared.raw)],
                       [(self.dlq_topic, prepared.dead)])
         outcome = prepared.outcome
-        for block in outcome.accepted:
-            self.metrics.blocks.labels(block.kind, "accepted").inc()
-            self.metrics.readings.labels(block.kind).inc(block.readings)
+        blocks: Counter[str] = Counter()
+        readings: Counter[str] = Counter()
+        for block in outcome.accepted:  # one metric update per kind, not per block
+            blocks[block.kind] += 1
+            readings[block.kind] += block.readings
+        for kind, n in blocks.items():
+            self.metrics.blocks.labels(kind, "accepted").inc(n)
+            self.metrics.readings.labels(kind).inc(readings[kind])
         if outcome.rejected:
             self.metrics.blocks.labels("any", "rejected").inc(len(outcome.rejected))
         return outcome
