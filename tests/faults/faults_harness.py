@@ -261,7 +261,6 @@ def reference_windows(settings: Settings) -> tuple[set[str], dict[WindowKey, tup
     from clinstream.core.records import InRecord
     from clinstream.core.topics import FEATURES, PSEUDO_TELEMETRY
     from clinstream.features.processor import FeatureProcessor
-    from clinstream.store.writer import wearable_row
 
     codec = get_codec()
     topic = PSEUDO_TELEMETRY.name(settings.site_id)
@@ -276,10 +275,11 @@ def reference_windows(settings: Settings) -> tuple[set[str], dict[WindowKey, tup
     for o in out:
         if o.topic != FEATURES.name(settings.site_id) or o.value is None:
             continue
-        row = wearable_row(_record(codec.decode(o.value)))
-        key: WindowKey = (row[0], row[1], str(row[2]).rsplit(".", 1)[-1], row[3], row[4])
-        if key not in latest or row[10] >= latest[key][0]:
-            latest[key] = (row[10], row[7], row[8])
+        rec = _record(codec.decode(o.value))  # instants as datetimes, as the store's table returns them
+        key: WindowKey = (rec["participant_pseudonym"], rec["feature_set"], str(rec["window"]).rsplit(".", 1)[-1],
+                          rec["window_start"], rec["version"])
+        if key not in latest or rec["revision"] >= latest[key][0]:
+            latest[key] = (rec["revision"], dict(rec["values"]), rec["completeness"])
     return set(blocks), {k: (values, completeness) for k, (_, values, completeness) in latest.items()}
 
 

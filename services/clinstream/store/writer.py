@@ -35,7 +35,7 @@ WEARABLE_KEY = ("participant_pseudonym", "feature_set", "window_kind", "window_s
 WEARABLE_COLUMNS = (*WEARABLE_KEY, "window_end", "utc_offset_minutes", "feature_values", "completeness",
                     "is_final", "revision", "computed_at")
 # Staging types: instants are staged as epoch milliseconds (int8) and become timestamptz in the upsert's SELECT
-# (`_INSTANTS`), so no datetime object is made per row and field in Python (half the writer's CPU per row).
+# (`INSTANT_COLUMNS`), so no datetime object is made per row and field in Python (half the writer's CPU per row).
 _WEARABLE_TYPES = ("text", "text", "text", "int8", "int4", "int8", "int4", "jsonb", "float8", "bool", "int8", "int8")
 SAMPLE_KEY = ("sample_pseudonym", "version")
 SAMPLE_COLUMNS = (*SAMPLE_KEY, "participant_pseudonym", "parent_sample_pseudonym", "sample_type", "collected_at",
@@ -43,7 +43,7 @@ SAMPLE_COLUMNS = (*SAMPLE_KEY, "participant_pseudonym", "parent_sample_pseudonym
                   "temperature_excursions", "status", "assays", "revision", "computed_at")
 _SAMPLE_TYPES = ("text", "int4", "text", "text", "text", "int8", "float8", "float8", "text", "int4", "int4", "text",
                  "jsonb", "int8", "int8")
-_INSTANTS = frozenset({"window_start", "window_end", "collected_at", "computed_at"})  # timestamptz in the tables
+INSTANT_COLUMNS = frozenset({"window_start", "window_end", "collected_at", "computed_at"})  # timestamptz in the tables
 # Tables that keep a pseudonym on purpose: the erasure bookkeeping itself.
 ERASURE_KEEP_TABLES = frozenset({"erasure_audit", "erased_participants"})
 
@@ -150,7 +150,7 @@ def _stage_ddl(name: str, columns: Sequence[str], types: Sequence[str]) -> sql.C
 def _staged(column: str) -> sql.Composable:
     """A staged column as its table stores it: an instant's epoch milliseconds as timestamptz (exact: a double
     holds any such instant to well below a microsecond, and to_timestamp rounds to microseconds)."""
-    if column in _INSTANTS:
+    if column in INSTANT_COLUMNS:
         return sql.SQL("to_timestamp(s.{} / 1000.0::float8)").format(sql.Identifier(column))
     return sql.SQL("s.{}").format(sql.Identifier(column))
 

@@ -13,9 +13,9 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from clinstream.core.timeutil import DAY_MS, HOUR_MS
+from clinstream.core.timeutil import DAY_MS, HOUR_MS, from_ms
 from clinstream.features.catalogue import HEART_RATE, HRV, SKIN_TEMPERATURE, SLEEP, SPO2, STEPS
-from clinstream.store.writer import SAMPLE_COLUMNS, WEARABLE_COLUMNS, sample_row, wearable_row
+from clinstream.store.writer import INSTANT_COLUMNS, SAMPLE_COLUMNS, WEARABLE_COLUMNS, sample_row, wearable_row
 
 SPRECS = ("SER-SST-A-D-N-A-E", "PL1-PED-A-B-N-A-E", "PL2-PED-C-B-B-A-E", "URN-ZZZ-A-N-N-A-D")
 _SAMPLE_TYPES = ("SER", "PL1", "PL2", "URN")
@@ -121,13 +121,16 @@ def _chunks(cohort: Cohort, per_batch: int) -> Iterator[tuple[list[dict[str, Any
 def _copy(cur: psycopg.Cursor[Any], table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
     stmt = sql.SQL("COPY {} ({}) FROM STDIN").format(sql.Identifier(table),
                                                      sql.SQL(", ").join(map(sql.Identifier, columns)))
+    instants = [c in INSTANT_COLUMNS for c in columns]  # the writer's rows carry them as epoch ms (its staging form)
     with cur.copy(stmt) as copy:
         for row in rows:
-            copy.write_row(tuple(Jsonb(v) if isinstance(v, dict) else v for v in row))
+            copy.write_row(tuple(Jsonb(v) if isinstance(v, dict) else from_ms(v) if instant and v is not None else v
+                                 for v, instant in zip(row, instants, strict=True)))
 
 
 def fill_store(conn: psycopg.Connection[Any], cohort: Cohort, per_batch: int = 50_000) -> int:
-    """COPY the cohort into a fresh site's tables (rows as StoreWriter builds them), one commit per batch."""
+    """COPY the cohort into a fresh site's tables (rows as StoreWriter builds them, instants as timestamps), one
+    commit per batch."""
     written = 0
     for wearable, samples in _chunks(cohort, per_batch):
         with conn.cursor() as cur:
