@@ -25,6 +25,8 @@ from clinstream.core.records import InRecord, OutRecord
 from clinstream.core.topics import ERASURE
 from clinstream.features.config import FeatureSettings
 from clinstream.features.processor import FeatureProcessor
+from clinstream.features.state import parse_window_key, partition_of, window_key
+from clinstream.features.windows import WindowKind
 
 SHORT = FeatureSettings(horizon_minute_min=3, horizon_hour_min=30)  # windows turn final within the data
 
@@ -91,6 +93,10 @@ def test_the_end_comes_in_chunks_of_at_most_chunk_windows_and_together_is_the_wh
     assert all(len(c) == chunk for c in chunks[:-1]) and 0 < len(chunks[-1]) <= chunk
     assert [o for c in chunks for o in c] == end
     assert len({o.key for o in end}) == 3  # every participant's (partition's) windows in it
+    partition = {parse_window_key(k)[1]: parse_window_key(k)[0] for k in whole.state.mapping if k.startswith("w/")}
+    emitted = [window_key(partition[r["participant_pseudonym"]], r["participant_pseudonym"], r["feature_set"],
+                          WindowKind(r["window"]), int(r["window_start"].timestamp() * 1000)) for r, _ in decoded(end)]
+    assert emitted == sorted(emitted, key=lambda k: (partition_of(k), k))  # partition by partition, in key order
 
 
 @pytest.mark.parametrize("version", [1, 2])

@@ -111,11 +111,7 @@ class FeatureProcessor:
         """Every window still open in the state, emitted with its latest value (is_final=false), partition by partition
         in key order, at most `chunk` windows per result: the end of a run whose processor does not `emit_open` after
         each batch. The results are made as they are asked for, so only one chunk's records are held at a time."""
-        by_partition: dict[int, list[str]] = defaultdict(list)
-        for key in self.state.mapping:
-            if key.startswith(WINDOW_PREFIX):
-                by_partition[partition_of(key)].append(key)
-        ordered = [(p, key) for p in sorted(by_partition) for key in sorted(by_partition[p])]
+        ordered = sorted((partition_of(key), key) for key in self.state.mapping if key.startswith(WINDOW_PREFIX))
         for i in range(0, len(ordered), chunk):
             result = BatchResult()
             for p, members in groupby(ordered[i:i + chunk], key=itemgetter(0)):

@@ -147,11 +147,16 @@ def _stage_ddl(name: str, columns: Sequence[str], types: Sequence[str]) -> sql.C
     return sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS").format(sql.Identifier(name), cols)
 
 
+def _instant(column: str) -> str:
+    """SQL of a staged instant column as timestamptz: its epoch milliseconds converted (exact: a double holds any such
+    instant to well below a microsecond, and to_timestamp rounds to microseconds)."""
+    return f"to_timestamp(s.{column} / 1000.0::float8)"
+
+
 def _staged(column: str) -> sql.Composable:
-    """A staged column as its table stores it: an instant's epoch milliseconds as timestamptz (exact: a double
-    holds any such instant to well below a microsecond, and to_timestamp rounds to microseconds)."""
+    """A staged column as its table stores it (instants converted by `_instant`)."""
     if column in INSTANT_COLUMNS:
-        return sql.SQL("to_timestamp(s.{} / 1000.0::float8)").format(sql.Identifier(column))
+        return sql.SQL(_instant(column))
     return sql.SQL("s.{}").format(sql.Identifier(column))
 
 
@@ -173,11 +178,11 @@ def _upsert_sql(table: str, stage: str, columns: Sequence[str], key: Sequence[st
 _WEARABLE_UPSERT = _upsert_sql(
     "wearable_features", _STAGE_WEARABLE, WEARABLE_COLUMNS, WEARABLE_KEY,
     "(EXCLUDED.revision, EXCLUDED.is_final) > (t.revision, t.is_final)",
-    "to_timestamp(s.window_start / 1000.0::float8) >= e.erased_at")
+    f"{_instant('window_start')} >= e.erased_at")
 _SAMPLE_UPSERT = _upsert_sql(
     "sample_features", _STAGE_SAMPLE, SAMPLE_COLUMNS, SAMPLE_KEY,
     "EXCLUDED.revision > t.revision",
-    "s.collected_at IS NOT NULL AND to_timestamp(s.collected_at / 1000.0::float8) >= e.erased_at")
+    f"s.collected_at IS NOT NULL AND {_instant('collected_at')} >= e.erased_at")
 
 _PSEUDONYM_TABLES = """
 SELECT c.table_name FROM information_schema.columns c
