@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from clinstream.core.avro import get_codec, subject_key
+from clinstream.core.collector import configure_collector
 from clinstream.core.constants import FEATURES_BATCH_MAX
 from clinstream.core.records import InRecord
 from clinstream.core.stream_host import TableState
@@ -69,7 +70,11 @@ def main() -> None:
     parser.add_argument("--minutes", type=int, default=60)
     parser.add_argument("--batch", type=int, default=FEATURES_BATCH_MAX)
     parser.add_argument("--json-state", action="store_true", help="serialise state entries like the worker")
+    parser.add_argument("--cpython-gc", action="store_true",
+                        help="leave CPython's collector as it is instead of `configure_collector` (for comparison)")
     args = parser.parse_args()
+    if not args.cpython_gc:
+        configure_collector()  # as the worker does when it starts (before the records exist: they are not frozen)
     t = time.perf_counter()
     records, readings = make_records(args.participants, args.minutes)
     print(f"generated {len(records):,} blocks, {readings:,} readings in {time.perf_counter() - t:.1f} s")

@@ -25,6 +25,7 @@ from tempfile import TemporaryDirectory
 import numpy as np
 
 from clinstream.core.avro import get_codec, subject_key
+from clinstream.core.collector import configure_collector
 from clinstream.core.config import Settings
 from clinstream.core.constants import REPLAY_CHECKPOINT_EVERY_S
 from clinstream.core.db import connect
@@ -89,6 +90,8 @@ def main() -> None:
                     help="worker processes, as `clinstream replay --workers` (default: the machine's cores)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--keep", action="store_true", help="keep the site's topics and schema")
+    ap.add_argument("--cpython-gc", action="store_true",
+                    help="leave CPython's collector as it is instead of `configure_collector` (for comparison)")
     args = ap.parse_args()
 
     settings = Settings(site_id="bench" + uuid.uuid4().hex[:6])  # type: ignore[call-arg]
@@ -109,6 +112,8 @@ def main() -> None:
                                  topics=stage.input_topics(), version=2, in_place=False)
             finally:
                 consumer.close()
+            if not args.cpython_gc:
+                configure_collector()  # as `clinstream replay` does before it runs (or forks its workers)
             t1 = time.perf_counter()
             if args.workers > 1:  # as `clinstream replay --workers N` runs it
                 plan.workers = args.workers

@@ -111,6 +111,11 @@ WORKER_HEARTBEAT_S: Final = 2.0
 # broker's CPU per million readings), at most this much latency per stage when data trickles in.
 HOST_FETCH_MIN_BYTES: Final = 65_536
 HOST_FETCH_WAIT_MS: Final = 100
+# CPython's cyclic collector in the long-running processes (core/collector.py): generation-0 and -1 thresholds
+# as CPython's defaults, full collections after 100 generation-1 collections instead of 10. A replay's window state
+# (Python objects) made full collections 15-20 % of its CPU, and every full collection also walked the start-up
+# heap (imports, settings), which is frozen out of collection instead (issue 14, scripts/bench_replay.py).
+GC_THRESHOLDS: Final = (700, 10, 100)
 
 # Feature store worker (issue 5).
 STORE_BATCH_MAX: Final = 5000  # records per store batch (one DB transaction, one offset commit)

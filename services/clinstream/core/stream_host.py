@@ -50,6 +50,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 from confluent_kafka import Message as KafkaMessage
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay, stop_never, wait_exponential
 
+from clinstream.core.collector import configure_collector
 from clinstream.core.config import Settings
 from clinstream.core.constants import (
     HOST_FETCH_MIN_BYTES,
@@ -632,6 +633,7 @@ def _serve(host: GroupHost, name: str) -> None:
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    configure_collector()
     host.run()
 
 

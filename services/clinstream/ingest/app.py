@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from clinstream.core.avro import get_codec, subject_key
+from clinstream.core.collector import configure_collector
 from clinstream.core.config import Settings, get_settings
 from clinstream.core.constants import DEVICE_TOKEN_PREFIX, LIMS_TOKEN_PREFIX
 from clinstream.core.dlq import dead_letter
@@ -449,5 +450,7 @@ def create_app(settings: Settings | None = None, limits: IngestSettings | None =
 
 
 def app_from_env() -> FastAPI:
-    """uvicorn factory: the app for the settings in the environment."""
-    return create_app(get_settings(), get_ingest_settings())
+    """uvicorn factory: the app for the settings in the environment (one per gateway process)."""
+    app = create_app(get_settings(), get_ingest_settings())
+    configure_collector()
+    return app

@@ -23,6 +23,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from clinstream.core.collector import configure_collector
 from clinstream.core.config import Settings, get_settings
 from clinstream.core.constants import EXIT_INTERRUPTED, REPLAY_BATCH_MAX, REPLAY_CHECKPOINT_EVERY_S
 from clinstream.core.timeutil import from_ms
@@ -236,6 +237,7 @@ def _execute(settings: Settings, plan: ReplayPlan, resumed: ckpt.Checkpoint | No
     from clinstream.replay.engine import Delivery, ReplayEngine, make_adapter
     from clinstream.replay.specs import SINK
 
+    configure_collector()  # before the workers are forked: they inherit it
     stop = threading.Event()
 
     def _on_signal(_signum: int, _frame: FrameType | None) -> None:

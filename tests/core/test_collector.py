@@ -1,0 +1,88 @@
+"""The collector set-up of the long-running processes: garbage collected, the start-up heap frozen, rare full
+collections; and the stage workers' host and the gateway's uvicorn factory apply it (each probe runs in a fresh
+interpreter, so the test process's own collector is left alone)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+from clinstream.core.constants import GC_THRESHOLDS
+
+_STATE = "import gc, json; print(json.dumps({'threshold': gc.get_threshold(), 'frozen': gc.get_freeze_count()}))"
+
+
+def _probe(code: str) -> dict[str, object]:
+    """Run `code` in a fresh interpreter; the JSON it prints last."""
+    env = {**os.environ, "CLINSTREAM_METRICS_PORT": "0"}
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env,
+                         timeout=120, check=True).stdout
+    result: dict[str, object] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def test_the_collector_frees_garbage_then_freezes_the_rest_and_collects_fully_more_rarely() -> None:
+    result = _probe("""
+        import gc, json, weakref
+        gc.disable()  # only configure_collector may collect the cycle below
+        class Node:
+            pass
+        node = Node()
+        node.self = node  # a reference cycle: only the cyclic collector frees it
+        alive = Node()
+        cycle, kept = weakref.ref(node), weakref.ref(alive)
+        del node
+        before = gc.get_threshold()
+        from clinstream.core.collector import configure_collector
+        configure_collector()
+        print(json.dumps({"before": before, "threshold": gc.get_threshold(), "frozen": gc.get_freeze_count(),
+                          "garbage_freed": cycle() is None, "live_kept": kept() is alive,
+                          "live_frozen": not any(o is alive for o in gc.get_objects())}))
+    """)
+    assert result["before"] == [700, 10, 10]  # CPython's defaults, which the processes change
+    assert result["threshold"] == list(GC_THRESHOLDS)
+    assert result["garbage_freed"] is True  # collected before the freeze: no garbage kept for the process's life
+    assert result["live_kept"] is True
+    assert result["live_frozen"] is True  # frozen objects are left out of every generation
+    assert isinstance(result["frozen"], int) and result["frozen"] > 1000  # the imported modules' objects
+
+
+def test_a_stage_worker_runs_with_the_collector_configured() -> None:
+    result = _probe(f"""
+        from clinstream.core import stream_host
+
+        class Host:
+            def stop(self):
+                pass
+            def run(self):
+                exec({_STATE!r})
+
+        stream_host._serve(Host(), "features")
+    """)
+    assert result["threshold"] == list(GC_THRESHOLDS)
+    assert isinstance(result["frozen"], int) and result["frozen"] > 0
+
+
+def test_the_gateways_uvicorn_factory_configures_the_collector() -> None:
+    result = _probe(f"""
+        from clinstream.ingest.app import app_from_env
+        app = app_from_env()
+        exec({_STATE!r})
+    """)
+    assert result["threshold"] == list(GC_THRESHOLDS)
+    assert isinstance(result["frozen"], int) and result["frozen"] > 0
+
+
+def test_a_replay_configures_the_collector_before_it_forks_its_workers() -> None:
+    result = _probe(f"""
+        from types import SimpleNamespace
+        from clinstream.replay import cli
+
+        cli._execute_in_workers = lambda *args: exec({_STATE!r})  # where the workers would be forked
+        cli._execute(None, SimpleNamespace(workers=2), None, 1, 0.0, None)
+    """)
+    assert result["threshold"] == list(GC_THRESHOLDS)
+    assert isinstance(result["frozen"], int) and result["frozen"] > 0
