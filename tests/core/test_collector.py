@@ -1,6 +1,6 @@
 """The collector set-up of the long-running processes: garbage collected, the start-up heap frozen, rare full
-collections; and the stage workers' host and the gateway's uvicorn factory apply it (each probe runs in a fresh
-interpreter, so the test process's own collector is left alone)."""
+collections; and the stage workers' host, the gateway's uvicorn factory and the replay apply it (each probe runs in a
+fresh interpreter, so the test process's own collector is left alone)."""
 
 from __future__ import annotations
 
