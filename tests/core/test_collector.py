@@ -86,3 +86,61 @@ def test_a_replay_configures_the_collector_before_it_forks_its_workers() -> None
     """)
     assert result["threshold"] == list(GC_THRESHOLDS)
     assert isinstance(result["frozen"], int) and result["frozen"] > 0
+
+
+def test_a_batch_run_collects_each_batch_freezes_its_survivors_and_walks_everything_when_due() -> None:
+    result = _probe("""
+        import gc, json, weakref
+        from clinstream.core.collector import BatchCollector, configure_collector
+        configure_collector()
+        class Node:
+            pass
+        def cycle():
+            node = Node()
+            node.self = node  # a reference cycle: only the cyclic collector frees it
+            return node
+        seen = {}
+        with BatchCollector(full_every_s=3600) as collector:
+            seen["enabled_inside"] = gc.isenabled()
+            garbage, kept = cycle(), cycle()
+            garbage_ref, kept_ref = weakref.ref(garbage), weakref.ref(kept)
+            del garbage
+            collector.after_batch()
+            seen["garbage_freed"] = garbage_ref() is None
+            seen["survivor_frozen"] = not any(o is kept for o in gc.get_objects())
+            del kept  # garbage now, but frozen: a batch's collection leaves it
+            collector.after_batch()
+            seen["frozen_cycle_kept"] = kept_ref() is not None
+            collector.full_every_s = 0.0  # due: the frozen objects are walked too
+            collector.after_batch()
+            seen["frozen_cycle_freed_when_due"] = kept_ref() is None
+            late = cycle()
+            late_ref = weakref.ref(late)
+            del late
+        seen["freed_on_leaving"] = late_ref() is None
+        seen["enabled_after"] = gc.isenabled()
+        seen["frozen_after"] = gc.get_freeze_count()
+        print(json.dumps(seen))
+    """)
+    assert result["enabled_inside"] is False  # no automatic collection inside the block
+    assert result["garbage_freed"] is True
+    assert result["survivor_frozen"] is True
+    assert result["frozen_cycle_kept"] is True
+    assert result["frozen_cycle_freed_when_due"] is True  # a cycle outliving its freeze is freed within full_every_s
+    assert result["freed_on_leaving"] is True
+    assert result["enabled_after"] is True
+    assert isinstance(result["frozen_after"], int) and result["frozen_after"] > 0  # configured before: frozen again
+
+
+def test_a_batch_run_leaves_an_unconfigured_process_as_it_found_it() -> None:
+    result = _probe("""
+        import gc, json
+        from clinstream.core.collector import BatchCollector
+        with BatchCollector() as collector:
+            collector.after_batch()
+            inside = gc.get_freeze_count()
+        print(json.dumps({"inside": inside, "frozen": gc.get_freeze_count(), "enabled": gc.isenabled()}))
+    """)
+    assert isinstance(result["inside"], int) and result["inside"] > 0
+    assert result["frozen"] == 0  # nothing was frozen before the run: nothing is after it
+    assert result["enabled"] is True
