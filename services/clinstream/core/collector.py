@@ -6,7 +6,7 @@ import gc
 import time
 from types import TracebackType
 
-from clinstream.core.constants import GC_THRESHOLDS, REPLAY_FULL_COLLECTION_EVERY_S
+from clinstream.core.constants import FULL_COLLECTION_EVERY_S, GC_THRESHOLDS
 
 
 def configure_collector() -> None:
@@ -25,19 +25,20 @@ def configure_collector() -> None:
 
 
 class BatchCollector:
-    """Cyclic garbage collected once per batch of a bounded run (a replay), not every 700 allocations.
+    """Cyclic garbage collected once per batch of a stream host (live or bounded), not every 700 allocations.
 
     Inside the `with` block CPython's automatic collection is off. `after_batch` collects what the batch left (its
-    cycles; acyclic garbage is freed by reference counting as always) and freezes what survives: the window entries
-    the batch made or changed, which later batches then do not walk again. Automatic collection walks each young
-    object two or three times and every long-lived one at each full collection; in a replay, whose late-data horizon
-    keeps hours of windows open, that was about a fifth of its CPU. Once per `full_every_s` the frozen objects are
+    cycles; acyclic garbage is freed by reference counting as always) and freezes what survives: in a replay, the
+    window entries the batch made or changed, which later batches then do not walk again. Automatic collection walks
+    a batch's temporaries two or three times before they die and every long-lived object at each full collection:
+    about a tenth of the feature processor's CPU, and a fifth of a replay's, whose late-data horizon keeps hours of
+    windows open as Python objects. Once per `full_every_s` the frozen objects are
     unfrozen first, so the collection walks everything: a cycle that became garbage after it was frozen is freed
     within that time, not kept to the end of the run. Leaving the block unfreezes and collects, freezes the survivors
     again if the process had frozen objects before (`configure_collector`), and restores automatic collection.
     """
 
-    def __init__(self, full_every_s: float = REPLAY_FULL_COLLECTION_EVERY_S) -> None:
+    def __init__(self, full_every_s: float = FULL_COLLECTION_EVERY_S) -> None:
         self.full_every_s = full_every_s
         self._last_full = time.monotonic()
         self._was_enabled = True

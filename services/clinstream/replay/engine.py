@@ -25,7 +25,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from clinstream.core.collector import BatchCollector
 from clinstream.core.config import Settings
 from clinstream.core.constants import HEADER_REPLAY_RUN, REPLAY_BATCH_MAX, REPLAY_CHECKPOINT_EVERY_S
 from clinstream.core.kafka import DurableProducer
@@ -136,7 +135,6 @@ class ReplayEngine:
         session = [0]
 
         def after_batch(records: Sequence[InRecord], _result: BatchResult) -> None:
-            collector.after_batch()
             if not records:
                 return
             session[0] += len(records)
@@ -147,10 +145,9 @@ class ReplayEngine:
                     self.stop.wait(ahead)
 
         ranges = [OffsetRange(r.topic, r.partition, r.start, r.end) for r in self.plan.ranges]
-        with BatchCollector() as collector:
-            done = run_bounded(self.settings, self.plan.group_id, ranges, nxt, self.stage, self,
-                               batch_max=self.batch_max, crash_dir=ckpt.run_dir(self.settings, self.plan.run_id),
-                               stop=self.stop, after_batch=after_batch)
+        done = run_bounded(self.settings, self.plan.group_id, ranges, nxt, self.stage, self,
+                           batch_max=self.batch_max, crash_dir=ckpt.run_dir(self.settings, self.plan.run_id),
+                           stop=self.stop, after_batch=after_batch)
         return ReplayOutcome(cp, not done)
 
     # --- the host's checkpoint steps -----------------------------------------------------------------------
