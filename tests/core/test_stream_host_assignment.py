@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Producer, TopicPartition
+from host_doubles import KeepingSink
 
 from clinstream.core.config import Settings
 from clinstream.core.kafka import BrokerUnavailable, PartitionedRecord, make_consumer, producer_config
@@ -147,42 +148,12 @@ def test_a_partition_revoked_during_the_checkpoint_is_dropped_with_its_changelog
     assert host.state.get(b"b") == b"2"
 
 
-class _Sink:
-    """A sink double that keeps what it is given."""
-
-    traits = StageTraits("pause-test", "-", "-", batch_max=100, batch_within_s=0.1)
-
-    def __init__(self, topic: str) -> None:
-        self.topic = topic
-        self.seen: list[InRecord] = []
-
-    @property
-    def input_topics(self) -> Sequence[str]:
-        return (self.topic,)
-
-    def start(self) -> None:
-        pass
-
-    def process(self, records: Sequence[InRecord]) -> BatchResult:
-        self.seen.extend(records)
-        return BatchResult()
-
-    def transient(self, exc: BaseException) -> bool:
-        return False
-
-    def report(self, result: BatchResult, records: int, seconds: float) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 @pytest.mark.integration
 def test_partitions_paused_by_a_back_off_that_a_rebalance_interrupted_are_fetched_again(kafka_site: Settings) -> None:
     """A back-off pauses the assignment; a rebalance revokes it; the back-off ends (resuming an empty assignment);
     then the partitions come back: they must be fetched (librdkafka keeps a pause across the reassignment)."""
     topic = RAW_TELEMETRY.name(kafka_site.site_id)
-    sink = _Sink(topic)
+    sink = KeepingSink(topic)
     host = GroupHost(kafka_site, sink)
     consumer = make_consumer(kafka_site, host.group, **host.consumer_overrides())
     host._consumer = consumer

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import pytest
 from confluent_kafka import Producer
+from host_doubles import KeepingSink
 
 from clinstream.core.config import Settings
 from clinstream.core.kafka import producer_config
@@ -18,36 +19,18 @@ from clinstream.core.topics import RAW_TELEMETRY
 from condition_wait import wait_until
 
 
-class _Sink:
+class _Sink(KeepingSink):
     """A sink double noting, per batch, whether automatic collection is on and how many objects are frozen."""
 
     traits = StageTraits("collection-test", "-", "-", batch_max=10, batch_within_s=0.05)
 
     def __init__(self, topic: str) -> None:
-        self.topic = topic
-        self.records = 0
+        super().__init__(topic)
         self.batches: list[tuple[bool, int]] = []
-
-    @property
-    def input_topics(self) -> Sequence[str]:
-        return (self.topic,)
-
-    def start(self) -> None:
-        pass
 
     def process(self, records: Sequence[InRecord]) -> BatchResult:
         self.batches.append((gc.isenabled(), gc.get_freeze_count()))
-        self.records += len(records)
-        return BatchResult()
-
-    def transient(self, exc: BaseException) -> bool:
-        return False
-
-    def report(self, result: BatchResult, records: int, seconds: float) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
+        return super().process(records)
 
 
 @pytest.mark.integration
@@ -64,7 +47,7 @@ def test_the_live_loop_runs_batches_with_automatic_collection_off_and_freezes_th
         for i in range(40):
             producer.produce(topic, key=f"k{i}".encode(), value=b"v")
         assert producer.flush(30) == 0
-        wait_until(lambda: sink.records >= 40, 60, "the host to process every record")
+        wait_until(lambda: len(sink.seen) >= 40, 60, "the host to process every record")
     finally:
         host.stop()
         loop.join(30)
