@@ -3,11 +3,12 @@
 Cohort: N participants x H hours of 1 Hz heart rate in B-second blocks (synthetic pseudonyms), produced to a
 fresh site's pseudonymised telemetry topic. The replay then runs end to end exactly as the CLI does (own
 consumer group, assign(), features processor, store writer into TimescaleDB, checkpoints), and the script
-reports records/s, readings/s and how many times faster than real time the cohort is reprocessed
-(readings/s / N, since the cohort produces N readings per second). `--workers` (default: the machine's cores)
-splits the run into processes by partition as `clinstream replay --workers` does; the wall time counts their
-start and the merge of their checkpoints. The site's topics and schema are deleted
-afterwards unless --keep.
+reports records/s, readings/s, how many times faster than real time the cohort is reprocessed (readings/s / N,
+since the cohort produces N readings per second) and the CPU seconds per million readings of the replay's processes
+(user and system time of this process and its workers during the replay; the broker's and the database's are not
+counted). `--workers` (default: the machine's cores) splits the run into processes by partition as
+`clinstream replay --workers` does; the wall time counts their start and the merge of their checkpoints. The
+site's topics and schema are deleted afterwards unless --keep.
 
     .venv/bin/python scripts/bench_replay.py --participants 1000 --hours 24
 """
@@ -114,7 +115,7 @@ def main() -> None:
                 consumer.close()
             if not args.cpython_gc:
                 configure_collector()  # as `clinstream replay` does before it runs (or forks its workers)
-            t1 = time.perf_counter()
+            t1, cpu1 = time.perf_counter(), os.times()
             if args.workers > 1:  # as `clinstream replay --workers N` runs it
                 plan.workers = args.workers
                 outcome = run_in_workers(local, plan, None, batch_max=args.batch_size,
@@ -127,7 +128,8 @@ def main() -> None:
                 outcome = ReplayEngine(local, plan, stage, sink, batch_max=args.batch_size).run()
                 sink.close()
                 producer.close()
-            wall = time.perf_counter() - t1
+            wall, cpu2 = time.perf_counter() - t1, os.times()
+        cpu = sum(b - a for a, b in zip(cpu1[:4], cpu2[:4], strict=True))  # user + system, this process and its workers
         c = outcome.checkpoint.counters
         rate = c.get("readings", 0) / wall
         print(f"replay ({args.workers} worker process(es)): {c.get('records_read', 0):,} blocks, "
@@ -135,6 +137,8 @@ def main() -> None:
               f"(incl. {outcome.checkpoint.elapsed_s:.1f} s engine time)")
         print(f"        {c.get('records_read', 0) / wall:,.0f} blocks/s, {rate:,.0f} readings/s; "
               f"{c.get('feature_records_delivered', 0):,} feature records, {c.get('features_written', 0):,} row writes")
+        print(f"        {cpu:.1f} CPU-s in the replay's processes (the broker's and the database's not counted): "
+              f"{cpu / c.get('readings', 1) * 1e6:.2f} CPU-s per million readings")
         speedup = rate / args.participants
         print(f"        {speedup:,.1f}x faster than real time for {args.participants} participants "
               f"(one day of this cohort replays in {86_400 * args.participants / rate / 60:,.1f} min)")
