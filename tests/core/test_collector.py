@@ -1,6 +1,8 @@
 """The collector set-up of the long-running processes: garbage collected, the start-up heap frozen, rare full
-collections; and the stage workers' host, the gateway's uvicorn factory and the replay apply it (each probe runs in a
-fresh interpreter, so the test process's own collector is left alone)."""
+collections; the stage workers' host, the gateway's uvicorn factory and the replay apply it; and a stream host's
+per-batch collection (`BatchCollector`): automatic collection off, each batch's garbage collected and its survivors
+frozen, everything walked when due, the process's collector restored (each probe runs in a fresh interpreter, so the
+test process's own collector is left alone)."""
 
 from __future__ import annotations
 

@@ -30,12 +30,12 @@ class BatchCollector:
     Inside the `with` block CPython's automatic collection is off. `after_batch` collects what the batch left (its
     cycles; acyclic garbage is freed by reference counting as always) and freezes what survives: in a replay, the
     window entries the batch made or changed, which later batches then do not walk again. Automatic collection walks
-    a batch's temporaries two or three times before they die and every long-lived object at each full collection:
-    about a tenth of the feature processor's CPU, and a fifth of a replay's, whose late-data horizon keeps hours of
-    windows open as Python objects. Once per `full_every_s` the frozen objects are
-    unfrozen first, so the collection walks everything: a cycle that became garbage after it was frozen is freed
-    within that time, not kept to the end of the run. Leaving the block unfreezes and collects, freezes the survivors
-    again if the process had frozen objects before (`configure_collector`), and restores automatic collection.
+    a batch's temporaries two or three times before they die and every long-lived object at each full collection: a
+    fifth of a 4-hour replay's CPU, whose late-data horizon keeps hours of windows open as Python objects, and about
+    a tenth of the feature processor's in its harness. Once per `full_every_s` the frozen objects are unfrozen first,
+    so the collection walks everything: a cycle that became garbage after it was frozen is freed within that time,
+    not kept to the end of the run. Leaving the block unfreezes and collects, freezes the survivors again if the
+    process had frozen objects before (`configure_collector`), and restores automatic collection.
     """
 
     def __init__(self, full_every_s: float = FULL_COLLECTION_EVERY_S) -> None:

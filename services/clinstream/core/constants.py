@@ -120,8 +120,8 @@ GC_THRESHOLDS: Final = (700, 10, 100)
 # then, its survivors frozen out of later collections, and everything (the frozen objects too) walked once per this
 # many seconds, so a cycle that outlives a freeze is freed within that time. Automatic collection walked a batch's
 # temporaries two or three times and a replay's open windows (about 120,000 entries per 1,000 participants: the
-# late-data horizon keeps minute windows for hours) at every full collection: a fifth of a 4-hour replay's CPU,
-# about a tenth of the feature processor's (scripts/bench_replay.py, scripts/bench_features.py).
+# late-data horizon keeps minute windows for hours) at every full collection: a fifth of a 4-hour replay's CPU
+# (scripts/bench_replay.py), a tenth of the feature processor's in its harness (scripts/bench_features.py).
 FULL_COLLECTION_EVERY_S: Final = 10.0
 
 # Feature store worker (issue 5).
