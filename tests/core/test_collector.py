@@ -1,7 +1,7 @@
 """The collector set-up of the long-running processes: garbage collected, the start-up heap frozen, rare full
 collections; the stage workers' host, the gateway's uvicorn factory and the replay apply it; and a stream host's
-per-batch collection (`BatchCollector`): automatic collection off, each batch's garbage collected and its survivors
-frozen, everything walked when due, the process's collector restored (each probe runs in a fresh interpreter, so the
+batch collection (`BatchCollector`): automatic collection off, each batch frozen, everything walked and collected when
+due, the process's collector restored (each probe runs in a fresh interpreter, so the
 test process's own collector is left alone)."""
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def test_a_replay_configures_the_collector_before_it_forks_its_workers() -> None
     assert isinstance(result["frozen"], int) and result["frozen"] > 0
 
 
-def test_a_batch_run_collects_each_batch_freezes_its_survivors_and_walks_everything_when_due() -> None:
+def test_a_batch_run_freezes_each_batch_and_collects_everything_when_due() -> None:
     result = _probe("""
         import gc, json, weakref
         from clinstream.core.collector import BatchCollector, configure_collector
@@ -101,6 +101,8 @@ def test_a_batch_run_collects_each_batch_freezes_its_survivors_and_walks_everyth
             node = Node()
             node.self = node  # a reference cycle: only the cyclic collector frees it
             return node
+        def frozen(obj):
+            return not any(o is obj for o in gc.get_objects())
         seen = {}
         with BatchCollector(full_every_s=3600) as collector:
             seen["enabled_inside"] = gc.isenabled()
@@ -108,41 +110,54 @@ def test_a_batch_run_collects_each_batch_freezes_its_survivors_and_walks_everyth
             garbage_ref, kept_ref = weakref.ref(garbage), weakref.ref(kept)
             del garbage
             collector.after_batch()
-            seen["garbage_freed"] = garbage_ref() is None
-            seen["survivor_frozen"] = not any(o is kept for o in gc.get_objects())
-            del kept  # garbage now, but frozen: a batch's collection leaves it
-            collector.after_batch()
-            seen["frozen_cycle_kept"] = kept_ref() is not None
+            seen["garbage_frozen_not_collected"] = garbage_ref() is not None and frozen(garbage_ref())
+            seen["survivor_frozen"] = frozen(kept)
+            del kept  # garbage now, and frozen
             collector.full_every_s = 0.0  # due: the frozen objects are walked too
             collector.after_batch()
-            seen["frozen_cycle_freed_when_due"] = kept_ref() is None
+            seen["freed_when_due"] = garbage_ref() is None and kept_ref() is None
+            survivor = cycle()
+            collector.after_batch()
+            seen["survivor_of_a_full_pass_frozen"] = frozen(survivor)
             late = cycle()
             late_ref = weakref.ref(late)
             del late
-        seen["freed_on_leaving"] = late_ref() is None
+        seen["survivor_frozen_after"] = frozen(survivor)
+        seen["late_not_frozen"] = late_ref() is not None and not frozen(late_ref())
+        gc.collect()
+        seen["late_collectable"] = late_ref() is None
         seen["enabled_after"] = gc.isenabled()
-        seen["frozen_after"] = gc.get_freeze_count()
         print(json.dumps(seen))
     """)
     assert result["enabled_inside"] is False  # no automatic collection inside the block
-    assert result["garbage_freed"] is True
+    assert result["garbage_frozen_not_collected"] is True  # no collection per batch: frozen with the survivors
     assert result["survivor_frozen"] is True
-    assert result["frozen_cycle_kept"] is True
-    assert result["frozen_cycle_freed_when_due"] is True  # a cycle outliving its freeze is freed within full_every_s
-    assert result["freed_on_leaving"] is True
+    assert result["freed_when_due"] is True  # a cycle is freed within full_every_s
+    assert result["survivor_of_a_full_pass_frozen"] is True
+    assert result["survivor_frozen_after"] is True  # configured before: what the block froze stays frozen
+    assert result["late_not_frozen"] is True  # leaving freezes nothing more
+    assert result["late_collectable"] is True
     assert result["enabled_after"] is True
-    assert isinstance(result["frozen_after"], int) and result["frozen_after"] > 0  # configured before: frozen again
 
 
 def test_a_batch_run_leaves_an_unconfigured_process_as_it_found_it() -> None:
     result = _probe("""
-        import gc, json
+        import gc, json, weakref
         from clinstream.core.collector import BatchCollector
+        class Node:
+            pass
         with BatchCollector() as collector:
+            node = Node()
+            node.self = node
+            ref = weakref.ref(node)
+            del node
             collector.after_batch()
             inside = gc.get_freeze_count()
-        print(json.dumps({"inside": inside, "frozen": gc.get_freeze_count(), "enabled": gc.isenabled()}))
+        frozen, enabled = gc.get_freeze_count(), gc.isenabled()
+        gc.collect()
+        print(json.dumps({"inside": inside, "frozen": frozen, "enabled": enabled, "freed": ref() is None}))
     """)
     assert isinstance(result["inside"], int) and result["inside"] > 0
     assert result["frozen"] == 0  # nothing was frozen before the run: nothing is after it
     assert result["enabled"] is True
+    assert result["freed"] is True  # what the block froze is left to the process's own collection

@@ -1,5 +1,5 @@
-"""The live host's loop on the real broker collects cyclic garbage after each batch, with automatic collection off
-during its batches, and leaves the process's collector as it found it when it stops."""
+"""The live host's loop on the real broker runs its batches with automatic collection off, freezes what each batch
+leaves, and leaves the process's collector as it found it when it stops."""
 
 from __future__ import annotations
 

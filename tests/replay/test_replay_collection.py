@@ -1,4 +1,5 @@
-"""A replay on the real broker and TimescaleDB collects cyclic garbage per batch, not by allocation count."""
+"""A replay on the real broker and TimescaleDB runs its batches with automatic collection off and freezes what each
+batch leaves (garbage is collected when a full pass is due, not by allocation count)."""
 
 from __future__ import annotations
 

@@ -25,17 +25,22 @@ def configure_collector() -> None:
 
 
 class BatchCollector:
-    """Cyclic garbage collected once per batch of a stream host (live or bounded), not every 700 allocations.
+    """Cyclic garbage collected once per `full_every_s` while a stream host (live or bounded) runs its batches, not
+    every 700 allocations.
 
-    Inside the `with` block CPython's automatic collection is off. `after_batch` collects what the batch left (its
-    cycles; acyclic garbage is freed by reference counting as always) and freezes what survives: in a replay, the
-    window entries the batch made or changed, which later batches then do not walk again. Automatic collection walks
-    a batch's temporaries two or three times before they die and every long-lived object at each full collection: a
+    Inside the `with` block CPython's automatic collection is off. `after_batch` freezes what the batch left, so no
+    later collection walks it until a full pass is due; once per `full_every_s` the frozen objects are unfrozen and
+    everything is collected, then frozen again: a cycle that became garbage (during a batch, or later) is freed within
+    that time. Acyclic garbage is freed by reference counting at once, frozen or not. Automatic collection walked a
+    batch's temporaries two or three times before they died and every long-lived object at each full collection: a
     fifth of a 4-hour replay's CPU, whose late-data horizon keeps hours of windows open as Python objects, and about
-    a tenth of the feature processor's in its harness. Once per `full_every_s` the frozen objects are unfrozen first,
-    so the collection walks everything: a cycle that became garbage after it was frozen is freed within that time,
-    not kept to the end of the run. Leaving the block unfreezes and collects, freezes the survivors again if the
-    process had frozen objects before (`configure_collector`), and restores automatic collection.
+    a tenth of the feature processor's in its harness. Collecting after every batch instead still cost 14 ms per
+    replay batch for about 17 garbage objects (scripts/bench_replay.py, 6 hours of 1,000 participants), and leaving
+    the block by a full collection walked a replay's whole state once more as it ended (3 % of a 1-hour replay).
+    So leaving the block collects nothing: a process that had frozen objects before (`configure_collector`; it is
+    about to end: a replay, a worker's shutdown) keeps what the block froze frozen, with at most one interval's
+    garbage cycles in it; any other process gets its objects unfrozen for its automatic collection. Automatic
+    collection is restored as found.
     """
 
     def __init__(self, full_every_s: float = FULL_COLLECTION_EVERY_S) -> None:
@@ -52,19 +57,17 @@ class BatchCollector:
         return self
 
     def after_batch(self) -> None:
-        """Collect the garbage of the batch just done; freeze the survivors (or, when due, collect everything)."""
+        """Freeze what the batch left; when a full pass is due, first unfreeze and collect everything."""
         now = time.monotonic()
         if now - self._last_full >= self.full_every_s:
             gc.unfreeze()
+            gc.collect()
             self._last_full = now
-        gc.collect()
         gc.freeze()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        gc.unfreeze()
-        gc.collect()
-        if self._was_frozen:  # as `configure_collector` left the process: what lives on is not walked again
-            gc.freeze()
+        if not self._was_frozen:  # nothing was frozen before the block: nothing is after it
+            gc.unfreeze()
         if self._was_enabled:
             gc.enable()

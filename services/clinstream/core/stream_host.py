@@ -27,9 +27,9 @@ exception, a revocation during a back-off, is handled where it happens (`StreamH
   group, never joining a live group. Replay drives a stage's processor through it (outputs, then the run's
   checkpoint of state and offsets), and the tools read topics to their current end with it.
 
-Both modes collect cyclic garbage after each batch and freeze what survives (`core.collector.BatchCollector`),
-instead of CPython's collection every 700 allocations, which walked each batch's temporaries several times and a
-replay's open windows at every full collection.
+Both modes freeze what each batch leaves and collect cyclic garbage once per `FULL_COLLECTION_EVERY_S`
+(`core.collector.BatchCollector`), instead of CPython's collection every 700 allocations, which walked each batch's
+temporaries several times and a replay's open windows at every full collection.
 
 faust-streaming hosted the stream stages until this host replaced it: its per-message path (aiokafka fetch and
 produce, events, the asyncio loop) cost 60-75 % of the pseudonymise and features workers' CPU in the end-to-end
@@ -864,7 +864,7 @@ def run_bounded(settings: Settings, group_id: str, ranges: Sequence[OffsetRange]
         collector.after_batch()
 
     try:
-        with BatchCollector() as collector:  # a batch's garbage after it, not every 700 allocations during it
+        with BatchCollector() as collector:  # batches frozen, garbage collected when due, not every 700 allocations
             for msgs in bounded_batches(consumer, ranges, nxt, batch_max, stop=stop, contiguous=True):
                 one_batch([from_kafka_message(m) for m in msgs])
             done = all(nxt[r.tp] >= r.end for r in ranges)
