@@ -43,7 +43,7 @@ from clinstream.features.blocks import Block, BlockError
 from clinstream.features.config import FeatureSettings, get_feature_settings
 from clinstream.features.partition_work import PartitionWork
 from clinstream.features.state import WINDOW_PREFIX, Entry, FeatureState, partition_of, tombstone_key
-from clinstream.features.wearable_processor import WearableWindows
+from clinstream.features.wearable_processor import FINALISE_RANK, WearableWindows
 from clinstream.features.windows import deadlines
 
 
@@ -66,7 +66,7 @@ class FeatureProcessor:
         self.version = version
         self.codec = codec or get_codec()
         self.deadline_ms = deadlines(self.settings)
-        self.state = FeatureState(state, self.deadline_ms)
+        self.state = FeatureState(state, self.deadline_ms, FINALISE_RANK)
         self.topic_telemetry = PSEUDO_TELEMETRY.name(site_id)
         self.topic_biobank = PSEUDO_BIOBANK.name(site_id)
         self.topic_erasure = ERASURE.name(site_id)

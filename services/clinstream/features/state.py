@@ -12,15 +12,16 @@ changelog record to the partition of the participant's input (co-partitioning):
 
 Reads and writes of a batch go through a cache; `flush` writes each changed key once, window/sample entries
 first and watermarks last, so a durable watermark implies durable entries for the same changelog partition.
-An in-memory index (partition -> heap of window deadlines) finds the windows to finalise, and another (pseudonym ->
-feature sets with windows) spares probing for windows a participant never had; both are rebuilt from the keys
-after `reset_index` (a host calls that after a rebalance).
+An in-memory index (partition -> heap of window deadlines, each with its feature set's rank) finds the windows to
+finalise in the order they are finalised, and another (pseudonym -> feature sets with windows) spares probing for
+windows a participant never had; both are rebuilt from the keys after `reset_index` (a host calls that after a
+rebalance).
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any
 
 from clinstream.features.windows import WindowKind
@@ -79,12 +80,14 @@ def pseudonym_of(key: str) -> str | None:
 class FeatureState:
     """The processor's view of the durable mapping: cached reads, coalesced writes, deadline index."""
 
-    def __init__(self, mapping: MutableMapping[str, Entry], deadline_ms: dict[WindowKind, int]) -> None:
+    def __init__(self, mapping: MutableMapping[str, Entry], deadline_ms: dict[WindowKind, int],
+                 rank: Mapping[str, int]) -> None:
         self.mapping = mapping
         self._deadline_ms = deadline_ms
+        self._rank = rank  # feature set -> its place among windows of the same deadline (`pop_due`)
         self._cache: dict[str, Entry | None] = {}
         self._dirty: dict[str, None] = {}
-        self._heaps: dict[int, list[tuple[int, str]]] | None = None
+        self._heaps: dict[int, list[tuple[int, int, str]]] | None = None
         self._sets: dict[str, set[str]] = {}  # pseudonym -> feature sets it has had windows of (since the index)
 
     # --- entries -------------------------------------------------------------------------------------------
@@ -110,8 +113,8 @@ class FeatureState:
 
     def flush(self) -> None:
         """Write every changed key once: entries first, watermarks last; then clear the batch cache."""
-        keys = list(self._dirty)
-        for key in sorted(keys, key=lambda k: k.startswith(WM_PREFIX)):
+        watermarks = [key for key in self._dirty if key.startswith(WM_PREFIX)]
+        for key in [key for key in self._dirty if not key.startswith(WM_PREFIX)] + watermarks:
             entry = self._cache[key]
             if entry is None:
                 if key in self.mapping:
@@ -144,14 +147,14 @@ class FeatureState:
         self._ensure_index()
         return self._sets.get(pseudonym, set())
 
-    def _ensure_index(self) -> dict[int, list[tuple[int, str]]]:
+    def _ensure_index(self) -> dict[int, list[tuple[int, int, str]]]:
         if self._heaps is None:
-            heaps: dict[int, list[tuple[int, str]]] = {}
+            heaps: dict[int, list[tuple[int, int, str]]] = {}
             self._sets = {}
             for key in list(self.mapping.keys()):
                 if key.startswith(WINDOW_PREFIX):
                     p, pseudonym, feature_set, kind, start = parse_window_key(key)
-                    heaps.setdefault(p, []).append((start + self._deadline_ms[kind], key))
+                    heaps.setdefault(p, []).append((start + self._deadline_ms[kind], self._rank[feature_set], key))
                     self._sets.setdefault(pseudonym, set()).add(feature_set)
             for heap in heaps.values():
                 heapq.heapify(heap)
@@ -161,15 +164,16 @@ class FeatureState:
     def _index_add(self, key: str) -> None:
         heaps = self._ensure_index()
         p, pseudonym, feature_set, kind, start = parse_window_key(key)
-        heapq.heappush(heaps.setdefault(p, []), (start + self._deadline_ms[kind], key))
+        heapq.heappush(heaps.setdefault(p, []), (start + self._deadline_ms[kind], self._rank[feature_set], key))
         self._sets.setdefault(pseudonym, set()).add(feature_set)
 
     def pop_due(self, p: int, watermark: int) -> list[str]:
-        """Keys of existing window entries of partition p whose deadline is at or before the watermark, in order."""
+        """Keys of existing window entries of partition p whose deadline is at or before the watermark, ordered by
+        deadline, then feature set rank, then key."""
         heap = self._ensure_index().get(p, [])
         due: list[str] = []
         while heap and heap[0][0] <= watermark:
-            _, key = heapq.heappop(heap)
+            key = heapq.heappop(heap)[2]
             if self.get(key) is not None:
                 due.append(key)
         return due

@@ -42,7 +42,8 @@ from clinstream.features.windows import LENGTH_MS, WindowKind
 ZONED_VERSION = 2  # the first feature version with zoned local days and the research-grade definitions
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _OTHER_SETS = tuple(s for s in cat.WEARABLE_SETS if s != cat.HEART_RATE)
-_FINALISE_ORDER = {s: i for i, s in enumerate((*_OTHER_SETS, cat.HEART_RATE))}
+# Windows of one deadline are finalised other sets first, heart rate last (the state's deadline index pops them so).
+FINALISE_RANK = {s: i for i, s in enumerate((*_OTHER_SETS, cat.HEART_RATE))}
 
 
 class WearableWindows(PartitionWork):
@@ -298,24 +299,24 @@ class WearableWindows(PartitionWork):
                 key = window_key(self.p, pseudonym, fs, kind, start)
                 if key not in self.touched and self.state.get(key) is not None:
                     self.touched[key] = None
-        due = self.state.pop_due(self.p, self.state.watermark(self.p))
-        due.sort(key=lambda k: (self._deadline_key(k), _FINALISE_ORDER[parse_window_key(k)[2]], k))
+        due = self.state.pop_due(self.p, self.state.watermark(self.p))  # by deadline, FINALISE_RANK, key
         due_set = set(due)
         out = self.result.out
         for key in self.touched:
             if key not in due_set:
                 entry = self.state.get(key)
                 if entry is not None:
-                    out.append(self._feature_record(key, entry, final=False))
+                    out.append(self._feature_record(parse_window_key(key), entry, final=False))
                     self.result.count("feature_records")
         for key in due:
             entry = self.state.get(key)
             if entry is None:
                 continue
-            out.append(self._feature_record(key, entry, final=True))
+            window = parse_window_key(key)
+            out.append(self._feature_record(window, entry, final=True))
             self.result.count("feature_records")
             self.result.count("final_windows")
-            _, pseudonym, fs, kind, start = parse_window_key(key)
+            _, pseudonym, fs, kind, start = window
             if fs == cat.SKIN_TEMPERATURE and kind is WindowKind.LOCAL_DAY:
                 self._record_baseline_day(pseudonym, start, entry)
             self.state.delete(key)
@@ -325,15 +326,12 @@ class WearableWindows(PartitionWork):
         for key in keys:
             entry = self.state.get(key)
             if entry is not None:
-                self.result.out.append(self._feature_record(key, entry, final=False))
+                self.result.out.append(self._feature_record(parse_window_key(key), entry, final=False))
                 self.result.count("feature_records")
 
-    def _deadline_key(self, key: str) -> int:
-        _, _, _, kind, start = parse_window_key(key)
-        return start + self._deadline_of(kind)
-
-    def _feature_record(self, key: str, entry: Entry, final: bool) -> OutRecord:
-        _, pseudonym, fs, kind, start = parse_window_key(key)
+    def _feature_record(self, window: tuple[int, str, str, WindowKind, int], entry: Entry, final: bool) -> OutRecord:
+        """The feature record of a window (`parse_window_key` of its key) from its entry."""
+        _, pseudonym, fs, kind, start = window
         if fs == cat.HEART_RATE:
             hr_entry: Entry | None = entry
             extra_revision = 0
