@@ -5,7 +5,7 @@ phase only writes bytes and reads the 202: a few forked processes (one slice of 
 with a few threads holding one keep-alive connection. A connection is a plain socket (`_Connection`): the request
 line and headers are one formatted string, sent with the body in one `sendmsg`, and the response is read by its
 status line, Content-Length (or chunks) and Connection header only; `http.client` built and parsed every message
-through `email` and cost 15-17 % of a core at the gateway-only limit. Each process reports its own CPU seconds
+through `email` and cost 14.5-16.9 % of a core at the gateway-only limit. Each process reports its own CPU seconds
 (user + system) between the start signal and its last response, so the loader's share of the machine is known.
 """
 
