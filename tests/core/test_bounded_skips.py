@@ -1,4 +1,5 @@
-"""The host's bounded mode never passes offsets of a contiguous range without their records (a consumer's skip).
+"""The host's bounded mode never passes offsets of a contiguous range without their records (a consumer's skip),
+and never asks the consumer for more records than its ranges hold (consume() would wait out its poll for them).
 
 A consumer that hands out a partition's records from some offset on while the ones before it were never given
 (a lost fetched batch) or reports a position past the range's end without its tail is played by a scripted
@@ -45,6 +46,7 @@ class _ScriptedConsumer:
     fetch: dict[int, int] = field(default_factory=dict)
     app: dict[int, int] = field(default_factory=dict)
     seeks: list[tuple[int, int]] = field(default_factory=list)
+    polls: list[tuple[int, int]] = field(default_factory=list)  # (records asked for, records handed out)
 
     def assign(self, tps: Sequence[TopicPartition]) -> None:
         self.fetch = {tp.partition: tp.offset for tp in tps}
@@ -63,6 +65,11 @@ class _ScriptedConsumer:
         return [TopicPartition(_TOPIC, tp.partition, self.app.get(tp.partition, -1001)) for tp in tps]
 
     def consume(self, n: int, _timeout: float) -> list[_Msg]:
+        out = self._consume(n)
+        self.polls.append((n, len(out)))
+        return out
+
+    def _consume(self, n: int) -> list[_Msg]:
         out: list[_Msg] = []
         for p, start in sorted(self.fetch.items()):
             held = self.hide_tail.get(p, 0)
@@ -117,3 +124,13 @@ def test_gaps_of_a_compacted_topic_are_passed_without_reading_again() -> None:
     seen = _read(consumer, [OffsetRange(_TOPIC, 0, 0, 11)], contiguous=False)
     assert seen == [(0, o) for o in [0, 1, 5, 9, 10]]
     assert consumer.seeks == []
+
+
+def test_no_poll_asks_for_more_records_than_the_ranges_hold() -> None:
+    # librdkafka's consume(n, timeout) returns early only once it has n records: asking for more than are left
+    # makes the last batch of every run wait out the whole poll
+    consumer = _ScriptedConsumer({0: list(range(130)), 1: list(range(75))})
+    seen = _read(consumer, [OffsetRange(_TOPIC, 0, 10, 130), OffsetRange(_TOPIC, 1, 0, 75)], contiguous=True)
+    assert len(seen) == 120 + 75
+    assert all(got == asked for asked, got in consumer.polls), consumer.polls  # every poll filled: none waited
+    assert [asked for asked, _ in consumer.polls] == [50, 50, 50, 45]

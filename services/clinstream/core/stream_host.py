@@ -743,7 +743,10 @@ def bounded_batches(consumer: Consumer, ranges: Sequence[OffsetRange], nxt: dict
     while active and not (stop is not None and stop.is_set()):
         if deadline is not None and time.monotonic() > deadline:
             raise TimeoutError(f"reading did not reach the end of {sorted(active)} in {timeout_s:.0f} s")
-        msgs = consumer.consume(batch_max, REPLAY_POLL_S)
+        # consume() waits until it has as many records as asked or the poll times out: never ask for more than the
+        # active ranges hold, or the last batch of every run waits out the whole poll for records that cannot come
+        left = sum(r.end - nxt[tp] for tp, r in active.items())
+        msgs = consumer.consume(max(1, min(batch_max, left)), REPLAY_POLL_S)
         batch: list[KafkaMessage] = []
         stale: set[str] = set()  # partitions read again from nxt: the rest of this poll's records are stale
         for msg in msgs:
