@@ -50,7 +50,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol, TypeVar
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka import Message as KafkaMessage
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay, stop_never, wait_exponential
 
@@ -793,7 +793,7 @@ def read_range(settings: Settings, topic: str, group_id: str, *, starts: dict[in
             lo, hi = watermarks(consumer, topic, p)
             start = max(lo, (starts or {}).get(p, lo))
             if hi > start:
-                ranges.append(OffsetRange(topic, p, start if starts else OFFSET_BEGINNING, hi))
+                ranges.append(OffsetRange(topic, p, start, hi))  # a real offset: what is left is known
         nxt = {r.tp: r.start for r in ranges}
         for batch in bounded_batches(consumer, ranges, nxt, 10_000, timeout_s=timeout_s, stop=stop):
             yield from batch
